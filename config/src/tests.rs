@@ -1,0 +1,193 @@
+use std::collections::BTreeSet;
+
+use super::*;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn err_text(r: Result<Config, ConfigError>) -> String {
+    r.expect_err("config should be rejected").to_string()
+}
+
+#[test]
+fn no_file_gives_embedded_defaults() {
+    let c = Config::load_from(None, no_env()).unwrap();
+    assert_eq!(c.feed.backend, FeedBackend::Sqlite);
+    assert_eq!(c.crm.http_listen.port(), 8080);
+    assert_eq!(c.gateway.http_listen.port(), 8081);
+    assert_eq!(c.node.feed_path(), std::path::Path::new("./data/feed.sqlite"));
+    assert_eq!(
+        c.crm.resolved_database_url(&c.node),
+        "sqlite://./data/crm.sqlite"
+    );
+}
+
+fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) if !t.is_empty() => leaf_keys(&key, t, out),
+            _ => {
+                out.insert(key);
+            }
+        }
+    }
+}
+
+#[test]
+fn example_file_documents_every_key_and_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/switchboard.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let example: toml::Table = toml::from_str(&text).unwrap();
+    let mut documented = BTreeSet::new();
+    leaf_keys("", &example, &mut documented);
+    let defaults = toml::Table::try_from(Config::default()).unwrap();
+    let mut all = BTreeSet::new();
+    leaf_keys("", &defaults, &mut all);
+    // Optional keys have no default value; they are documented as comments.
+    for key in &all {
+        assert!(documented.contains(key), "example does not document `{key}`");
+    }
+    assert!(text.contains("database_url_file"));
+    Config::load_from(Some(&path), no_env()).unwrap();
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let msg = err_text(Config::from_toml_str("[feed]\nbakend = \"kafka\"\n", no_env()));
+    assert!(msg.contains("feed.bakend"), "{msg}");
+    assert!(msg.contains("backend"), "should list valid keys: {msg}");
+}
+
+#[test]
+fn unknown_section_is_named() {
+    let msg = err_text(Config::from_toml_str("[gatway]\nhttp_listen = \"1.2.3.4:1\"\n", no_env()));
+    assert!(msg.contains("gatway"), "{msg}");
+}
+
+#[test]
+fn bad_enum_value_names_key_value_and_choices() {
+    let msg = err_text(Config::from_toml_str("[feed]\nbackend = \"kafak\"\n", no_env()));
+    assert!(msg.contains("feed.backend"), "{msg}");
+    assert!(msg.contains("kafak"), "{msg}");
+    assert!(msg.contains("sqlite") && msg.contains("kafka"), "{msg}");
+}
+
+#[test]
+fn bad_socket_address_names_key_and_value() {
+    let msg = err_text(Config::from_toml_str("[crm]\nhttp_listen = \"localhost\"\n", no_env()));
+    assert!(msg.contains("crm.http_listen"), "{msg}");
+    assert!(msg.contains("localhost"), "{msg}");
+}
+
+#[test]
+fn env_overrides_file_and_is_typed_by_default() {
+    let c = Config::from_toml_str(
+        "[gateway]\nmax_body_bytes = 2048\n",
+        env(&[
+            ("SWITCHBOARD_GATEWAY__MAX_BODY_BYTES", "4096"),
+            ("SWITCHBOARD_FEED__BACKEND", "kafka"),
+            ("SWITCHBOARD_FEED__KAFKA__BROKERS", "a:1, b:2"),
+            ("SWITCHBOARD_FEED__KAFKA__PROPERTIES__CLIENT.RACK", "r1"),
+            ("SWITCHBOARD_UNRELATED", "ignored"),
+            ("PATH", "/bin"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.gateway.max_body_bytes, 4096);
+    assert_eq!(c.feed.backend, FeedBackend::Kafka);
+    assert_eq!(c.feed.kafka.brokers, vec!["a:1", "b:2"]);
+    assert_eq!(c.feed.kafka.properties["client.rack"], "r1");
+}
+
+#[test]
+fn bad_env_value_names_the_variable() {
+    let msg = err_text(Config::from_toml_str(
+        "",
+        env(&[("SWITCHBOARD_GATEWAY__MAX_BODY_BYTES", "lots")]),
+    ));
+    assert!(msg.contains("gateway.max_body_bytes"), "{msg}");
+    assert!(msg.contains("SWITCHBOARD_GATEWAY__MAX_BODY_BYTES"), "{msg}");
+    assert!(msg.contains("integer"), "{msg}");
+
+    let msg = err_text(Config::from_toml_str(
+        "",
+        env(&[("SWITCHBOARD_GATEWAY__DEFAULT_COUNTRY", "XX")]),
+    ));
+    assert!(msg.contains("gateway.default_country"), "{msg}");
+    assert!(msg.contains("SWITCHBOARD_GATEWAY__DEFAULT_COUNTRY"), "{msg}");
+}
+
+#[test]
+fn unknown_env_key_is_an_error() {
+    let msg = err_text(Config::from_toml_str(
+        "",
+        env(&[("SWITCHBOARD_FEED__BAKEND", "kafka")]),
+    ));
+    assert!(msg.contains("feed.bakend"), "{msg}");
+    assert!(msg.contains("SWITCHBOARD_FEED__BAKEND"), "{msg}");
+}
+
+#[test]
+fn range_and_format_checks() {
+    for (toml, key) in [
+        ("[gateway]\nmax_body_bytes = 10", "gateway.max_body_bytes"),
+        ("[gateway]\ndefault_country = \"Russia\"", "gateway.default_country"),
+        ("[feed]\nnamespace = \"a b\"", "feed.namespace"),
+        ("[feed.kafka]\nbrokers = [\"nohost\"]", "feed.kafka.brokers"),
+        ("[feed.kafka]\npartitions = 0", "feed.kafka.partitions"),
+        ("[feed.kafka.properties]\nacks = \"1\"", "feed.kafka.properties.\"acks\""),
+        ("[crm]\ndatabase_url = \"mysql://x\"", "crm.database_url"),
+        ("[shutdown]\ngrace_period = \"forever\"", "shutdown.grace_period"),
+        ("[shutdown]\ngrace_period = \"1h\"", "shutdown.grace_period"),
+        ("[log]\nlevel = \"loud=[\"", "log.level"),
+        ("[gateway]\ncors_allowed_origins = [\"example.com\"]", "gateway.cors_allowed_origins"),
+    ] {
+        let err = Config::from_toml_str(toml, no_env()).expect_err(toml);
+        assert_eq!(err.key(), Some(key), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn country_is_normalised() {
+    let c = Config::from_toml_str("[gateway]\ndefault_country = \"kz\"", no_env()).unwrap();
+    assert_eq!(c.gateway.default_country, "KZ");
+}
+
+#[test]
+fn database_url_from_file_and_redaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("url");
+    std::fs::write(&f, "postgres://u:hunter2@db/crm\n").unwrap();
+    let c = Config::from_toml_str(
+        &format!("[crm]\ndatabase_url_file = {:?}", f.display().to_string()),
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(c.crm.database_url, "postgres://u:hunter2@db/crm");
+    assert_eq!(redact_url(&c.crm.database_url), "postgres://u:***@db/crm");
+    let msg = err_text(Config::from_toml_str(
+        "[crm]\ndatabase_url = \"mysql://u:hunter2@db/crm\"",
+        no_env(),
+    ));
+    assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+}
+
+#[test]
+fn syntax_error_is_reported() {
+    let err = Config::from_toml_str("[feed\n", no_env()).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+}
+
