@@ -207,7 +207,7 @@ pub struct Interaction {
     /// Envelope version; this code writes [`VERSION`].
     pub v: u32,
     /// UUIDv7; the idempotency key. A repeated id is already applied.
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
     pub id: Uuid,
     /// When it happened (RFC 3339, UTC).
     #[serde(with = "rfc3339_utc")]
@@ -277,7 +277,7 @@ pub enum CommandKind {
 pub struct Command {
     pub v: u32,
     /// UUIDv7; the idempotency key.
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
     pub id: Uuid,
     #[serde(with = "rfc3339_utc")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]

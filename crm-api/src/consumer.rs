@@ -1,0 +1,123 @@
+//! The feed consumer: applies interactions to the store, then commits.
+//!
+//! Order matters for "exactly once in effect": the batch is applied in one
+//! database transaction (a repeated envelope id changes nothing), and only
+//! then is the feed offset committed. A crash in between replays the batch.
+
+use std::time::Duration;
+
+use switchboard_storage::{FeedSource, Interaction, Record, envelope};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::store::{Reject, Store};
+
+/// Most records applied in one transaction.
+const BATCH: usize = 500;
+
+/// Consumes until `shutdown`; the batch in hand is finished first.
+pub async fn run<S: FeedSource>(store: Store, mut source: S, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    loop {
+        let batch = tokio::select! {
+            () = shutdown.cancelled() => return,
+            batch = source.poll(BATCH, Duration::from_millis(500)) => batch,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                metrics::CONSUMER_ERRORS.with_label_values(&["poll"]).inc();
+                backoff.wait(&shutdown, "reading the feed", &e).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let texts: Vec<Result<Interaction, String>> = batch.iter().map(decode).collect();
+        let mut good = Vec::with_capacity(batch.len());
+        let mut rejects = Vec::new();
+        for (record, decoded) in batch.iter().zip(texts) {
+            match decoded {
+                Ok(ev) => good.push((ev, std::str::from_utf8(&record.value).unwrap_or_default())),
+                Err(reason) => {
+                    tracing::warn!(topic = %record.topic, offset = record.offset, %reason, "feed record rejected");
+                    rejects.push(Reject { record, reason });
+                }
+            }
+        }
+        loop {
+            match store.apply(&good, &rejects).await {
+                Ok(applied) => {
+                    metrics::APPLIED.with_label_values(&["new"]).inc_by(applied.new);
+                    metrics::APPLIED
+                        .with_label_values(&["duplicate"])
+                        .inc_by(applied.duplicate);
+                    metrics::APPLIED
+                        .with_label_values(&["rejected"])
+                        .inc_by(applied.rejected);
+                    backoff.reset();
+                    break;
+                }
+                Err(e) => {
+                    metrics::CONSUMER_ERRORS.with_label_values(&["apply"]).inc();
+                    if shutdown.is_cancelled() {
+                        // Not committed: the batch is applied at the next start.
+                        return;
+                    }
+                    backoff.wait(&shutdown, "applying feed records", &e).await;
+                }
+            }
+        }
+        if let Err(e) = source.commit(&batch).await {
+            // The effect is durable; a replay after this is deduplicated.
+            metrics::CONSUMER_ERRORS.with_label_values(&["commit"]).inc();
+            tracing::warn!(error = %e, "feed offset commit failed; records may be re-read and deduplicated");
+        }
+    }
+}
+
+/// Decodes an interaction, or says why it cannot be applied.
+fn decode(record: &Record) -> Result<Interaction, String> {
+    if record.topic != "interactions" {
+        return Err(format!("unexpected topic {}", record.topic));
+    }
+    if std::str::from_utf8(&record.value).is_err() {
+        return Err("not UTF-8".into());
+    }
+    let ev: Interaction = serde_json::from_slice(&record.value).map_err(|e| format!("not a v1 interaction: {e}"))?;
+    if ev.v != envelope::VERSION {
+        return Err(format!("envelope version {} is not supported", ev.v));
+    }
+    Ok(ev)
+}
+
+/// Exponential backoff for retrying a failing dependency, logging once per wait.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    async fn wait(
+        &mut self,
+        shutdown: &CancellationToken,
+        what: &str,
+        err: &(dyn std::error::Error + Send + Sync),
+    ) {
+        tracing::warn!(error = %err, retry_in = ?self.0, "{what} failed");
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(self.0) => {}
+        }
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,288 @@
+//! The CRM store and REST API on both databases: every test runs on SQLite
+//! and on PostgreSQL.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use switchboard_crm::testing::TestDatabase;
+use switchboard_crm::{Crm, Store};
+use switchboard_storage::{
+    Channel, Contact, ContactKey, FeedLog, Interaction, Kind, LogOptions, NewRecord,
+    Topic,
+};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// A store on each backend; the PostgreSQL database is dropped by `finish`.
+struct Backends {
+    sqlite_dir: tempfile::TempDir,
+    pg: Option<TestDatabase>,
+}
+
+impl Backends {
+    async fn new() -> Self {
+        Self {
+            sqlite_dir: tempfile::tempdir().unwrap(),
+            pg: Some(
+                TestDatabase::create()
+                    .await
+                    .expect("PostgreSQL must be running for the CRM tests (see README)"),
+            ),
+        }
+    }
+
+    async fn stores(&self) -> Vec<(&'static str, Store)> {
+        let sqlite = Store::connect(
+            &format!("sqlite://{}", self.sqlite_dir.path().join("crm.sqlite").display()),
+            4,
+        )
+        .await
+        .unwrap();
+        let pg = Store::connect(&self.pg.as_ref().unwrap().url, 4).await.unwrap();
+        vec![("sqlite", sqlite), ("postgres", pg)]
+    }
+
+    async fn finish(mut self, stores: Vec<(&'static str, Store)>) {
+        for (_, s) in stores {
+            s.close().await;
+        }
+        if let Some(pg) = self.pg.take() {
+            pg.drop_now().await.unwrap();
+        }
+    }
+}
+
+fn lead(phone: &str, name: &str, minutes_ago: i64) -> Interaction {
+    Interaction::new(
+        Kind::LeadReceived,
+        Channel::Widget,
+        Contact {
+            key: ContactKey::phone(phone).into_string(),
+            phone: Some(phone.into()),
+            email: None,
+            user_id: None,
+            name: Some(name.into()),
+        },
+        time::OffsetDateTime::now_utc() - time::Duration::minutes(minutes_ago),
+        json!({"form": "widget", "message": format!("from {name}")}),
+    )
+}
+
+fn as_batch(events: &[Interaction]) -> Vec<(Interaction, String)> {
+    events
+        .iter()
+        .map(|e| (e.clone(), serde_json::to_string(e).unwrap()))
+        .collect()
+}
+
+async fn apply(store: &Store, events: &[Interaction]) -> switchboard_crm::Applied {
+    let batch = as_batch(events);
+    let refs: Vec<(Interaction, &str)> = batch.iter().map(|(e, t)| (e.clone(), t.as_str())).collect();
+    store.apply(&refs, &[]).await.unwrap()
+}
+
+async fn get(crm: &Crm, uri: &str) -> (StatusCode, Value) {
+    let resp = crm
+        .router()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn timeline_pages_newest_first_without_gaps_or_repeats() {
+    let b = Backends::new().await;
+    let stores = b.stores().await;
+    for (name, store) in &stores {
+        let mut events: Vec<Interaction> = (0..7).map(|i| lead("+79161234567", "Иван", 100 - i)).collect();
+        events.push(lead("+79031112233", "Пётр", 1));
+        assert_eq!(apply(store, &events).await.new, 8, "{name}");
+        let crm = Crm::new(store.clone());
+
+        let mut seen = Vec::new();
+        let mut uri = "/v1/contacts/tel:+79161234567/timeline?limit=3".to_owned();
+        loop {
+            let (status, body) = get(&crm, &uri).await;
+            assert_eq!(status, StatusCode::OK, "{name}: {body}");
+            assert_eq!(body["contact"]["phone"], "+79161234567", "{name}");
+            assert_eq!(body["contact"]["interaction_count"], 7, "{name}");
+            for item in body["items"].as_array().unwrap() {
+                seen.push(item["id"].as_str().unwrap().to_owned());
+            }
+            match body["next_cursor"].as_str() {
+                Some(c) => uri = format!("/v1/contacts/tel:+79161234567/timeline?limit=3&cursor={c}"),
+                None => break,
+            }
+        }
+        let want: Vec<String> = events[..7].iter().rev().map(|e| e.id.to_string()).collect();
+        assert_eq!(seen, want, "{name}: newest first, each once");
+
+        let (status, body) = get(&crm, "/v1/interactions?limit=200").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["items"].as_array().unwrap().len(), 8, "{name}");
+        assert!(body.get("next_cursor").is_none(), "{name}");
+        assert_eq!(body["items"][0]["contact"]["name"], "Пётр", "{name}: newest first");
+    }
+    b.finish(stores).await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let b = Backends::new().await;
+    let stores = b.stores().await;
+    for (name, store) in &stores {
+        let crm = Crm::new(store.clone());
+        for (uri, status, code) in [
+            ("/v1/contacts/tel:+70000000000/timeline", StatusCode::NOT_FOUND, "not_found"),
+            ("/v1/interactions?limit=0", StatusCode::BAD_REQUEST, "invalid_limit"),
+            ("/v1/interactions?limit=201", StatusCode::BAD_REQUEST, "invalid_limit"),
+            ("/v1/interactions?cursor=bogus", StatusCode::BAD_REQUEST, "invalid_cursor"),
+            ("/v1/interactions?kind=lead.recieved", StatusCode::BAD_REQUEST, "invalid_filter"),
+            ("/v1/nowhere", StatusCode::NOT_FOUND, "not_found"),
+        ] {
+            let (got, body) = get(&crm, uri).await;
+            assert_eq!(got, status, "{name} {uri}: {body}");
+            assert_eq!(body["error"]["code"], code, "{name} {uri}: {body}");
+        }
+    }
+    b.finish(stores).await;
+}
+
+#[tokio::test]
+async fn a_repeated_event_changes_nothing() {
+    let b = Backends::new().await;
+    let stores = b.stores().await;
+    for (name, store) in &stores {
+        let events = vec![lead("+79161234567", "Иван", 5), lead("+79161234567", "Иван", 4)];
+        assert_eq!(apply(store, &events).await.new, 2);
+        let again = apply(store, &events).await;
+        assert_eq!((again.new, again.duplicate), (0, 2), "{name}");
+        let contact = store.contact("tel:+79161234567").await.unwrap().unwrap();
+        assert_eq!(contact.interaction_count, 2, "{name}");
+    }
+    b.finish(stores).await;
+}
+
+#[tokio::test]
+async fn filters_select_by_kind_channel_and_contact() {
+    let b = Backends::new().await;
+    let stores = b.stores().await;
+    for (name, store) in &stores {
+        let mut call = lead("+79161234567", "Иван", 3);
+        call.kind = Kind::CallMissed;
+        call.channel = Channel::Sip;
+        apply(store, &[lead("+79161234567", "Иван", 5), call, lead("+79030000000", "Анна", 1)]).await;
+        let crm = Crm::new(store.clone());
+        let count = |body: &Value| body["items"].as_array().unwrap().len();
+        let (_, body) = get(&crm, "/v1/interactions?kind=call.missed").await;
+        assert_eq!(count(&body), 1, "{name}");
+        let (_, body) = get(&crm, "/v1/interactions?channel=widget").await;
+        assert_eq!(count(&body), 2, "{name}");
+        let (_, body) = get(&crm, "/v1/interactions?contact_key=tel:%2B79030000000").await;
+        assert_eq!(count(&body), 1, "{name}");
+    }
+    b.finish(stores).await;
+}
+
+/// Feeds `events` plus one undecodable record through the embedded log into
+/// `store` with the real consumer, and waits until all are processed.
+async fn consume_all(log: &FeedLog, store: &Store, group: &str, expect_new: usize) {
+    let source = log.consumer(group, &[Topic::Interactions]).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(switchboard_crm::consume(store.clone(), source, stop.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ids, _) = store.snapshot().await.unwrap();
+        if ids.len() >= expect_new && store.reject_count().await.unwrap() >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "consumer applied only {}", ids.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
+    let b = Backends::new().await;
+    let feed_dir = tempfile::tempdir().unwrap();
+    let log = FeedLog::open(&feed_dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let mut events = Vec::new();
+    for i in 0..300 {
+        let phone = format!("+7916{:07}", i % 40);
+        let mut e = lead(&phone, &format!("client {}", i % 40), 1000 - i);
+        if i % 3 == 0 {
+            e.contact.name = None; // a later nameless event must not erase the name
+        }
+        events.push(e);
+    }
+    // The relay may ship a record twice; the feed then holds it twice.
+    events.push(events[10].clone());
+    for e in &events {
+        log.publish(e).await.unwrap();
+    }
+    log.append(NewRecord {
+        topic: Topic::Interactions,
+        key: "tel:+70000000000".into(),
+        value: b"{not json".to_vec(),
+    })
+    .await
+    .unwrap();
+
+    let stores = b.stores().await;
+    for (name, store) in &stores {
+        consume_all(&log, store, &format!("crm-{name}"), 300).await;
+        let first = store.snapshot().await.unwrap();
+        assert_eq!(first.0.len(), 300, "{name}: the duplicate was applied once");
+        assert_eq!(store.reject_count().await.unwrap(), 1, "{name}: the bad record is kept");
+        // A fresh store of the same kind, fed from offset 0 by a new group.
+        let replay = match *name {
+            "sqlite" => {
+                let dir = tempfile::tempdir().unwrap();
+                let s = Store::connect(&format!("sqlite://{}", dir.path().join("r.sqlite").display()), 2)
+                    .await
+                    .unwrap();
+                consume_all(&log, &s, "replay-sqlite", 300).await;
+                let snap = s.snapshot().await.unwrap();
+                s.close().await;
+                snap
+            }
+            _ => {
+                let db = TestDatabase::create().await.unwrap();
+                let s = Store::connect(&db.url, 2).await.unwrap();
+                consume_all(&log, &s, "replay-postgres", 300).await;
+                let snap = s.snapshot().await.unwrap();
+                s.close().await;
+                db.drop_now().await.unwrap();
+                snap
+            }
+        };
+        assert_eq!(replay, first, "{name}: replay differs");
+        let c = first.1.iter().find(|c| c.key == "tel:+79160000000").unwrap();
+        assert_eq!(c.name.as_deref(), Some("client 0"), "{name}");
+    }
+    b.finish(stores).await;
+}
+
+#[test]
+fn openapi_document_is_checked_in_and_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let generated = switchboard_crm::openapi_json();
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "crm-api/openapi.json is stale; regenerate with UPDATE_OPENAPI=1 cargo test -p switchboard-crm openapi"
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/contacts/{key}/timeline"]["get"].is_object());
+}

@@ -1,0 +1,106 @@
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Named readiness checks; `/readyz` is 200 only when all pass.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    checks: Arc<RwLock<BTreeMap<&'static str, Result<(), String>>>>,
+}
+
+impl Readiness {
+    /// Sets one check's state; `Err` carries why it is not ready.
+    pub fn set(&self, check: &'static str, state: Result<(), String>) {
+        let mut checks = self.checks.write().unwrap_or_else(|p| p.into_inner());
+        checks.insert(check, state);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        let checks = self.checks.read().unwrap_or_else(|p| p.into_inner());
+        checks.values().all(Result::is_ok)
+    }
+
+    fn report(&self) -> (bool, serde_json::Value) {
+        let checks = self.checks.read().unwrap_or_else(|p| p.into_inner());
+        let ready = checks.values().all(Result::is_ok);
+        let detail: serde_json::Map<String, serde_json::Value> = checks
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Ok(()) => "ok".to_owned(),
+                    Err(why) => why.clone(),
+                };
+                ((*k).to_owned(), serde_json::Value::String(v))
+            })
+            .collect();
+        (
+            ready,
+            serde_json::json!({
+                "status": if ready { "ready" } else { "not_ready" },
+                "checks": detail,
+            }),
+        )
+    }
+}
+
+/// `/healthz` (the process answers), `/readyz` (it can do its work) and
+/// `/metrics` (Prometheus text exposition of the process-wide registry).
+pub fn ops_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    let (ready, body) = readiness.report();
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, axum::Json(body))
+                }
+            }),
+        )
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics() -> impl IntoResponse {
+    let families = prometheus::gather();
+    let mut text = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics encoding failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(CONTENT_TYPE, "text/plain")],
+                String::new(),
+            )
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then stops
+/// accepting and lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
