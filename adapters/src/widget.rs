@@ -20,18 +20,38 @@ const MAX_EXTRA_VALUE: usize = 1_000;
 /// The form as posted, JSON or `application/x-www-form-urlencoded`. Fields
 /// the site adds beyond these are kept in the event's payload.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "name": "Иван Петров",
+    "phone": "8 (916) 123-45-67",
+    "email": "ivan@example.com",
+    "message": "Перезвоните мне",
+    "page_url": "https://example.com/price",
+    "utm_source": "yandex",
+    "utm_medium": "cpc",
+    "utm_campaign": "winter"
+})))]
 pub struct LeadForm {
+    /// The visitor's name, as typed (at most 200 characters).
     pub name: Option<String>,
+    /// Any usual spelling; numbers without a country code use
+    /// `gateway.default_country`. A phone or an email is required.
     pub phone: Option<String>,
+    /// Stored lower-cased.
     pub email: Option<String>,
+    /// At most 5000 characters.
     pub message: Option<String>,
+    /// The page the form was on (http or https).
     pub page_url: Option<String>,
     pub utm_source: Option<String>,
     pub utm_medium: Option<String>,
     pub utm_campaign: Option<String>,
     pub utm_term: Option<String>,
     pub utm_content: Option<String>,
+    /// Any other field of the form (at most 50; strings up to 1000
+    /// characters, numbers, booleans) is kept in the event's payload.
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub extra: BTreeMap<String, Value>,
 }
 

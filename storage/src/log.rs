@@ -177,6 +177,11 @@ impl FeedLog {
         rx.await.map_err(|_| FeedError::Closed)?
     }
 
+    /// Whether the writer thread is running (it stops only if it panicked).
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// The highest offset committed by this process's writer (0 when empty).
     pub fn last_offset(&self) -> i64 {
         *self.appended.borrow()

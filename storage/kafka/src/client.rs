@@ -55,6 +55,20 @@ pub(crate) fn base_config(feed: &FeedConfig) -> ClientConfig {
     c
 }
 
+/// Builds (without connecting) the producer and consumer this configuration
+/// asks for, so a bad `feed.kafka.properties` entry is reported at start-up.
+pub fn check_config(feed: &FeedConfig) -> Result<(), KafkaError> {
+    let _producer: rdkafka::producer::BaseProducer = base_config(feed)
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(KafkaError::Config)?;
+    let _consumer: rdkafka::consumer::BaseConsumer = base_config(feed)
+        .set("group.id", feed.qualified(&feed.kafka.crm_group))
+        .create()
+        .map_err(KafkaError::Config)?;
+    Ok(())
+}
+
 /// The Kafka topic that holds a local topic.
 pub(crate) fn kafka_topic(feed: &FeedConfig, topic: Topic) -> String {
     feed.qualified(topic.as_str())

@@ -12,6 +12,6 @@ pub mod metrics;
 mod relay;
 mod source;
 
-pub use client::{KafkaError, ensure_topics};
+pub use client::{KafkaError, check_config, ensure_topics};
 pub use relay::{Relay, RelayOptions};
 pub use source::KafkaSource;

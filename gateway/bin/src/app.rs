@@ -1,0 +1,280 @@
+//! Builds the services a role needs, runs them, and shuts them down in
+//! order on SIGTERM/SIGINT: stop accepting HTTP and drain requests, ship the
+//! outbox to Kafka, let the CRM consumer finish its batch — all within
+//! `shutdown.grace_period`. A second signal exits at once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchboard_config::{Config, ConfigError, FeedBackend, redact_url};
+use switchboard_crm::{Crm, Store};
+use switchboard_gateway::Gateway;
+use switchboard_kafka::{KafkaSource, Relay, RelayOptions};
+use switchboard_storage::{FeedLog, LogConsumer, LogOptions, Topic};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Which services this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Both,
+    Gateway,
+    CrmApi,
+}
+
+impl Role {
+    fn gateway(self) -> bool {
+        matches!(self, Role::Both | Role::Gateway)
+    }
+
+    fn crm(self) -> bool {
+        matches!(self, Role::Both | Role::CrmApi)
+    }
+}
+
+/// The embedded CRM consumer group on the SQLite feed.
+const CRM_GROUP: &str = "crm";
+
+/// Checks what only the backends can check (librdkafka's view of
+/// `feed.kafka.properties`), without connecting anywhere.
+pub(crate) fn check_backends(config: &Config) -> Result<(), ConfigError> {
+    if config.feed.backend == FeedBackend::Kafka {
+        switchboard_kafka::check_config(&config.feed).map_err(|e| ConfigError::Invalid {
+            key: "feed.kafka.properties".into(),
+            value: None,
+            expected: format!("properties librdkafka accepts ({e})"),
+            origin: "the configuration".into(),
+        })?;
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+/// Runs until a signal, then shuts down within the grace period.
+pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {} (node.data_dir)", data_dir.display()))?;
+    let log_options = LogOptions::from(&config.feed.sqlite);
+
+    // Everything that can fail on bad settings happens before serving.
+    let feed = if role.gateway() {
+        let path = config.node.feed_path();
+        Some(
+            FeedLog::open(&path, log_options.clone())
+                .with_context(|| format!("cannot open the feed log {}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    let gateway_listener = if role.gateway() {
+        Some(bind(config.gateway.http_listen, "gateway.http_listen").await?)
+    } else {
+        None
+    };
+    let crm_listener = if role.crm() {
+        Some(bind(config.crm.http_listen, "crm.http_listen").await?)
+    } else {
+        None
+    };
+    let store = if role.crm() {
+        let url = config.crm.resolved_database_url(&config.node);
+        Some(
+            Store::connect(&url, config.crm.max_connections)
+                .await
+                .with_context(|| format!("cannot open the CRM store {} (crm.database_url)", redact_url(&url)))?,
+        )
+    } else {
+        None
+    };
+
+    let http_stop = CancellationToken::new();
+    let relay_stop = CancellationToken::new();
+    let consumer_stop = CancellationToken::new();
+    let mut servers: Vec<(&str, JoinHandle<std::io::Result<()>>)> = Vec::new();
+    let mut relay = None;
+    let mut consumer = None;
+
+    if let (Some(feed), Some(listener)) = (&feed, gateway_listener) {
+        tracing::info!(service = "gateway", addr = %listener.local_addr()?, "listening");
+        let gateway = Gateway::new(&config.gateway, feed.clone());
+        servers.push(("gateway", tokio::spawn(gateway.serve(listener, http_stop.clone()))));
+        if config.feed.backend == FeedBackend::Kafka {
+            let r = Relay::new(feed.clone(), config.feed.clone(), RelayOptions::default());
+            relay = Some(tokio::spawn(r.run(relay_stop.clone())));
+        }
+    }
+    if let (Some(store), Some(listener)) = (&store, crm_listener) {
+        consumer = Some(match config.feed.backend {
+            FeedBackend::Sqlite => {
+                let source = match &feed {
+                    Some(f) => f.consumer(CRM_GROUP, &[Topic::Interactions])?,
+                    None => LogConsumer::open(
+                        &config.node.feed_path(),
+                        CRM_GROUP,
+                        &[Topic::Interactions],
+                        log_options.clone(),
+                    )?,
+                };
+                tokio::spawn(switchboard_crm::consume(store.clone(), source, consumer_stop.clone()))
+            }
+            FeedBackend::Kafka => {
+                if tokio::time::timeout(Duration::from_secs(5), switchboard_kafka::ensure_topics(&config.feed))
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    tracing::warn!("kafka is not reachable yet; the CRM will catch up once it is");
+                }
+                let source = KafkaSource::new(&config.feed, &config.feed.kafka.crm_group, &[Topic::Interactions])?;
+                tokio::spawn(switchboard_crm::consume(store.clone(), source, consumer_stop.clone()))
+            }
+        });
+        tracing::info!(service = "crm-api", addr = %listener.local_addr()?, "listening");
+        let crm = Crm::new(store.clone());
+        servers.push(("crm-api", tokio::spawn(crm.serve(listener, http_stop.clone()))));
+    }
+
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = spawn_watchdog(feed.clone());
+    tracing::info!(
+        feed = ?config.feed.backend,
+        data_dir = %data_dir.display(),
+        "switchboard is ready"
+    );
+
+    let reason = wait_for_stop(&mut servers, &mut relay).await;
+    let grace = config.shutdown.grace_period;
+    tracing::info!(%reason, grace = ?grace, "shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tokio::spawn(async {
+        // A second signal: stop waiting.
+        wait_for_signal().await;
+        tracing::warn!("second signal; exiting without draining");
+        std::process::exit(130);
+    });
+    let deadline = Instant::now() + grace;
+
+    http_stop.cancel();
+    for (name, server) in servers {
+        match tokio::time::timeout_at(deadline, server).await {
+            Ok(Ok(Ok(()))) => tracing::info!(service = name, "http drained"),
+            Ok(Ok(Err(e))) => tracing::error!(service = name, error = %e, "http server failed"),
+            Ok(Err(e)) => tracing::error!(service = name, error = %e, "http server panicked"),
+            Err(_) => tracing::warn!(service = name, "grace period over before http drained"),
+        }
+    }
+    relay_stop.cancel();
+    if let Some(relay) = relay {
+        match tokio::time::timeout_at(deadline, relay).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "relay failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "relay panicked"),
+            Err(_) => tracing::warn!("grace period over before the outbox was shipped; the rest goes out at the next start"),
+        }
+    }
+    consumer_stop.cancel();
+    if let Some(consumer) = consumer {
+        if tokio::time::timeout_at(deadline, consumer).await.is_err() {
+            tracing::warn!("grace period over before the CRM consumer finished its batch; it is re-read at the next start");
+        }
+    }
+    if let Some(store) = store {
+        store.close().await;
+    }
+    watchdog.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT, or for a service to stop on its own (which
+/// only happens on failure); returns why.
+async fn wait_for_stop(
+    servers: &mut [(&str, JoinHandle<std::io::Result<()>>)],
+    relay: &mut Option<JoinHandle<Result<(), switchboard_storage::FeedError>>>,
+) -> String {
+    let server_exit = futures_first(servers);
+    let relay_exit = async {
+        match relay.as_mut() {
+            Some(r) => match r.await {
+                Ok(Ok(())) => "the relay stopped".to_owned(),
+                Ok(Err(e)) => format!("the relay failed: {e}"),
+                Err(e) => format!("the relay panicked: {e}"),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        signal = wait_for_signal() => format!("received {signal}"),
+        why = server_exit => why,
+        why = relay_exit => {
+            *relay = None;
+            why
+        }
+    }
+}
+
+/// The first HTTP server to end, and how.
+async fn futures_first(servers: &mut [(&str, JoinHandle<std::io::Result<()>>)]) -> String {
+    if servers.is_empty() {
+        return std::future::pending().await;
+    }
+    let (result, index, _) = futures::future::select_all(servers.iter_mut().map(|(_, h)| h)).await;
+    let name = servers[index].0;
+    match result {
+        Ok(Ok(())) => format!("{name} http server stopped"),
+        Ok(Err(e)) => format!("{name} http server failed: {e}"),
+        Err(e) => format!("{name} http server panicked: {e}"),
+    }
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the feed writer (the
+/// part that must never silently stop) is alive.
+fn spawn_watchdog(feed: Option<FeedLog>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(interval) = sd_notify::watchdog_enabled() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(interval / 2).await;
+            if feed.as_ref().is_none_or(FeedLog::is_open) {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("feed writer stopped; withholding the watchdog ping");
+            }
+        }
+    })
+}

@@ -1,0 +1,108 @@
+//! HTTP endpoints for the site and for services that call us.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use switchboard_adapters::widget::LeadForm;
+use switchboard_service::{ApiError, ErrorBody, JsonOrForm};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::Gateway;
+use crate::metrics::LEADS;
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard gateway",
+        version = "1",
+        description = "Endpoints the company's site and external services call."
+    ),
+    paths(widget_lead),
+    components(schemas(LeadForm, LeadAccepted, ErrorBody))
+)]
+pub struct ApiDoc;
+
+/// The gateway's OpenAPI document as served and checked in.
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.openapi = utoipa::openapi::OpenApiVersion::Version31;
+    doc.to_pretty_json().unwrap_or_default()
+}
+
+pub(crate) fn routes(gateway: &Gateway) -> Router {
+    let origins = &gateway.config.cors_allowed_origins;
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::POST])
+        .allow_headers([CONTENT_TYPE]);
+    let leads = Router::new()
+        .route("/v1/leads/widget", post(widget_lead))
+        .layer(DefaultBodyLimit::max(gateway.config.max_body_bytes))
+        .layer(cors);
+    Router::new()
+        .merge(leads)
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
+        .with_state(gateway.clone())
+}
+
+/// The lead is in the feed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LeadAccepted {
+    /// The `lead.received` interaction's id.
+    id: String,
+    /// The contact the lead belongs to, for `GET /v1/contacts/{key}/timeline`.
+    contact_key: String,
+}
+
+/// The site's lead form ("call me back"): becomes a `lead.received`
+/// interaction once it is durably in the feed.
+#[utoipa::path(
+    post,
+    path = "/v1/leads/widget",
+    request_body(content(
+        (LeadForm = "application/json"),
+        (LeadForm = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 202, description = "Accepted: the lead is in the feed", body = LeadAccepted),
+        (status = 400, description = "The body cannot be decoded", body = ErrorBody),
+        (status = 413, description = "The body is larger than gateway.max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor a form", body = ErrorBody),
+        (status = 422, description = "Some fields are invalid; `error.fields` says which and why", body = ErrorBody),
+        (status = 503, description = "The feed cannot take it now; retry", body = ErrorBody),
+    )
+)]
+pub(crate) async fn widget_lead(
+    State(gateway): State<Gateway>,
+    JsonOrForm(form): JsonOrForm<LeadForm>,
+) -> Result<(StatusCode, Json<LeadAccepted>), ApiError> {
+    let ev = form.into_interaction(gateway.country).map_err(|fields| {
+        LEADS.with_label_values(&["widget", "invalid"]).inc();
+        ApiError::validation(fields)
+    })?;
+    gateway.feed.publish(&ev).await.map_err(|e| {
+        LEADS.with_label_values(&["widget", "failed"]).inc();
+        ApiError::unavailable(&e)
+    })?;
+    LEADS.with_label_values(&["widget", "accepted"]).inc();
+    tracing::info!(id = %ev.id, channel = "widget", "lead accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(LeadAccepted {
+            id: ev.id.to_string(),
+            contact_key: ev.contact.key,
+        }),
+    ))
+}

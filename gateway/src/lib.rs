@@ -1,0 +1,82 @@
+//! The gateway daemon's library: everything that faces customers' channels.
+//!
+//! Today it serves the site widget's lead form over HTTP and turns each lead
+//! into a `lead.received` interaction in the feed; SIP, media, WebRTC and
+//! the adapters' webhooks join it as their issues land.
+
+mod http;
+pub mod metrics;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::Router;
+use switchboard_config::GatewayConfig;
+use switchboard_service::{ApiError, Readiness, ops_router};
+use switchboard_storage::FeedLog;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use http::{ApiDoc, openapi_json};
+
+/// The gateway's HTTP side.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    config: GatewayConfig,
+    country: phonenumber::country::Id,
+    feed: FeedLog,
+    readiness: Readiness,
+}
+
+impl Gateway {
+    /// `config` must have passed validation (the country code parses).
+    pub fn new(config: &GatewayConfig, feed: FeedLog) -> Self {
+        let country = phonenumber::country::Id::from_str(&config.default_country)
+            .unwrap_or(phonenumber::country::Id::RU);
+        let readiness = Readiness::default();
+        readiness.set("feed", Ok(()));
+        Self {
+            config: config.clone(),
+            country,
+            feed,
+            readiness,
+        }
+    }
+
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// Every route: leads, the OpenAPI document, health and metrics.
+    pub fn router(&self) -> Router {
+        http::routes(self)
+            .merge(ops_router(self.readiness.clone()))
+            .fallback(|| async { ApiError::not_found("no such endpoint") })
+            .layer(axum::middleware::from_fn_with_state(
+                "gateway",
+                switchboard_service::metrics::track,
+            ))
+    }
+
+    /// Serves until `shutdown`; `/readyz` follows the feed writer.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let feed = self.feed.clone();
+        let readiness = self.readiness.clone();
+        let probe_stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = probe_stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let state = if feed.is_open() {
+                    Ok(())
+                } else {
+                    Err("feed writer stopped".to_owned())
+                };
+                readiness.set("feed", state);
+            }
+        });
+        switchboard_service::serve(listener, self.router(), shutdown).await
+    }
+}
