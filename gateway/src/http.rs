@@ -1,13 +1,14 @@
 //! HTTP endpoints for the site and for services that call us.
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::Extension;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use switchboard_adapters::widget::LeadForm;
-use switchboard_service::{ApiError, ErrorBody, JsonOrForm};
+use switchboard_service::{ApiError, BodyLimit, ErrorBody, JsonOrForm};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{OpenApi, ToSchema};
 
@@ -46,7 +47,9 @@ pub(crate) fn routes(gateway: &Gateway) -> Router {
         .allow_headers([CONTENT_TYPE]);
     let leads = Router::new()
         .route("/v1/leads/widget", post(widget_lead))
-        .layer(DefaultBodyLimit::max(gateway.config.max_body_bytes))
+        // JsonOrForm enforces the limit itself and answers 413 cleanly.
+        .layer(Extension(BodyLimit(gateway.config.max_body_bytes)))
+        .layer(DefaultBodyLimit::disable())
         .layer(cors);
     Router::new()
         .merge(leads)

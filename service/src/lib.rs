@@ -9,6 +9,6 @@ mod error;
 pub mod metrics;
 mod ops;
 
-pub use body::JsonOrForm;
+pub use body::{BodyLimit, JsonOrForm};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use ops::{Readiness, ops_router, serve};

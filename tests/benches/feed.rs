@@ -1,0 +1,201 @@
+//! Feed throughput, measured beside its peer in the same run.
+//!
+//! 1. Embedded: interactions published to the SQLite log by many concurrent
+//!    producers (as HTTP handlers do), each acknowledged only once committed
+//!    with `synchronous = full`.
+//! 2. Kafka path: the same publishing, with the outbox relay shipping to a
+//!    Tansu broker (idempotent producer, `acks=all`); timed until Kafka has
+//!    acknowledged every event.
+//! 3. Raw rdkafka: the same events, keys and durability settings produced
+//!    straight to the same broker, timed until every delivery is
+//!    acknowledged.
+//!
+//! Rounds alternate raw and ours; the best round of each is reported.
+//! Sizes: `FEED_BENCH_EMBEDDED` (default 200000), `FEED_BENCH_KAFKA`
+//! (default 100000), `FEED_BENCH_ROUNDS` (default 2).
+//! Run: `cargo bench -p switchboard-tests --bench feed` (needs Tansu; see README).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use switchboard_config::{FeedBackend, FeedConfig};
+use switchboard_kafka::{Relay, RelayOptions};
+use switchboard_storage::{
+    Channel, Contact, ContactKey, FeedLog, Interaction, Kind, LogConsumer, LogOptions, Topic,
+};
+use switchboard_tests::{Broker, BrokerStorage};
+use tokio_util::sync::CancellationToken;
+
+const PRODUCERS: usize = 256;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn event(i: usize) -> Interaction {
+    let phone = format!("+7916{:07}", i % 1_000_000);
+    let mut ev = Interaction::new(
+        Kind::LeadReceived,
+        Channel::Widget,
+        Contact {
+            key: ContactKey::phone(&phone).into_string(),
+            phone: Some(phone),
+            email: None,
+            user_id: None,
+            name: Some(format!("Client {i}")),
+        },
+        time::OffsetDateTime::now_utc(),
+        serde_json::json!({
+            "form": "widget",
+            "message": "Please call me back about the annual plan",
+            "page_url": "https://example.com/pricing?plan=annual",
+        }),
+    );
+    ev.campaign = Some(switchboard_storage::Campaign {
+        source: Some("yandex".into()),
+        medium: Some("cpc".into()),
+        campaign: Some("winter".into()),
+        ..Default::default()
+    });
+    ev
+}
+
+/// Publishes `n` events from `PRODUCERS` concurrent tasks; returns when all
+/// are committed.
+async fn publish_all(log: &FeedLog, n: usize) {
+    let mut tasks = Vec::with_capacity(PRODUCERS);
+    for p in 0..PRODUCERS {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = p;
+            while i < n {
+                log.publish(&event(i)).await.unwrap();
+                i += PRODUCERS;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn embedded(n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let started = Instant::now();
+    publish_all(&log, n).await;
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn feed_config(broker: &Broker, namespace: &str) -> FeedConfig {
+    let mut feed = FeedConfig {
+        backend: FeedBackend::Kafka,
+        namespace: namespace.into(),
+        ..FeedConfig::default()
+    };
+    feed.kafka.brokers = vec![broker.address()];
+    feed
+}
+
+async fn through_outbox(broker: &Broker, n: usize, round: usize) -> f64 {
+    let feed = feed_config(broker, &format!("bench-ours-{round}"));
+    switchboard_kafka::ensure_topics(&feed).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("feed.sqlite");
+    let log = FeedLog::open(&path, LogOptions::default()).unwrap();
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(Relay::new(log.clone(), feed, RelayOptions::default()).run(stop.clone()));
+    let watcher = LogConsumer::open(&path, "kafka-relay", &Topic::ALL, LogOptions::default()).unwrap();
+
+    let started = Instant::now();
+    publish_all(&log, n).await;
+    let last = log.last_offset();
+    loop {
+        let committed = watcher.committed().await.unwrap();
+        if committed.iter().map(|(_, next)| *next).max().unwrap_or(0) > last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    relay.await.unwrap().unwrap();
+    rate
+}
+
+async fn raw(broker: &Broker, n: usize, round: usize) -> f64 {
+    let feed = feed_config(broker, &format!("bench-raw-{round}"));
+    switchboard_kafka::ensure_topics(&feed).await.unwrap();
+    let topic = feed.qualified("interactions");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    // Serialising is part of the work in both paths.
+    let started = Instant::now();
+    let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::new();
+    for i in 0..n {
+        let ev = event(i);
+        let value = serde_json::to_vec(&ev).unwrap();
+        loop {
+            match producer.send_result(FutureRecord::to(&topic).key(&ev.contact.key).payload(&value)) {
+                Ok(f) => {
+                    in_flight.push_back(f);
+                    break;
+                }
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    in_flight.pop_front().unwrap().await.unwrap().unwrap();
+                }
+                Err((e, _)) => panic!("raw produce failed: {e}"),
+            }
+        }
+    }
+    for f in in_flight {
+        f.await.unwrap().unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let n_embedded = env_usize("FEED_BENCH_EMBEDDED", 200_000);
+    let n_kafka = env_usize("FEED_BENCH_KAFKA", 100_000);
+    let rounds = env_usize("FEED_BENCH_ROUNDS", 2).max(1);
+
+    let mut best_embedded: f64 = 0.0;
+    for round in 0..rounds {
+        let r = embedded(n_embedded).await;
+        println!("round {round}: embedded {r:.0} events/s ({n_embedded} events, {PRODUCERS} producers)");
+        best_embedded = best_embedded.max(r);
+    }
+
+    let broker = Broker::start(BrokerStorage::Memory).await.unwrap();
+    // Warm the broker and the client library up.
+    raw(&broker, 5_000.min(n_kafka), 99).await;
+    let (mut best_raw, mut best_ours): (f64, f64) = (0.0, 0.0);
+    for round in 0..rounds {
+        let r = raw(&broker, n_kafka, round).await;
+        println!("round {round}: raw rdkafka {r:.0} events/s ({n_kafka} events)");
+        best_raw = best_raw.max(r);
+        let o = through_outbox(&broker, n_kafka, round).await;
+        println!("round {round}: outbox → kafka {o:.0} events/s ({n_kafka} events)");
+        best_ours = best_ours.max(o);
+    }
+    println!(
+        "BENCH feed_embedded_per_s={:.0} feed_kafka_per_s={:.0} rdkafka_raw_per_s={:.0} kafka_ratio={:.2}",
+        best_embedded,
+        best_ours,
+        best_raw,
+        best_ours / best_raw
+    );
+}

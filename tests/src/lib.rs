@@ -1,0 +1,367 @@
+//! Support for Switchboard's end-to-end tests and benchmarks: start the real
+//! `switchboard` binary and real peers (a Kafka-protocol broker) on
+//! loopback ports the OS picks, talk to them as a user would, and stop only
+//! the processes started here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The `switchboard` binary cargo built beside this test
+/// (`target/<profile>/switchboard`), or `SWITCHBOARD_BIN`.
+pub fn switchboard_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SWITCHBOARD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary> → target/<profile>/switchboard
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected test binary location {}", exe.display()))?;
+    let bin = profile_dir.join("switchboard");
+    if !bin.exists() {
+        bail!(
+            "{} does not exist; build it first (`cargo build -p switchboard`, \
+             which `cargo nextest run --workspace` does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A running `switchboard` process.
+#[derive(Debug)]
+pub struct Switchboard {
+    child: Child,
+    /// The gateway's HTTP address, when this process runs the gateway.
+    pub gateway: Option<SocketAddr>,
+    /// The CRM API's HTTP address, when this process runs it.
+    pub crm: Option<SocketAddr>,
+    logs: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+/// How to start `switchboard`.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub command: &'static str,
+    pub data_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// Both services on `data_dir`, on ports the OS picks, logging JSON.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            command: "run",
+            data_dir: data_dir.to_path_buf(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn command(mut self, command: &'static str) -> Self {
+        self.command = command;
+        self
+    }
+
+    /// A `SWITCHBOARD_*` override.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Starts the process and waits until it says it is ready.
+    pub async fn start(self) -> Result<Switchboard> {
+        let mut cmd = Command::new(switchboard_bin()?);
+        cmd.arg(self.command)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SWITCHBOARD_NODE__DATA_DIR", &self.data_dir)
+            .env("SWITCHBOARD_GATEWAY__HTTP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_CRM__HTTP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_LOG__FORMAT", "json")
+            .env("SWITCHBOARD_LOG__LEVEL", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawning switchboard")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+        let sink = Arc::clone(&logs);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let mut gateway = None;
+        let mut crm = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = tokio::time::timeout_at(deadline, rx.recv()).await;
+            let Ok(Some(v)) = line else {
+                let status = child.try_wait()?;
+                let logs = logs.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+                bail!("switchboard did not become ready (exit: {status:?}); its log:\n{logs}");
+            };
+            match v["message"].as_str() {
+                Some("listening") => {
+                    let addr: SocketAddr = v["addr"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("listening line without addr: {v}"))?
+                        .parse()?;
+                    match v["service"].as_str() {
+                        Some("gateway") => gateway = Some(addr),
+                        Some("crm-api") => crm = Some(addr),
+                        other => bail!("unknown service {other:?}"),
+                    }
+                }
+                Some("switchboard is ready") => break,
+                _ => {}
+            }
+        }
+        Ok(Switchboard {
+            child,
+            gateway,
+            crm,
+            logs,
+            http: reqwest::Client::builder().no_proxy().build()?,
+        })
+    }
+}
+
+impl Switchboard {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+
+    fn gateway_url(&self, path: &str) -> Result<String> {
+        Ok(format!("http://{}{path}", self.gateway.ok_or_else(|| anyhow!("no gateway in this process"))?))
+    }
+
+    fn crm_url(&self, path: &str) -> Result<String> {
+        Ok(format!("http://{}{path}", self.crm.ok_or_else(|| anyhow!("no CRM API in this process"))?))
+    }
+
+    /// Posts the widget lead form as JSON; returns status and body.
+    pub async fn post_lead(&self, form: &Value) -> Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(self.gateway_url("/v1/leads/widget")?)
+            .json(form)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A raw request to the gateway.
+    pub async fn gateway_request(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder> {
+        Ok(self.http.request(method, self.gateway_url(path)?))
+    }
+
+    /// GET on the CRM API; status and JSON body.
+    pub async fn crm_get(&self, path: &str) -> Result<(u16, Value)> {
+        let resp = self.http.get(self.crm_url(path)?).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// GET returning text, on either service.
+    pub async fn get_text(&self, service: &str, path: &str) -> Result<(u16, String)> {
+        let url = match service {
+            "gateway" => self.gateway_url(path)?,
+            _ => self.crm_url(path)?,
+        };
+        let resp = self.http.get(url).send().await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
+    }
+
+    /// Polls the contact's timeline until it holds `id`, for at most `within`.
+    pub async fn wait_for_timeline(&self, key: &str, id: &str, within: Duration) -> Result<Value> {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.crm_get(&format!("/v1/contacts/{key}/timeline")).await?;
+            if status == 200
+                && body["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|i| i["id"] == id))
+            {
+                return Ok(body);
+            }
+            if started.elapsed() > within {
+                bail!("interaction {id} not in {key}'s timeline after {within:?} (last answer {status}: {body})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every interaction id the CRM holds, through all pages.
+    pub async fn all_interaction_ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut path = "/v1/interactions?limit=200".to_owned();
+        loop {
+            let (status, body) = self.crm_get(&path).await?;
+            if status != 200 {
+                bail!("GET {path}: {status} {body}");
+            }
+            for item in body["items"].as_array().into_iter().flatten() {
+                ids.push(item["id"].as_str().unwrap_or_default().to_owned());
+            }
+            match body["next_cursor"].as_str() {
+                Some(c) => path = format!("/v1/interactions?limit=200&cursor={c}"),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status (at most `within`).
+    pub async fn terminate(mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        if let Some(pid) = self.pid() {
+            kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGTERM)?;
+        }
+        Ok(tokio::time::timeout(within, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("switchboard did not exit within {within:?} of SIGTERM; log:\n{}", self.logs()))??)
+    }
+
+    /// SIGKILL: a crash.
+    pub async fn kill9(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// A lead form with a phone derived from `n`, so every lead is distinct.
+pub fn lead_form(n: u32) -> Value {
+    serde_json::json!({
+        "name": format!("Client {n}"),
+        "phone": format!("+7916{:07}", n % 10_000_000),
+        "message": format!("lead {n}"),
+        "page_url": "https://example.com/price",
+        "utm_source": "test",
+    })
+}
+
+/// A free loopback port (bound and released; the race is acceptable here).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The Tansu broker binary: `TANSU_BIN`, or where `.ci/run` caches it.
+pub fn tansu_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?;
+    let bin = PathBuf::from(home).join(".cache/tansu/bin/tansu");
+    if !bin.exists() {
+        bail!(
+            "the Tansu broker is not installed at {}; `scripts/install-peers` installs it \
+             (or set TANSU_BIN)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// How a broker keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// In memory: fast, lost on restart (benchmarks).
+    Memory,
+    /// In an SQLite file: survives restarts (outage tests).
+    Durable,
+}
+
+/// A Kafka-protocol broker (Tansu) on a loopback port.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    storage: BrokerStorage,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub async fn start(storage: BrokerStorage) -> Result<Self> {
+        let mut b = Self {
+            child: None,
+            port: free_port()?,
+            storage,
+            dir: tempfile::tempdir()?,
+        };
+        b.launch().await?;
+        Ok(b)
+    }
+
+    /// `127.0.0.1:<port>`, for `feed.kafka.brokers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let storage = match self.storage {
+            BrokerStorage::Memory => "memory://tansu/".to_owned(),
+            // Tansu resolves sqlite:// paths against its working directory.
+            BrokerStorage::Durable => "sqlite://tansu.db".to_owned(),
+        };
+        let child = Command::new(tansu_bin()?)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &storage])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting tansu")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("tansu did not listen on port {} within 20 s", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the broker (SIGKILL: nothing is flushed on the way out).
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port with the same storage.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.launch().await
+    }
+}
