@@ -17,8 +17,8 @@ pub fn normalize_phone(raw: &str, default_country: country::Id) -> Result<String
     {
         return Err("may contain only digits, spaces, '+', '-', '(' and ')'");
     }
-    let parsed = phonenumber::parse(Some(default_country), raw)
-        .map_err(|_| "is not a phone number")?;
+    let parsed =
+        phonenumber::parse(Some(default_country), raw).map_err(|_| "is not a phone number")?;
     if !phonenumber::is_valid(&parsed) {
         return Err("is not a valid phone number for its country");
     }
@@ -81,19 +81,38 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_phone() {
-        for raw in ["", "call me", "12", "+7 916", "8916123456789012345", "+7 916 123-45-67 ext"] {
+        for raw in [
+            "",
+            "call me",
+            "12",
+            "+7 916",
+            "8916123456789012345",
+            "+7 916 123-45-67 ext",
+        ] {
             assert!(normalize_phone(raw, country::Id::RU).is_err(), "{raw}");
         }
     }
 
     #[test]
     fn emails() {
-        assert_eq!(normalize_email(" Ivan@Example.COM ").as_deref(), Ok("ivan@example.com"));
+        assert_eq!(
+            normalize_email(" Ivan@Example.COM ").as_deref(),
+            Ok("ivan@example.com")
+        );
         assert_eq!(
             normalize_email("иван@пример.рф").as_deref(),
             Ok("иван@пример.рф")
         );
-        for raw in ["", "ivan", "ivan@", "@example.com", "ivan@example", "iv an@example.com", "a@b@c.d", "a@example..com"] {
+        for raw in [
+            "",
+            "ivan",
+            "ivan@",
+            "@example.com",
+            "ivan@example",
+            "iv an@example.com",
+            "a@b@c.d",
+            "a@example..com",
+        ] {
             assert!(normalize_email(raw).is_err(), "{raw}");
         }
     }

@@ -65,7 +65,10 @@ fn present(v: &Option<String>) -> Option<&str> {
 
 impl LeadForm {
     /// Validates and normalises the form into a `lead.received` interaction.
-    pub fn into_interaction(self, default_country: country::Id) -> Result<Interaction, FieldErrors> {
+    pub fn into_interaction(
+        self,
+        default_country: country::Id,
+    ) -> Result<Interaction, FieldErrors> {
         let mut errors = FieldErrors::new();
         let mut check_len = |field: &str, v: Option<&str>, max: usize| {
             if v.is_some_and(|v| v.chars().count() > max) {
@@ -92,7 +95,10 @@ impl LeadForm {
             let ok = (url.starts_with("https://") || url.starts_with("http://"))
                 && !url.chars().any(|c| c.is_whitespace() || c.is_control());
             if !ok {
-                errors.insert("page_url".into(), "must be an http:// or https:// address".into());
+                errors.insert(
+                    "page_url".into(),
+                    "must be an http:// or https:// address".into(),
+                );
             }
         }
         if name.is_some_and(|n| n.chars().any(char::is_control)) {
@@ -152,7 +158,10 @@ impl LeadForm {
             .map(ContactKey::phone)
             .or_else(|| email.as_deref().map(ContactKey::email))
             .ok_or_else(|| {
-                FieldErrors::from([("phone".into(), "give a phone number or an email address".into())])
+                FieldErrors::from([(
+                    "phone".into(),
+                    "give a phone number or an email address".into(),
+                )])
             })?;
         let campaign = Campaign {
             source: tags[0].1.map(str::to_owned),
@@ -223,7 +232,12 @@ mod tests {
         assert_eq!(ev.contact.name.as_deref(), Some("Иван Петров"));
         let c = ev.campaign.unwrap();
         assert_eq!(
-            (c.source.as_deref(), c.medium.as_deref(), c.campaign.as_deref(), c.keyword.as_deref()),
+            (
+                c.source.as_deref(),
+                c.medium.as_deref(),
+                c.campaign.as_deref(),
+                c.keyword.as_deref()
+            ),
             (Some("yandex"), Some("cpc"), Some("winter"), Some("crm"))
         );
         assert_eq!(ev.payload["message"], "Перезвоните");
@@ -233,7 +247,9 @@ mod tests {
 
     #[test]
     fn email_only_lead_is_keyed_by_email() {
-        let ev = form(&[("email", "A@B.RU")]).into_interaction(country::Id::RU).unwrap();
+        let ev = form(&[("email", "A@B.RU")])
+            .into_interaction(country::Id::RU)
+            .unwrap();
         assert_eq!(ev.contact.key, "email:a@b.ru");
         assert!(ev.campaign.is_none());
     }
@@ -249,7 +265,10 @@ mod tests {
         .into_interaction(country::Id::RU)
         .unwrap_err();
         for field in ["phone", "email", "page_url", "name"] {
-            assert!(errors.contains_key(field), "{field} not reported: {errors:?}");
+            assert!(
+                errors.contains_key(field),
+                "{field} not reported: {errors:?}"
+            );
         }
     }
 
@@ -258,6 +277,9 @@ mod tests {
         let errors = form(&[("name", "Ivan"), ("phone", "  ")])
             .into_interaction(country::Id::RU)
             .unwrap_err();
-        assert!(errors["phone"].contains("phone number or an email"), "{errors:?}");
+        assert!(
+            errors["phone"].contains("phone number or an email"),
+            "{errors:?}"
+        );
     }
 }

@@ -39,12 +39,13 @@ pub(crate) fn apply_overrides(
                 origin: format!("environment variable {name}"),
             });
         }
-        let typed = typed_value(&defaults, &path, &raw).map_err(|expected| ConfigError::Invalid {
-            key: key.clone(),
-            value: Some(format!("{raw:?}")),
-            expected,
-            origin: format!("environment variable {name}"),
-        })?;
+        let typed =
+            typed_value(&defaults, &path, &raw).map_err(|expected| ConfigError::Invalid {
+                key: key.clone(),
+                value: Some(format!("{raw:?}")),
+                expected,
+                origin: format!("environment variable {name}"),
+            })?;
         insert(table, &path, typed).map_err(|expected| ConfigError::Invalid {
             key: key.clone(),
             value: Some(format!("{raw:?}")),
@@ -59,15 +60,13 @@ pub(crate) fn apply_overrides(
 /// Converts `raw` to the type the default has at `path` (a string when the
 /// key has no default, e.g. an optional key or a free-form map entry).
 fn typed_value(defaults: &toml::Table, path: &[String], raw: &str) -> Result<toml::Value, String> {
-    let default = path
-        .split_last()
-        .and_then(|(last, parents)| {
-            let mut t = defaults;
-            for p in parents {
-                t = t.get(p)?.as_table()?;
-            }
-            t.get(last)
-        });
+    let default = path.split_last().and_then(|(last, parents)| {
+        let mut t = defaults;
+        for p in parents {
+            t = t.get(p)?.as_table()?;
+        }
+        t.get(last)
+    });
     Ok(match default {
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
             raw.trim()

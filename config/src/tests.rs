@@ -23,7 +23,10 @@ fn no_file_gives_embedded_defaults() {
     assert_eq!(c.feed.backend, FeedBackend::Sqlite);
     assert_eq!(c.crm.http_listen.port(), 8080);
     assert_eq!(c.gateway.http_listen.port(), 8081);
-    assert_eq!(c.node.feed_path(), std::path::Path::new("./data/feed.sqlite"));
+    assert_eq!(
+        c.node.feed_path(),
+        std::path::Path::new("./data/feed.sqlite")
+    );
     assert_eq!(
         c.crm.resolved_database_url(&c.node),
         "sqlite://./data/crm.sqlite"
@@ -58,7 +61,10 @@ fn example_file_documents_every_key_and_is_valid() {
     leaf_keys("", &defaults, &mut all);
     // Optional keys have no default value; they are documented as comments.
     for key in &all {
-        assert!(documented.contains(key), "example does not document `{key}`");
+        assert!(
+            documented.contains(key),
+            "example does not document `{key}`"
+        );
     }
     assert!(text.contains("database_url_file"));
     Config::load_from(Some(&path), no_env()).unwrap();
@@ -66,20 +72,29 @@ fn example_file_documents_every_key_and_is_valid() {
 
 #[test]
 fn unknown_key_is_named() {
-    let msg = err_text(Config::from_toml_str("[feed]\nbakend = \"kafka\"\n", no_env()));
+    let msg = err_text(Config::from_toml_str(
+        "[feed]\nbakend = \"kafka\"\n",
+        no_env(),
+    ));
     assert!(msg.contains("feed.bakend"), "{msg}");
     assert!(msg.contains("backend"), "should list valid keys: {msg}");
 }
 
 #[test]
 fn unknown_section_is_named() {
-    let msg = err_text(Config::from_toml_str("[gatway]\nhttp_listen = \"1.2.3.4:1\"\n", no_env()));
+    let msg = err_text(Config::from_toml_str(
+        "[gatway]\nhttp_listen = \"1.2.3.4:1\"\n",
+        no_env(),
+    ));
     assert!(msg.contains("gatway"), "{msg}");
 }
 
 #[test]
 fn bad_enum_value_names_key_value_and_choices() {
-    let msg = err_text(Config::from_toml_str("[feed]\nbackend = \"kafak\"\n", no_env()));
+    let msg = err_text(Config::from_toml_str(
+        "[feed]\nbackend = \"kafak\"\n",
+        no_env(),
+    ));
     assert!(msg.contains("feed.backend"), "{msg}");
     assert!(msg.contains("kafak"), "{msg}");
     assert!(msg.contains("sqlite") && msg.contains("kafka"), "{msg}");
@@ -87,7 +102,10 @@ fn bad_enum_value_names_key_value_and_choices() {
 
 #[test]
 fn bad_socket_address_names_key_and_value() {
-    let msg = err_text(Config::from_toml_str("[crm]\nhttp_listen = \"localhost\"\n", no_env()));
+    let msg = err_text(Config::from_toml_str(
+        "[crm]\nhttp_listen = \"localhost\"\n",
+        no_env(),
+    ));
     assert!(msg.contains("crm.http_listen"), "{msg}");
     assert!(msg.contains("localhost"), "{msg}");
 }
@@ -127,7 +145,10 @@ fn bad_env_value_names_the_variable() {
         env(&[("SWITCHBOARD_GATEWAY__DEFAULT_COUNTRY", "XX")]),
     ));
     assert!(msg.contains("gateway.default_country"), "{msg}");
-    assert!(msg.contains("SWITCHBOARD_GATEWAY__DEFAULT_COUNTRY"), "{msg}");
+    assert!(
+        msg.contains("SWITCHBOARD_GATEWAY__DEFAULT_COUNTRY"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -144,16 +165,28 @@ fn unknown_env_key_is_an_error() {
 fn range_and_format_checks() {
     for (toml, key) in [
         ("[gateway]\nmax_body_bytes = 10", "gateway.max_body_bytes"),
-        ("[gateway]\ndefault_country = \"Russia\"", "gateway.default_country"),
+        (
+            "[gateway]\ndefault_country = \"Russia\"",
+            "gateway.default_country",
+        ),
         ("[feed]\nnamespace = \"a b\"", "feed.namespace"),
         ("[feed.kafka]\nbrokers = [\"nohost\"]", "feed.kafka.brokers"),
         ("[feed.kafka]\npartitions = 0", "feed.kafka.partitions"),
-        ("[feed.kafka.properties]\nacks = \"1\"", "feed.kafka.properties.\"acks\""),
+        (
+            "[feed.kafka.properties]\nacks = \"1\"",
+            "feed.kafka.properties.\"acks\"",
+        ),
         ("[crm]\ndatabase_url = \"mysql://x\"", "crm.database_url"),
-        ("[shutdown]\ngrace_period = \"forever\"", "shutdown.grace_period"),
+        (
+            "[shutdown]\ngrace_period = \"forever\"",
+            "shutdown.grace_period",
+        ),
         ("[shutdown]\ngrace_period = \"1h\"", "shutdown.grace_period"),
         ("[log]\nlevel = \"loud=[\"", "log.level"),
-        ("[gateway]\ncors_allowed_origins = [\"example.com\"]", "gateway.cors_allowed_origins"),
+        (
+            "[gateway]\ncors_allowed_origins = [\"example.com\"]",
+            "gateway.cors_allowed_origins",
+        ),
     ] {
         let err = Config::from_toml_str(toml, no_env()).expect_err(toml);
         assert_eq!(err.key(), Some(key), "{toml}: {err}");
@@ -190,4 +223,3 @@ fn syntax_error_is_reported() {
     let err = Config::from_toml_str("[feed\n", no_env()).unwrap_err();
     assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
 }
-

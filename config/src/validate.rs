@@ -13,7 +13,9 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         ConfigError::invalid(
             "log.level",
             &config.log.level,
-            format!("a tracing filter such as \"info\" or \"switchboard_gateway=debug,info\" ({e})"),
+            format!(
+                "a tracing filter such as \"info\" or \"switchboard_gateway=debug,info\" ({e})"
+            ),
         )
     })?;
 
@@ -48,9 +50,9 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         ));
     }
     for broker in &kafka.brokers {
-        let ok = broker
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let ok = broker.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !ok {
             return Err(ConfigError::invalid(
                 "feed.kafka.brokers",

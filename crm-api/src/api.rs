@@ -26,7 +26,17 @@ const MAX_LIMIT: u32 = 200;
         description = "Clients, contacts and everything that happened with them, as read from the feed."
     ),
     paths(list_interactions, contact_timeline),
-    components(schemas(Interaction, Contact, Campaign, Kind, Channel, ContactRow, InteractionPage, Timeline, ErrorBody))
+    components(schemas(
+        Interaction,
+        Contact,
+        Campaign,
+        Kind,
+        Channel,
+        ContactRow,
+        InteractionPage,
+        Timeline,
+        ErrorBody
+    ))
 )]
 pub struct ApiDoc;
 
@@ -43,7 +53,12 @@ pub(crate) fn routes(store: Store) -> Router {
         .route("/v1/contacts/{key}/timeline", get(contact_timeline))
         .route(
             "/v1/openapi.json",
-            get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi_json(),
+                )
+            }),
         )
         .with_state(store)
 }
@@ -127,11 +142,17 @@ fn raw_items(page: Page) -> Result<(Vec<Box<RawValue>>, Option<String>), ApiErro
 }
 
 /// Checks a filter value against the names serde knows for `T`.
-fn known<T: serde::de::DeserializeOwned>(field: &str, value: &Option<String>) -> Result<(), ApiError> {
+fn known<T: serde::de::DeserializeOwned>(
+    field: &str,
+    value: &Option<String>,
+) -> Result<(), ApiError> {
     match value {
-        Some(v) if serde_json::from_value::<T>(serde_json::Value::String(v.clone())).is_err() => Err(
-            ApiError::bad_request("invalid_filter", format!("{field} {v:?} is not one this API knows")),
-        ),
+        Some(v) if serde_json::from_value::<T>(serde_json::Value::String(v.clone())).is_err() => {
+            Err(ApiError::bad_request(
+                "invalid_filter",
+                format!("{field} {v:?} is not one this API knows"),
+            ))
+        }
         _ => Ok(()),
     }
 }

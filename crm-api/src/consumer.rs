@@ -49,7 +49,9 @@ pub async fn run<S: FeedSource>(store: Store, mut source: S, shutdown: Cancellat
         loop {
             match store.apply(&good, &rejects).await {
                 Ok(applied) => {
-                    metrics::APPLIED.with_label_values(&["new"]).inc_by(applied.new);
+                    metrics::APPLIED
+                        .with_label_values(&["new"])
+                        .inc_by(applied.new);
                     metrics::APPLIED
                         .with_label_values(&["duplicate"])
                         .inc_by(applied.duplicate);
@@ -71,7 +73,9 @@ pub async fn run<S: FeedSource>(store: Store, mut source: S, shutdown: Cancellat
         }
         if let Err(e) = source.commit(&batch).await {
             // The effect is durable; a replay after this is deduplicated.
-            metrics::CONSUMER_ERRORS.with_label_values(&["commit"]).inc();
+            metrics::CONSUMER_ERRORS
+                .with_label_values(&["commit"])
+                .inc();
             tracing::warn!(error = %e, "feed offset commit failed; records may be re-read and deduplicated");
         }
     }
@@ -85,7 +89,8 @@ fn decode(record: &Record) -> Result<Interaction, String> {
     if std::str::from_utf8(&record.value).is_err() {
         return Err("not UTF-8".into());
     }
-    let ev: Interaction = serde_json::from_slice(&record.value).map_err(|e| format!("not a v1 interaction: {e}"))?;
+    let ev: Interaction =
+        serde_json::from_slice(&record.value).map_err(|e| format!("not a v1 interaction: {e}"))?;
     if ev.v != envelope::VERSION {
         return Err(format!("envelope version {} is not supported", ev.v));
     }

@@ -59,7 +59,11 @@ impl Crm {
 
     /// Serves until `shutdown`, checking the database every few seconds for
     /// `/readyz`.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
         let store = self.store.clone();
         let readiness = self.readiness.clone();
         let probe_stop = shutdown.clone();

@@ -124,9 +124,15 @@ impl Store {
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
@@ -136,10 +142,13 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
-        migrator.run(&pool).await.map_err(|e| StoreError::Database {
-            op: "migrate",
-            source: e.into(),
-        })?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database {
+                op: "migrate",
+                source: e.into(),
+            })?;
         Ok(Self { pool, backend })
     }
 
@@ -253,7 +262,8 @@ impl Store {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<Page, StoreError> {
-        let mut sql = String::from("SELECT id, occurred_at, envelope FROM interactions WHERE 1 = 1");
+        let mut sql =
+            String::from("SELECT id, occurred_at, envelope FROM interactions WHERE 1 = 1");
         let mut n = 0;
         let mut param = || {
             n += 1;
@@ -287,7 +297,10 @@ impl Store {
             q = q.bind(c.occurred_at).bind(c.id.as_str());
         }
         q = q.bind(i64::from(limit) + 1);
-        let rows = q.fetch_all(&self.pool).await.map_err(db("list interactions"))?;
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list interactions"))?;
         let mut items = Vec::with_capacity(rows.len());
         let mut last = None;
         for (i, r) in rows.iter().enumerate() {
@@ -300,7 +313,11 @@ impl Store {
             items.push(r.try_get("envelope").map_err(&get_err)?);
             last = Some(Cursor { occurred_at, id });
         }
-        let next = if rows.len() > limit as usize { last } else { None };
+        let next = if rows.len() > limit as usize {
+            last
+        } else {
+            None
+        };
         Ok(Page { items, next })
     }
 
@@ -312,7 +329,12 @@ impl Store {
             .await
             .map_err(db("snapshot"))?
             .iter()
-            .map(|r| Ok((r.try_get("id").map_err(corrupt("interaction"))?, r.try_get("contact_key").map_err(corrupt("interaction"))?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("id").map_err(corrupt("interaction"))?,
+                    r.try_get("contact_key").map_err(corrupt("interaction"))?,
+                ))
+            })
             .collect::<Result<_, StoreError>>()?;
         let contacts = sqlx::query(
             "SELECT key, phone, email, name, first_seen_at, last_seen_at, interaction_count \
@@ -362,12 +384,13 @@ fn contact_row(r: &sqlx::any::AnyRow) -> Result<ContactRow, StoreError> {
 }
 
 fn rfc3339(us: i64) -> Result<String, StoreError> {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).map_err(|e| {
-        StoreError::Corrupt {
-            what: "timestamp",
-            detail: e.to_string(),
-        }
-    })?;
+    let t =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).map_err(|e| {
+            StoreError::Corrupt {
+                what: "timestamp",
+                detail: e.to_string(),
+            }
+        })?;
     t.format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| StoreError::Corrupt {
             what: "timestamp",

@@ -1,6 +1,8 @@
 //! The CRM store and REST API on both databases: every test runs on SQLite
 //! and on PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,8 +11,7 @@ use serde_json::{Value, json};
 use switchboard_crm::testing::TestDatabase;
 use switchboard_crm::{Crm, Store};
 use switchboard_storage::{
-    Channel, Contact, ContactKey, FeedLog, Interaction, Kind, LogOptions, NewRecord,
-    Topic,
+    Channel, Contact, ContactKey, FeedLog, Interaction, Kind, LogOptions, NewRecord, Topic,
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -35,12 +36,17 @@ impl Backends {
 
     async fn stores(&self) -> Vec<(&'static str, Store)> {
         let sqlite = Store::connect(
-            &format!("sqlite://{}", self.sqlite_dir.path().join("crm.sqlite").display()),
+            &format!(
+                "sqlite://{}",
+                self.sqlite_dir.path().join("crm.sqlite").display()
+            ),
             4,
         )
         .await
         .unwrap();
-        let pg = Store::connect(&self.pg.as_ref().unwrap().url, 4).await.unwrap();
+        let pg = Store::connect(&self.pg.as_ref().unwrap().url, 4)
+            .await
+            .unwrap();
         vec![("sqlite", sqlite), ("postgres", pg)]
     }
 
@@ -79,7 +85,8 @@ fn as_batch(events: &[Interaction]) -> Vec<(Interaction, String)> {
 
 async fn apply(store: &Store, events: &[Interaction]) -> switchboard_crm::Applied {
     let batch = as_batch(events);
-    let refs: Vec<(Interaction, &str)> = batch.iter().map(|(e, t)| (e.clone(), t.as_str())).collect();
+    let refs: Vec<(Interaction, &str)> =
+        batch.iter().map(|(e, t)| (e.clone(), t.as_str())).collect();
     store.apply(&refs, &[]).await.unwrap()
 }
 
@@ -90,8 +97,13 @@ async fn get(crm: &Crm, uri: &str) -> (StatusCode, Value) {
         .await
         .unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -99,7 +111,9 @@ async fn timeline_pages_newest_first_without_gaps_or_repeats() {
     let b = Backends::new().await;
     let stores = b.stores().await;
     for (name, store) in &stores {
-        let mut events: Vec<Interaction> = (0..7).map(|i| lead("+79161234567", "Иван", 100 - i)).collect();
+        let mut events: Vec<Interaction> = (0..7)
+            .map(|i| lead("+79161234567", "Иван", 100 - i))
+            .collect();
         events.push(lead("+79031112233", "Пётр", 1));
         assert_eq!(apply(store, &events).await.new, 8, "{name}");
         let crm = Crm::new(store.clone());
@@ -115,7 +129,9 @@ async fn timeline_pages_newest_first_without_gaps_or_repeats() {
                 seen.push(item["id"].as_str().unwrap().to_owned());
             }
             match body["next_cursor"].as_str() {
-                Some(c) => uri = format!("/v1/contacts/tel:+79161234567/timeline?limit=3&cursor={c}"),
+                Some(c) => {
+                    uri = format!("/v1/contacts/tel:+79161234567/timeline?limit=3&cursor={c}")
+                }
                 None => break,
             }
         }
@@ -126,7 +142,10 @@ async fn timeline_pages_newest_first_without_gaps_or_repeats() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["items"].as_array().unwrap().len(), 8, "{name}");
         assert!(body.get("next_cursor").is_none(), "{name}");
-        assert_eq!(body["items"][0]["contact"]["name"], "Пётр", "{name}: newest first");
+        assert_eq!(
+            body["items"][0]["contact"]["name"], "Пётр",
+            "{name}: newest first"
+        );
     }
     b.finish(stores).await;
 }
@@ -138,11 +157,31 @@ async fn bad_requests_get_clear_errors() {
     for (name, store) in &stores {
         let crm = Crm::new(store.clone());
         for (uri, status, code) in [
-            ("/v1/contacts/tel:+70000000000/timeline", StatusCode::NOT_FOUND, "not_found"),
-            ("/v1/interactions?limit=0", StatusCode::BAD_REQUEST, "invalid_limit"),
-            ("/v1/interactions?limit=201", StatusCode::BAD_REQUEST, "invalid_limit"),
-            ("/v1/interactions?cursor=bogus", StatusCode::BAD_REQUEST, "invalid_cursor"),
-            ("/v1/interactions?kind=lead.recieved", StatusCode::BAD_REQUEST, "invalid_filter"),
+            (
+                "/v1/contacts/tel:+70000000000/timeline",
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                "/v1/interactions?limit=0",
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+            ),
+            (
+                "/v1/interactions?limit=201",
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+            ),
+            (
+                "/v1/interactions?cursor=bogus",
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+            ),
+            (
+                "/v1/interactions?kind=lead.recieved",
+                StatusCode::BAD_REQUEST,
+                "invalid_filter",
+            ),
             ("/v1/nowhere", StatusCode::NOT_FOUND, "not_found"),
         ] {
             let (got, body) = get(&crm, uri).await;
@@ -158,7 +197,10 @@ async fn a_repeated_event_changes_nothing() {
     let b = Backends::new().await;
     let stores = b.stores().await;
     for (name, store) in &stores {
-        let events = vec![lead("+79161234567", "Иван", 5), lead("+79161234567", "Иван", 4)];
+        let events = vec![
+            lead("+79161234567", "Иван", 5),
+            lead("+79161234567", "Иван", 4),
+        ];
         assert_eq!(apply(store, &events).await.new, 2);
         let again = apply(store, &events).await;
         assert_eq!((again.new, again.duplicate), (0, 2), "{name}");
@@ -176,7 +218,15 @@ async fn filters_select_by_kind_channel_and_contact() {
         let mut call = lead("+79161234567", "Иван", 3);
         call.kind = Kind::CallMissed;
         call.channel = Channel::Sip;
-        apply(store, &[lead("+79161234567", "Иван", 5), call, lead("+79030000000", "Анна", 1)]).await;
+        apply(
+            store,
+            &[
+                lead("+79161234567", "Иван", 5),
+                call,
+                lead("+79030000000", "Анна", 1),
+            ],
+        )
+        .await;
         let crm = Crm::new(store.clone());
         let count = |body: &Value| body["items"].as_array().unwrap().len();
         let (_, body) = get(&crm, "/v1/interactions?kind=call.missed").await;
@@ -194,14 +244,22 @@ async fn filters_select_by_kind_channel_and_contact() {
 async fn consume_all(log: &FeedLog, store: &Store, group: &str, expect_new: usize) {
     let source = log.consumer(group, &[Topic::Interactions]).unwrap();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(switchboard_crm::consume(store.clone(), source, stop.clone()));
+    let task = tokio::spawn(switchboard_crm::consume(
+        store.clone(),
+        source,
+        stop.clone(),
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (ids, _) = store.snapshot().await.unwrap();
         if ids.len() >= expect_new && store.reject_count().await.unwrap() >= 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "consumer applied only {}", ids.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer applied only {}",
+            ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();
@@ -240,14 +298,21 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
         consume_all(&log, store, &format!("crm-{name}"), 300).await;
         let first = store.snapshot().await.unwrap();
         assert_eq!(first.0.len(), 300, "{name}: the duplicate was applied once");
-        assert_eq!(store.reject_count().await.unwrap(), 1, "{name}: the bad record is kept");
+        assert_eq!(
+            store.reject_count().await.unwrap(),
+            1,
+            "{name}: the bad record is kept"
+        );
         // A fresh store of the same kind, fed from offset 0 by a new group.
         let replay = match *name {
             "sqlite" => {
                 let dir = tempfile::tempdir().unwrap();
-                let s = Store::connect(&format!("sqlite://{}", dir.path().join("r.sqlite").display()), 2)
-                    .await
-                    .unwrap();
+                let s = Store::connect(
+                    &format!("sqlite://{}", dir.path().join("r.sqlite").display()),
+                    2,
+                )
+                .await
+                .unwrap();
                 consume_all(&log, &s, "replay-sqlite", 300).await;
                 let snap = s.snapshot().await.unwrap();
                 s.close().await;
@@ -264,7 +329,11 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
             }
         };
         assert_eq!(replay, first, "{name}: replay differs");
-        let c = first.1.iter().find(|c| c.key == "tel:+79160000000").unwrap();
+        let c = first
+            .1
+            .iter()
+            .find(|c| c.key == "tel:+79160000000")
+            .unwrap();
         assert_eq!(c.name.as_deref(), Some("client 0"), "{name}");
     }
     b.finish(stores).await;

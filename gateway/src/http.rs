@@ -1,7 +1,7 @@
 //! HTTP endpoints for the site and for services that call us.
 
-use axum::extract::{DefaultBodyLimit, State};
 use axum::Extension;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::routing::{get, post};

@@ -59,7 +59,11 @@ impl Gateway {
     }
 
     /// Serves until `shutdown`; `/readyz` follows the feed writer.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
         let feed = self.feed.clone();
         let readiness = self.readiness.clone();
         let probe_stop = shutdown.clone();

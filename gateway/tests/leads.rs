@@ -1,6 +1,8 @@
 //! The widget lead endpoint, in process: what the site gets back and what
 //! lands in the feed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -35,8 +37,13 @@ async fn post(g: &Gateway, content_type: &str, body: impl Into<Body>) -> (Status
         .unwrap();
     let resp = g.router().oneshot(req).await.unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn feed_events(feed: &FeedLog) -> Vec<Interaction> {
@@ -67,7 +74,10 @@ async fn a_json_lead_is_accepted_and_lands_in_the_feed() {
     let ev = &events[0];
     assert_eq!(ev.id.to_string(), body["id"].as_str().unwrap());
     assert_eq!(ev.contact.email.as_deref(), Some("ivan@example.com"));
-    assert_eq!(ev.campaign.as_ref().unwrap().campaign.as_deref(), Some("winter"));
+    assert_eq!(
+        ev.campaign.as_ref().unwrap().campaign.as_deref(),
+        Some("winter")
+    );
 }
 
 #[tokio::test]
@@ -87,26 +97,69 @@ async fn an_html_form_post_is_accepted() {
 #[tokio::test]
 async fn bad_input_gets_the_right_status_and_nothing_reaches_the_feed() {
     let f = fixture();
-    let huge = format!(r#"{{"phone":"+79161234567","message":"{}"}}"#, "x".repeat(10 * 1024 * 1024));
+    let huge = format!(
+        r#"{{"phone":"+79161234567","message":"{}"}}"#,
+        "x".repeat(10 * 1024 * 1024)
+    );
     let cases: Vec<(&str, Body, StatusCode, &str)> = vec![
-        ("application/json", Body::from("{not json"), StatusCode::BAD_REQUEST, "invalid_json"),
-        ("application/json", Body::from(r#"{"phone": 79161234567}"#), StatusCode::BAD_REQUEST, "invalid_json"),
-        ("text/plain", Body::from("phone=1"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("application/json", Body::from(huge), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        ("application/json", Body::from(r#"{"phone":"not a phone"}"#), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("application/json", Body::from(r#"{"name":"nobody"}"#), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+        (
+            "application/json",
+            Body::from("{not json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "application/json",
+            Body::from(r#"{"phone": 79161234567}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "text/plain",
+            Body::from("phone=1"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "application/json",
+            Body::from(huge),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "application/json",
+            Body::from(r#"{"phone":"not a phone"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "application/json",
+            Body::from(r#"{"name":"nobody"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
     ];
     for (ct, body, want, code) in cases {
         let (status, resp) = post(&f.gateway, ct, body).await;
         assert_eq!(status, want, "{resp}");
         assert_eq!(resp["error"]["code"], code, "{resp}");
     }
-    let (_, resp) = post(&f.gateway, "application/json", r#"{"phone":"12345","email":"x@"}"#).await;
+    let (_, resp) = post(
+        &f.gateway,
+        "application/json",
+        r#"{"phone":"12345","email":"x@"}"#,
+    )
+    .await;
     assert!(resp["error"]["fields"]["phone"].is_string(), "{resp}");
     assert!(resp["error"]["fields"]["email"].is_string(), "{resp}");
     assert!(feed_events(&f.feed).await.is_empty());
     // Still serving.
-    let (status, _) = post(&f.gateway, "application/json", r#"{"phone":"+79161234567"}"#).await;
+    let (status, _) = post(
+        &f.gateway,
+        "application/json",
+        r#"{"phone":"+79161234567"}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
 }
 

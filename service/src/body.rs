@@ -39,7 +39,13 @@ where
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_default();
         let json = match media.as_str() {
             "application/json" => true,
@@ -78,7 +84,11 @@ where
     }
 }
 
-async fn read_limited(req: Request, limit: usize, declared: Option<u64>) -> Result<BytesMut, ApiError> {
+async fn read_limited(
+    req: Request,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<BytesMut, ApiError> {
     let too_large_error = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -104,7 +114,12 @@ async fn read_limited(req: Request, limit: usize, declared: Option<u64>) -> Resu
         let chunk = match chunk {
             Ok(c) => c,
             Err(_) if too_large => break,
-            Err(e) => return Err(ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))),
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!("the body could not be read: {e}"),
+                ));
+            }
         };
         total = total.saturating_add(chunk.len());
         if !too_large && total > limit {

@@ -29,7 +29,9 @@ pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
             "switchboard_http_request_duration_seconds",
             "Time to answer HTTP requests, by service and route template."
         )
-        .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
+        ]),
         &["service", "route"]
     )
     .expect("metric registers once")

@@ -120,9 +120,11 @@ pub struct FeedLog {
 impl FeedLog {
     /// Opens (creating if needed) the log at `path` and starts its writer.
     pub fn open(path: &Path, options: LogOptions) -> Result<Self, FeedError> {
-        let conn = open_connection(path, &options)?;
+        let conn = open_connection(path, options.synchronous)?;
         let last: i64 = conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| r.get(0))
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
+                r.get(0)
+            })
             .map_err(FeedError::sqlite("open"))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (appended_tx, appended) = watch::channel(last);
@@ -196,7 +198,10 @@ impl FeedLog {
     }
 }
 
-fn open_connection(path: &Path, options: &LogOptions) -> Result<Connection, FeedError> {
+fn open_connection(
+    path: &Path,
+    synchronous: switchboard_config::Synchronous,
+) -> Result<Connection, FeedError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| FeedError::Open {
             path: dir.to_path_buf(),
@@ -212,7 +217,7 @@ fn open_connection(path: &Path, options: &LogOptions) -> Result<Connection, Feed
     .map_err(FeedError::sqlite("open"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(FeedError::sqlite("open"))?;
-    let sync = match options.synchronous {
+    let sync = match synchronous {
         switchboard_config::Synchronous::Full => "FULL",
         switchboard_config::Synchronous::Normal => "NORMAL",
     };
@@ -229,7 +234,11 @@ fn now_micros() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, appended: watch::Sender<i64>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Request>,
+    appended: watch::Sender<i64>,
+) {
     let mut group: Vec<(Vec<NewRecord>, Reply<Vec<i64>>)> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut pending = Some(first);
@@ -274,23 +283,31 @@ fn commit_group(
     metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(offsets) => {
-            let mut per_topic: HashMap<Topic, u64> = HashMap::new();
-            let mut last = 0;
-            for ((records, reply), offsets) in group.drain(..).zip(offsets) {
-                for r in &records {
-                    *per_topic.entry(r.topic).or_default() += 1;
-                }
-                last = offsets.last().copied().unwrap_or(last);
-                let _ = reply.send(Ok(offsets));
-            }
-            for (topic, n) in per_topic {
-                metrics::APPENDED.with_label_values(&[topic.as_str()]).inc_by(n);
-            }
+            // Publish the new end before answering, so a producer that reads
+            // `last_offset` after its append sees its own records.
+            let last = offsets
+                .iter()
+                .filter_map(|o| o.last())
+                .max()
+                .copied()
+                .unwrap_or(0);
             appended.send_if_modified(|v| {
                 let changed = last > *v;
                 *v = (*v).max(last);
                 changed
             });
+            let mut per_topic: HashMap<Topic, u64> = HashMap::new();
+            for ((records, reply), offsets) in group.drain(..).zip(offsets) {
+                for r in &records {
+                    *per_topic.entry(r.topic).or_default() += 1;
+                }
+                let _ = reply.send(Ok(offsets));
+            }
+            for (topic, n) in per_topic {
+                metrics::APPENDED
+                    .with_label_values(&[topic.as_str()])
+                    .inc_by(n);
+            }
         }
         Err(e) => {
             metrics::APPEND_ERRORS.inc();
@@ -367,7 +384,10 @@ impl LogConsumer {
         topics: &[Topic],
         options: LogOptions,
     ) -> Result<Self, FeedError> {
-        let conn = open_connection(path, &options)?;
+        // A consumer's committed offset needs no sync to disk: losing the
+        // last commits to a power cut only makes the group re-read records,
+        // which every consumer deduplicates.
+        let conn = open_connection(path, switchboard_config::Synchronous::Normal)?;
         let positions = read_committed(&conn, group, topics)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -427,7 +447,11 @@ impl FeedSource for LogConsumer {
             let records = self.read(max).await?;
             if !records.is_empty() {
                 for r in &records {
-                    if let Some(p) = self.positions.iter_mut().find(|(t, _)| t.as_str() == r.topic) {
+                    if let Some(p) = self
+                        .positions
+                        .iter_mut()
+                        .find(|(t, _)| t.as_str() == r.topic)
+                    {
                         p.1 = p.1.max(r.offset + 1);
                     }
                 }

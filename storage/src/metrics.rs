@@ -36,11 +36,15 @@ pub static APPEND_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
 /// Time to commit one group of appends (one disk sync with `synchronous = full`).
 pub static COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     #[allow(clippy::expect_used)]
-    register_histogram!(HistogramOpts::new(
-        "switchboard_feed_commit_duration_seconds",
-        "Time to write and commit one group of appends to the embedded feed log."
+    register_histogram!(
+        HistogramOpts::new(
+            "switchboard_feed_commit_duration_seconds",
+            "Time to write and commit one group of appends to the embedded feed log."
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+        ])
     )
-    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]))
     .expect("metric registers once")
 });
 

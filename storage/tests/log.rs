@@ -1,6 +1,8 @@
 //! The embedded log: ordering, group commit, consumer groups, durability,
 //! pruning and readers in other processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -18,7 +20,11 @@ async fn drain(c: &mut LogConsumer, want: usize) -> Vec<Record> {
     let mut out = Vec::new();
     while out.len() < want {
         let batch = c.poll(1000, Duration::from_secs(5)).await.unwrap();
-        assert!(!batch.is_empty(), "only {} of {want} records arrived", out.len());
+        assert!(
+            !batch.is_empty(),
+            "only {} of {want} records arrived",
+            out.len()
+        );
         out.extend(batch);
     }
     out
@@ -30,7 +36,11 @@ async fn appends_are_ordered_and_groups_resume_after_commit() {
     let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
     let mut offsets = Vec::new();
     for i in 0..10 {
-        offsets.push(log.append(rec(Topic::Interactions, "k", &format!("v{i}"))).await.unwrap());
+        offsets.push(
+            log.append(rec(Topic::Interactions, "k", &format!("v{i}")))
+                .await
+                .unwrap(),
+        );
     }
     log.append(rec(Topic::Commands, "t", "cmd")).await.unwrap();
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
@@ -41,7 +51,11 @@ async fn appends_are_ordered_and_groups_resume_after_commit() {
         first.iter().map(|r| r.value.as_slice()).collect::<Vec<_>>(),
         [b"v0", b"v1", b"v2", b"v3"]
     );
-    assert!(first.iter().all(|r| r.topic == "interactions" && r.key == "k"));
+    assert!(
+        first
+            .iter()
+            .all(|r| r.topic == "interactions" && r.key == "k")
+    );
     c.commit(&first).await.unwrap();
     let second = c.poll(2, Duration::ZERO).await.unwrap();
     assert_eq!(second[0].value, b"v4");
@@ -50,11 +64,20 @@ async fn appends_are_ordered_and_groups_resume_after_commit() {
     let mut again = log.consumer("crm", &[Topic::Interactions]).unwrap();
     let rest = drain(&mut again, 6).await;
     assert_eq!(rest[0].value, b"v4", "resumes after the last commit");
-    assert!(again.poll(10, Duration::ZERO).await.unwrap().is_empty(), "commands topic leaked");
+    assert!(
+        again.poll(10, Duration::ZERO).await.unwrap().is_empty(),
+        "commands topic leaked"
+    );
 
-    let mut other = log.consumer("analytics", &[Topic::Interactions, Topic::Commands]).unwrap();
+    let mut other = log
+        .consumer("analytics", &[Topic::Interactions, Topic::Commands])
+        .unwrap();
     let all = drain(&mut other, 11).await;
-    assert_eq!(all.last().unwrap().topic, "commands", "a new group starts at the beginning");
+    assert_eq!(
+        all.last().unwrap().topic,
+        "commands",
+        "a new group starts at the beginning"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +91,11 @@ async fn concurrent_producers_share_commits_and_lose_nothing() {
             let mut offsets = Vec::new();
             for i in 0..200 {
                 let o = log
-                    .append(rec(Topic::Interactions, &format!("key-{t}"), &format!("{t}/{i}")))
+                    .append(rec(
+                        Topic::Interactions,
+                        &format!("key-{t}"),
+                        &format!("{t}/{i}"),
+                    ))
                     .await
                     .unwrap();
                 offsets.push(o);
@@ -105,9 +132,13 @@ async fn records_and_offsets_survive_reopen() {
     let path = dir.path().join("nested/dir/feed.sqlite");
     {
         let log = FeedLog::open(&path, LogOptions::default()).unwrap();
-        log.append_batch((0..100).map(|i| rec(Topic::Interactions, "k", &i.to_string())).collect())
-            .await
-            .unwrap();
+        log.append_batch(
+            (0..100)
+                .map(|i| rec(Topic::Interactions, "k", &i.to_string()))
+                .collect(),
+        )
+        .await
+        .unwrap();
         let mut c = log.consumer("crm", &[Topic::Interactions]).unwrap();
         let batch = c.poll(60, Duration::ZERO).await.unwrap();
         c.commit(&batch).await.unwrap();
@@ -117,7 +148,10 @@ async fn records_and_offsets_survive_reopen() {
     let mut c = log.consumer("crm", &[Topic::Interactions]).unwrap();
     let rest = drain(&mut c, 40).await;
     assert_eq!(rest[0].value, b"60");
-    let next = log.append(rec(Topic::Interactions, "k", "after")).await.unwrap();
+    let next = log
+        .append(rec(Topic::Interactions, "k", "after"))
+        .await
+        .unwrap();
     assert_eq!(next, 101);
 }
 
@@ -129,19 +163,28 @@ async fn a_waiting_consumer_is_woken_by_an_append() {
     let started = std::time::Instant::now();
     let waiter = tokio::spawn(async move { c.poll(10, Duration::from_secs(30)).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    log.append(rec(Topic::Interactions, "k", "hello")).await.unwrap();
+    log.append(rec(Topic::Interactions, "k", "hello"))
+        .await
+        .unwrap();
     let got = waiter.await.unwrap();
     assert_eq!(got.len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(10), "consumer slept through the append");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "consumer slept through the append"
+    );
 }
 
 #[tokio::test]
 async fn rewind_returns_uncommitted_records_again() {
     let dir = tempfile::tempdir().unwrap();
     let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
-    log.append_batch((0..5).map(|i| rec(Topic::Interactions, "k", &i.to_string())).collect())
-        .await
-        .unwrap();
+    log.append_batch(
+        (0..5)
+            .map(|i| rec(Topic::Interactions, "k", &i.to_string()))
+            .collect(),
+    )
+    .await
+    .unwrap();
     let mut c = log.consumer("relay", &[Topic::Interactions]).unwrap();
     let a = c.poll(2, Duration::ZERO).await.unwrap();
     c.commit(&a).await.unwrap();
@@ -157,12 +200,19 @@ async fn pruning_never_reuses_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
     let offsets = log
-        .append_batch((0..30).map(|i| rec(Topic::Interactions, "k", &i.to_string())).collect())
+        .append_batch(
+            (0..30)
+                .map(|i| rec(Topic::Interactions, "k", &i.to_string()))
+                .collect(),
+        )
         .await
         .unwrap();
     let deleted = log.prune_below(offsets[29] + 1).await.unwrap();
     assert_eq!(deleted, 30);
-    let next = log.append(rec(Topic::Interactions, "k", "new")).await.unwrap();
+    let next = log
+        .append(rec(Topic::Interactions, "k", "new"))
+        .await
+        .unwrap();
     assert!(next > offsets[29], "offset {next} reused after pruning");
     let mut c = log.consumer("late", &[Topic::Interactions]).unwrap();
     let got = c.poll(100, Duration::ZERO).await.unwrap();
@@ -191,7 +241,11 @@ fn child_reader() {
         while got.len() < want && std::time::Instant::now() < deadline {
             let batch = c.poll(500, Duration::from_millis(200)).await.unwrap();
             c.commit(&batch).await.unwrap();
-            got.extend(batch.into_iter().map(|r| String::from_utf8(r.value).unwrap()));
+            got.extend(
+                batch
+                    .into_iter()
+                    .map(|r| String::from_utf8(r.value).unwrap()),
+            );
         }
         let in_order = got.iter().enumerate().all(|(i, v)| *v == i.to_string());
         println!("\nCHILD-RESULT count={} in_order={in_order}", got.len());

@@ -1,6 +1,8 @@
 //! Real serialized envelopes validate against the checked-in JSON Schemas,
 //! and the schemas reject what v1 does not allow.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::{Value, json};
 use switchboard_storage::envelope::VERSION;
 use switchboard_storage::{
@@ -17,7 +19,10 @@ fn command_validator() -> jsonschema::Validator {
     let interaction: Value = serde_json::from_str(INTERACTION_SCHEMA_V1).unwrap();
     let schema: Value = serde_json::from_str(COMMAND_SCHEMA_V1).unwrap();
     let registry = jsonschema::Registry::new()
-        .add("https://switchboard.example/schema/interaction.v1.json", interaction)
+        .add(
+            "https://switchboard.example/schema/interaction.v1.json",
+            interaction,
+        )
         .unwrap()
         .prepare()
         .unwrap();
@@ -121,22 +126,49 @@ fn real_commands_validate() {
 fn schema_rejects_what_v1_does_not_allow() {
     let v = interaction_validator();
     let good = serde_json::to_value(lead()).unwrap();
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        ("missing id", Box::new(|e| { e.as_object_mut().unwrap().remove("id"); })),
-        ("uuid v4 id", Box::new(|e| e["id"] = json!(uuid::Uuid::nil().to_string()))),
-        ("non-UTC time", Box::new(|e| e["occurred_at"] = json!("2026-11-26T21:00:00+03:00"))),
-        ("unknown kind", Box::new(|e| e["kind"] = json!("lead.recieved"))),
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let mutations: Vec<(&str, Mutation)> = vec![
+        (
+            "missing id",
+            Box::new(|e| {
+                e.as_object_mut().unwrap().remove("id");
+            }),
+        ),
+        (
+            "uuid v4 id",
+            Box::new(|e| e["id"] = json!(uuid::Uuid::nil().to_string())),
+        ),
+        (
+            "non-UTC time",
+            Box::new(|e| e["occurred_at"] = json!("2026-11-26T21:00:00+03:00")),
+        ),
+        (
+            "unknown kind",
+            Box::new(|e| e["kind"] = json!("lead.recieved")),
+        ),
         ("unknown channel", Box::new(|e| e["channel"] = json!("fax"))),
         ("version 2", Box::new(|e| e["v"] = json!(2))),
-        ("phone not E.164", Box::new(|e| e["contact"]["phone"] = json!("8 916 123-45-67"))),
-        ("upper-case email", Box::new(|e| e["contact"]["email"] = json!("Ivan@Example.com"))),
-        ("payload not object", Box::new(|e| e["payload"] = json!("text"))),
+        (
+            "phone not E.164",
+            Box::new(|e| e["contact"]["phone"] = json!("8 916 123-45-67")),
+        ),
+        (
+            "upper-case email",
+            Box::new(|e| e["contact"]["email"] = json!("Ivan@Example.com")),
+        ),
+        (
+            "payload not object",
+            Box::new(|e| e["payload"] = json!("text")),
+        ),
         ("extra field", Box::new(|e| e["priority"] = json!(1))),
     ];
     for (what, mutate) in mutations {
         let mut bad = good.clone();
         mutate(&mut bad);
-        assert!(!v.is_valid(&bad), "schema accepted an event with {what}: {bad}");
+        assert!(
+            !v.is_valid(&bad),
+            "schema accepted an event with {what}: {bad}"
+        );
     }
 }
 

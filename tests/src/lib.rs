@@ -154,15 +154,26 @@ impl Switchboard {
 
     /// Everything it logged so far.
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     fn gateway_url(&self, path: &str) -> Result<String> {
-        Ok(format!("http://{}{path}", self.gateway.ok_or_else(|| anyhow!("no gateway in this process"))?))
+        Ok(format!(
+            "http://{}{path}",
+            self.gateway
+                .ok_or_else(|| anyhow!("no gateway in this process"))?
+        ))
     }
 
     fn crm_url(&self, path: &str) -> Result<String> {
-        Ok(format!("http://{}{path}", self.crm.ok_or_else(|| anyhow!("no CRM API in this process"))?))
+        Ok(format!(
+            "http://{}{path}",
+            self.crm
+                .ok_or_else(|| anyhow!("no CRM API in this process"))?
+        ))
     }
 
     /// Posts the widget lead form as JSON; returns status and body.
@@ -178,7 +189,11 @@ impl Switchboard {
     }
 
     /// A raw request to the gateway.
-    pub async fn gateway_request(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder> {
+    pub async fn gateway_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder> {
         Ok(self.http.request(method, self.gateway_url(path)?))
     }
 
@@ -203,7 +218,9 @@ impl Switchboard {
     pub async fn wait_for_timeline(&self, key: &str, id: &str, within: Duration) -> Result<Value> {
         let started = Instant::now();
         loop {
-            let (status, body) = self.crm_get(&format!("/v1/contacts/{key}/timeline")).await?;
+            let (status, body) = self
+                .crm_get(&format!("/v1/contacts/{key}/timeline"))
+                .await?;
             if status == 200
                 && body["items"]
                     .as_array()
@@ -212,7 +229,9 @@ impl Switchboard {
                 return Ok(body);
             }
             if started.elapsed() > within {
-                bail!("interaction {id} not in {key}'s timeline after {within:?} (last answer {status}: {body})");
+                bail!(
+                    "interaction {id} not in {key}'s timeline after {within:?} (last answer {status}: {body})"
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -244,7 +263,12 @@ impl Switchboard {
         }
         Ok(tokio::time::timeout(within, self.child.wait())
             .await
-            .map_err(|_| anyhow!("switchboard did not exit within {within:?} of SIGTERM; log:\n{}", self.logs()))??)
+            .map_err(|_| {
+                anyhow!(
+                    "switchboard did not exit within {within:?} of SIGTERM; log:\n{}",
+                    self.logs()
+                )
+            })??)
     }
 
     /// SIGKILL: a crash.
@@ -331,7 +355,13 @@ impl Broker {
             BrokerStorage::Durable => "sqlite://tansu.db".to_owned(),
         };
         let child = Command::new(tansu_bin()?)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", &storage])
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -342,7 +372,10 @@ impl Broker {
             .context("starting tansu")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
             if Instant::now() > deadline {
                 bail!("tansu did not listen on port {} within 20 s", self.port);
             }

@@ -1,6 +1,8 @@
 //! The whole product on its embedded defaults, driven over HTTP as a new
 //! user would: post a lead, see it in the contact's timeline, restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -26,7 +28,10 @@ async fn a_lead_reaches_the_timeline_within_two_seconds_and_survives_a_restart()
     let key = accepted["contact_key"].as_str().unwrap().to_owned();
     assert_eq!(key, "tel:+79161234567");
 
-    let timeline = sb.wait_for_timeline(&key, &id, Duration::from_secs(2)).await.unwrap();
+    let timeline = sb
+        .wait_for_timeline(&key, &id, Duration::from_secs(2))
+        .await
+        .unwrap();
     assert_eq!(timeline["contact"]["name"], "Иван Петров");
     assert_eq!(timeline["contact"]["email"], "ivan@example.com");
     let item = &timeline["items"][0];
@@ -40,8 +45,15 @@ async fn a_lead_reaches_the_timeline_within_two_seconds_and_survives_a_restart()
     assert!(dir.path().join("crm.sqlite").exists());
 
     let again = Launch::new(dir.path()).start().await.unwrap();
-    let timeline = again.wait_for_timeline(&key, &id, Duration::from_secs(2)).await.unwrap();
-    assert_eq!(timeline["items"].as_array().unwrap().len(), 1, "replayed twice: {timeline}");
+    let timeline = again
+        .wait_for_timeline(&key, &id, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        timeline["items"].as_array().unwrap().len(),
+        1,
+        "replayed twice: {timeline}"
+    );
     again.terminate(Duration::from_secs(15)).await.unwrap();
 }
 
@@ -62,17 +74,37 @@ async fn bad_input_gets_a_clear_error_and_the_service_stays_up() {
                 .await
                 .unwrap();
             let status = resp.status().as_u16();
-            (status, resp.json::<serde_json::Value>().await.unwrap_or_default())
+            (
+                status,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
         }
     };
     let (status, body) = post("application/json", b"{\"phone\": ".to_vec()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
-    let (status, body) = post("application/json", r#"{"phone":"позвоните мне"}"#.as_bytes().to_vec()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{body}"
+    );
+    let (status, body) = post(
+        "application/json",
+        r#"{"phone":"позвоните мне"}"#.as_bytes().to_vec(),
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     assert!(body["error"]["fields"]["phone"].is_string(), "{body}");
-    let ten_mb = [b"{\"phone\":\"+79161234567\",\"message\":\"".as_slice(), &vec![b'x'; 10 << 20], b"\"}"].concat();
+    let ten_mb = [
+        b"{\"phone\":\"+79161234567\",\"message\":\"".as_slice(),
+        &vec![b'x'; 10 << 20],
+        b"\"}",
+    ]
+    .concat();
     let (status, body) = post("application/json", ten_mb).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
 
     let (status, _) = sb.post_lead(&lead_form(1)).await.unwrap();
     assert_eq!(status, 202, "the gateway stopped accepting after bad input");
@@ -99,9 +131,16 @@ async fn both_metrics_endpoints_pass_promtool() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("promtool must be installed (Debian package `prometheus`; .ci/run installs it)");
+            .expect(
+                "promtool must be installed (Debian package `prometheus`; .ci/run installs it)",
+            );
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -116,19 +155,32 @@ async fn both_metrics_endpoints_pass_promtool() {
 #[tokio::test]
 async fn gateway_and_crm_api_as_separate_processes_share_the_data_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Launch::new(dir.path()).command("gateway").start().await.unwrap();
+    let gateway = Launch::new(dir.path())
+        .command("gateway")
+        .start()
+        .await
+        .unwrap();
     assert!(gateway.crm.is_none());
-    let crm = Launch::new(dir.path()).command("crm-api").start().await.unwrap();
+    let crm = Launch::new(dir.path())
+        .command("crm-api")
+        .start()
+        .await
+        .unwrap();
     assert!(crm.gateway.is_none());
     let started = Instant::now();
     let mut last = None;
     for n in 0..20 {
         let (status, body) = gateway.post_lead(&lead_form(100 + n)).await.unwrap();
         assert_eq!(status, 202);
-        last = Some((body["contact_key"].as_str().unwrap().to_owned(), body["id"].as_str().unwrap().to_owned()));
+        last = Some((
+            body["contact_key"].as_str().unwrap().to_owned(),
+            body["id"].as_str().unwrap().to_owned(),
+        ));
     }
     let (key, id) = last.unwrap();
-    crm.wait_for_timeline(&key, &id, Duration::from_secs(2)).await.unwrap();
+    crm.wait_for_timeline(&key, &id, Duration::from_secs(2))
+        .await
+        .unwrap();
     let ids = crm.all_interaction_ids().await.unwrap();
     assert_eq!(ids.len(), 20, "after {:?}", started.elapsed());
     gateway.terminate(Duration::from_secs(15)).await.unwrap();
@@ -138,7 +190,11 @@ async fn gateway_and_crm_api_as_separate_processes_share_the_data_directory() {
 #[tokio::test]
 async fn a_crash_loses_no_accepted_lead() {
     let dir = tempfile::tempdir().unwrap();
-    let sb = Launch::new(dir.path()).command("gateway").start().await.unwrap();
+    let sb = Launch::new(dir.path())
+        .command("gateway")
+        .start()
+        .await
+        .unwrap();
     let mut accepted = Vec::new();
     for n in 0..50 {
         let (status, body) = sb.post_lead(&lead_form(n)).await.unwrap();
@@ -146,7 +202,11 @@ async fn a_crash_loses_no_accepted_lead() {
         accepted.push(body["id"].as_str().unwrap().to_owned());
     }
     sb.kill9().await.unwrap();
-    let crm = Launch::new(dir.path()).command("crm-api").start().await.unwrap();
+    let crm = Launch::new(dir.path())
+        .command("crm-api")
+        .start()
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut ids = crm.all_interaction_ids().await.unwrap();
     while ids.len() < accepted.len() && Instant::now() < deadline {

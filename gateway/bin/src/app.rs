@@ -61,8 +61,12 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// Runs until a signal, then shuts down within the grace period.
 pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let data_dir = &config.node.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data directory {} (node.data_dir)", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (node.data_dir)",
+            data_dir.display()
+        )
+    })?;
     let log_options = LogOptions::from(&config.feed.sqlite);
 
     // Everything that can fail on bad settings happens before serving.
@@ -90,7 +94,12 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         Some(
             Store::connect(&url, config.crm.max_connections)
                 .await
-                .with_context(|| format!("cannot open the CRM store {} (crm.database_url)", redact_url(&url)))?,
+                .with_context(|| {
+                    format!(
+                        "cannot open the CRM store {} (crm.database_url)",
+                        redact_url(&url)
+                    )
+                })?,
         )
     } else {
         None
@@ -106,7 +115,10 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     if let (Some(feed), Some(listener)) = (&feed, gateway_listener) {
         tracing::info!(service = "gateway", addr = %listener.local_addr()?, "listening");
         let gateway = Gateway::new(&config.gateway, feed.clone());
-        servers.push(("gateway", tokio::spawn(gateway.serve(listener, http_stop.clone()))));
+        servers.push((
+            "gateway",
+            tokio::spawn(gateway.serve(listener, http_stop.clone())),
+        ));
         if config.feed.backend == FeedBackend::Kafka {
             let r = Relay::new(feed.clone(), config.feed.clone(), RelayOptions::default());
             relay = Some(tokio::spawn(r.run(relay_stop.clone())));
@@ -124,22 +136,40 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                         log_options.clone(),
                     )?,
                 };
-                tokio::spawn(switchboard_crm::consume(store.clone(), source, consumer_stop.clone()))
+                tokio::spawn(switchboard_crm::consume(
+                    store.clone(),
+                    source,
+                    consumer_stop.clone(),
+                ))
             }
             FeedBackend::Kafka => {
-                if tokio::time::timeout(Duration::from_secs(5), switchboard_kafka::ensure_topics(&config.feed))
-                    .await
-                    .map_or(true, |r| r.is_err())
+                if tokio::time::timeout(
+                    Duration::from_secs(5),
+                    switchboard_kafka::ensure_topics(&config.feed),
+                )
+                .await
+                .map_or(true, |r| r.is_err())
                 {
                     tracing::warn!("kafka is not reachable yet; the CRM will catch up once it is");
                 }
-                let source = KafkaSource::new(&config.feed, &config.feed.kafka.crm_group, &[Topic::Interactions])?;
-                tokio::spawn(switchboard_crm::consume(store.clone(), source, consumer_stop.clone()))
+                let source = KafkaSource::new(
+                    &config.feed,
+                    &config.feed.kafka.crm_group,
+                    &[Topic::Interactions],
+                )?;
+                tokio::spawn(switchboard_crm::consume(
+                    store.clone(),
+                    source,
+                    consumer_stop.clone(),
+                ))
             }
         });
         tracing::info!(service = "crm-api", addr = %listener.local_addr()?, "listening");
         let crm = Crm::new(store.clone());
-        servers.push(("crm-api", tokio::spawn(crm.serve(listener, http_stop.clone()))));
+        servers.push((
+            "crm-api",
+            tokio::spawn(crm.serve(listener, http_stop.clone())),
+        ));
     }
 
     notify(&[sd_notify::NotifyState::Ready]);
@@ -177,14 +207,18 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "relay failed"),
             Ok(Err(e)) => tracing::error!(error = %e, "relay panicked"),
-            Err(_) => tracing::warn!("grace period over before the outbox was shipped; the rest goes out at the next start"),
+            Err(_) => tracing::warn!(
+                "grace period over before the outbox was shipped; the rest goes out at the next start"
+            ),
         }
     }
     consumer_stop.cancel();
-    if let Some(consumer) = consumer {
-        if tokio::time::timeout_at(deadline, consumer).await.is_err() {
-            tracing::warn!("grace period over before the CRM consumer finished its batch; it is re-read at the next start");
-        }
+    if let Some(consumer) = consumer
+        && tokio::time::timeout_at(deadline, consumer).await.is_err()
+    {
+        tracing::warn!(
+            "grace period over before the CRM consumer finished its batch; it is re-read at the next start"
+        );
     }
     if let Some(store) = store {
         store.close().await;
@@ -239,7 +273,10 @@ async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return std::future::pending().await;
         };

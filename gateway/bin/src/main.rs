@@ -23,7 +23,13 @@ const EXIT_CONFIG: u8 = 64;
 )]
 struct Cli {
     /// TOML configuration file; without one every key has its embedded default.
-    #[arg(long, short, global = true, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SWITCHBOARD_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -70,13 +76,14 @@ fn main() -> ExitCode {
         Some(Command::Gateway) => (app::Role::Gateway, cli.config),
         Some(Command::CrmApi) => (app::Role::CrmApi, cli.config),
     };
-    let config = match Config::load(file.as_deref()).and_then(|c| app::check_backends(&c).map(|()| c)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("switchboard: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let config =
+        match Config::load(file.as_deref()).and_then(|c| app::check_backends(&c).map(|()| c)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("switchboard: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     init_tracing(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

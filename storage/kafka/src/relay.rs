@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -95,7 +96,8 @@ impl Relay {
             .collect();
         let mut backoff = Duration::from_millis(200);
         loop {
-            let ready = tokio::time::timeout(Duration::from_secs(15), ensure_topics(&self.feed)).await;
+            let ready =
+                tokio::time::timeout(Duration::from_secs(15), ensure_topics(&self.feed)).await;
             match ready {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if !e.is_retryable() => return Err(e.into()),
@@ -114,7 +116,10 @@ impl Relay {
             }
             let producer = self.producer()?;
             tracing::info!(brokers = %self.feed.kafka.brokers.join(","), "relay shipping the outbox to kafka");
-            match self.pump(&mut consumer, &producer, &topics, &shutdown).await? {
+            match self
+                .pump(&mut consumer, &producer, &topics, &shutdown)
+                .await?
+            {
                 Stop::Drained => {
                     tracing::info!("outbox drained to kafka");
                     return Ok(());
@@ -130,6 +135,11 @@ impl Relay {
         }
     }
 
+    /// Reads, sends and settles until drained or a delivery fails. Reads are
+    /// never raced against acknowledgements (a read abandoned half-way would
+    /// be wasted work): acknowledgements that are already in are settled
+    /// first, then the outbox is read while the window has room, and only
+    /// when there is nothing to read does the loop wait for one or the other.
     async fn pump(
         &self,
         consumer: &mut LogConsumer,
@@ -139,37 +149,57 @@ impl Relay {
     ) -> Result<Stop, FeedError> {
         let mut in_flight: VecDeque<(Record, DeliveryFuture)> = VecDeque::new();
         let mut progress = Progress::default();
-        let mut draining = shutdown.is_cancelled();
         let poll_wait = Duration::from_millis(100);
         loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled(), if !draining => draining = true,
-                result = head(&mut in_flight) => {
-                    if let Some((record, _)) = in_flight.pop_front() {
-                        if let Err(e) = settle(record, result, &mut progress) {
-                            progress.commit(consumer, &self.log, &self.options).await?;
-                            return Ok(Stop::Delivery(e));
-                        }
-                    }
-                }
-                batch = consumer.poll(self.options.batch, poll_wait), if in_flight.len() < self.options.window => {
-                    let batch = batch?;
-                    if batch.is_empty() && draining && in_flight.is_empty() {
-                        progress.commit(consumer, &self.log, &self.options).await?;
-                        return Ok(Stop::Drained);
-                    }
-                    for record in batch {
-                        if let Err(e) = send(producer, topics, record, &mut in_flight, &mut progress).await {
-                            progress.commit(consumer, &self.log, &self.options).await?;
-                            return Ok(Stop::Delivery(e));
-                        }
-                    }
+            // Settle what Kafka has already acknowledged, oldest first.
+            while let Some(result) = in_flight.front_mut().and_then(|(_, d)| d.now_or_never()) {
+                if let Some((record, _)) = in_flight.pop_front()
+                    && let Err(e) = settle(record, result, &mut progress)
+                {
+                    progress.commit(consumer, &self.log, &self.options).await?;
+                    return Ok(Stop::Delivery(e));
                 }
             }
             metrics::IN_FLIGHT.set(i64::try_from(in_flight.len()).unwrap_or(i64::MAX));
             if progress.due(&self.options) || (in_flight.is_empty() && progress.has_uncommitted()) {
                 progress.commit(consumer, &self.log, &self.options).await?;
+            }
+
+            let batch = if in_flight.len() < self.options.window {
+                // Wait for new records only when nothing is in flight.
+                let wait = if in_flight.is_empty() {
+                    poll_wait
+                } else {
+                    Duration::ZERO
+                };
+                consumer.poll(self.options.batch, wait).await?
+            } else {
+                Vec::new()
+            };
+            if batch.is_empty() {
+                if in_flight.is_empty() {
+                    if shutdown.is_cancelled() {
+                        progress.commit(consumer, &self.log, &self.options).await?;
+                        return Ok(Stop::Drained);
+                    }
+                    continue;
+                }
+                // The window is full or the outbox is empty: wait for the
+                // oldest delivery.
+                if let Some((record, delivery)) = in_flight.pop_front()
+                    && let Err(e) = settle(record, delivery.await, &mut progress)
+                {
+                    progress.commit(consumer, &self.log, &self.options).await?;
+                    return Ok(Stop::Delivery(e));
+                }
+                continue;
+            }
+            for record in batch {
+                if let Err(e) = send(producer, topics, record, &mut in_flight, &mut progress).await
+                {
+                    progress.commit(consumer, &self.log, &self.options).await?;
+                    return Ok(Stop::Delivery(e));
+                }
             }
         }
     }
@@ -202,24 +232,15 @@ async fn send(
                 in_flight.push_back((record, delivery));
                 return Ok(());
             }
-            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                match in_flight.pop_front() {
-                    Some((oldest, delivery)) => settle(oldest, delivery.await, progress)?,
-                    None => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                _,
+            )) => match in_flight.pop_front() {
+                Some((oldest, delivery)) => settle(oldest, delivery.await, progress)?,
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
             Err((e, _)) => return Err(e),
         }
-    }
-}
-
-/// The oldest delivery's outcome; pending forever when nothing is in flight.
-async fn head(
-    in_flight: &mut VecDeque<(Record, DeliveryFuture)>,
-) -> Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled> {
-    match in_flight.front_mut() {
-        Some((_, delivery)) => delivery.await,
-        None => std::future::pending().await,
     }
 }
 
@@ -246,13 +267,19 @@ struct Progress {
     acked: HashMap<String, Record>,
     last_commit: Option<Instant>,
     last_prune: Option<Instant>,
+    pruning: Option<tokio::task::JoinHandle<()>>,
     /// Every record at or below this offset is acknowledged and committed.
     committed_through: i64,
 }
 
 impl Progress {
     fn acked(&mut self, record: Record) {
-        self.acked.insert(record.topic.clone(), record);
+        match self.acked.get_mut(&record.topic) {
+            Some(last) => *last = record,
+            None => {
+                self.acked.insert(record.topic.clone(), record);
+            }
+        }
     }
 
     fn has_uncommitted(&self) -> bool {
@@ -283,10 +310,24 @@ impl Progress {
             self.committed_through = self.committed_through.max(max);
         }
         self.last_commit = Some(Instant::now());
-        if self.last_prune.is_none_or(|t| t.elapsed() >= options.prune_every) {
+        let pruning = self.pruning.as_ref().is_some_and(|p| !p.is_finished());
+        if !pruning
+            && self
+                .last_prune
+                .is_none_or(|t| t.elapsed() >= options.prune_every)
+        {
+            // In the background: deleting is the writer's work, not the relay's.
             self.last_prune = Some(Instant::now());
-            let pruned = log.prune_below(self.committed_through + 1).await?;
-            tracing::debug!(pruned, "pruned shipped records from the outbox");
+            let log = log.clone();
+            let below = self.committed_through + 1;
+            self.pruning = Some(tokio::spawn(async move {
+                match log.prune_below(below).await {
+                    Ok(pruned) => tracing::debug!(pruned, "pruned shipped records from the outbox"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the outbox failed; retried later")
+                    }
+                }
+            }));
         }
         Ok(())
     }
