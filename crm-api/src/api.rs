@@ -42,9 +42,7 @@ pub struct ApiDoc;
 
 /// The OpenAPI document as served and checked in.
 pub fn openapi_json() -> String {
-    let mut doc = ApiDoc::openapi();
-    doc.openapi = utoipa::openapi::OpenApiVersion::Version31;
-    doc.to_pretty_json().unwrap_or_default()
+    switchboard_service::openapi_json(ApiDoc::openapi())
 }
 
 pub(crate) fn routes(store: Store) -> Router {

@@ -16,7 +16,7 @@ pub mod testing;
 use std::time::Duration;
 
 use axum::Router;
-use switchboard_service::{ApiError, Readiness, ops_router};
+use switchboard_service::{Readiness, service_router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,13 +48,11 @@ impl Crm {
 
     /// Every route: the API, its OpenAPI document, health and metrics.
     pub fn router(&self) -> Router {
-        api::routes(self.store.clone())
-            .merge(ops_router(self.readiness.clone()))
-            .fallback(|| async { ApiError::not_found("no such endpoint") })
-            .layer(axum::middleware::from_fn_with_state(
-                "crm",
-                switchboard_service::metrics::track,
-            ))
+        service_router(
+            "crm",
+            api::routes(self.store.clone()),
+            self.readiness.clone(),
+        )
     }
 
     /// Serves until `shutdown`, checking the database every few seconds for
@@ -65,17 +63,15 @@ impl Crm {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let store = self.store.clone();
-        let readiness = self.readiness.clone();
-        let probe_stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = probe_stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-                readiness.set("database", store.ping().await.map_err(|e| e.to_string()));
-            }
-        });
+        self.readiness.probe(
+            "database",
+            Duration::from_secs(5),
+            shutdown.clone(),
+            move || {
+                let store = store.clone();
+                async move { store.ping().await.map_err(|e| e.to_string()) }
+            },
+        );
         switchboard_service::serve(listener, self.router(), shutdown).await
     }
 }

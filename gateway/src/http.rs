@@ -29,9 +29,7 @@ pub struct ApiDoc;
 
 /// The gateway's OpenAPI document as served and checked in.
 pub fn openapi_json() -> String {
-    let mut doc = ApiDoc::openapi();
-    doc.openapi = utoipa::openapi::OpenApiVersion::Version31;
-    doc.to_pretty_json().unwrap_or_default()
+    switchboard_service::openapi_json(ApiDoc::openapi())
 }
 
 pub(crate) fn routes(gateway: &Gateway) -> Router {

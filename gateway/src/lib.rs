@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use switchboard_config::GatewayConfig;
-use switchboard_service::{ApiError, Readiness, ops_router};
+use switchboard_service::{Readiness, service_router};
 use switchboard_storage::FeedLog;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,13 +49,7 @@ impl Gateway {
 
     /// Every route: leads, the OpenAPI document, health and metrics.
     pub fn router(&self) -> Router {
-        http::routes(self)
-            .merge(ops_router(self.readiness.clone()))
-            .fallback(|| async { ApiError::not_found("no such endpoint") })
-            .layer(axum::middleware::from_fn_with_state(
-                "gateway",
-                switchboard_service::metrics::track,
-            ))
+        service_router("gateway", http::routes(self), self.readiness.clone())
     }
 
     /// Serves until `shutdown`; `/readyz` follows the feed writer.
@@ -65,22 +59,21 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let feed = self.feed.clone();
-        let readiness = self.readiness.clone();
-        let probe_stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = probe_stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        self.readiness.probe(
+            "feed",
+            Duration::from_secs(1),
+            shutdown.clone(),
+            move || {
+                let open = feed.is_open();
+                async move {
+                    if open {
+                        Ok(())
+                    } else {
+                        Err("feed writer stopped".to_owned())
+                    }
                 }
-                let state = if feed.is_open() {
-                    Ok(())
-                } else {
-                    Err("feed writer stopped".to_owned())
-                };
-                readiness.set("feed", state);
-            }
-        });
+            },
+        );
         switchboard_service::serve(listener, self.router(), shutdown).await
     }
 }

@@ -11,4 +11,4 @@ mod ops;
 
 pub use body::{BodyLimit, JsonOrForm};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use ops::{Readiness, ops_router, serve};
+pub use ops::{Readiness, openapi_is_checked_in, openapi_json, ops_router, serve, service_router};

@@ -1,5 +1,7 @@
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -20,6 +22,29 @@ impl Readiness {
     pub fn set(&self, check: &'static str, state: Result<(), String>) {
         let mut checks = self.checks.write().unwrap_or_else(|p| p.into_inner());
         checks.insert(check, state);
+    }
+
+    /// Re-evaluates one check every `every` until `stop` fires.
+    pub fn probe<F, Fut>(
+        &self,
+        check: &'static str,
+        every: Duration,
+        stop: CancellationToken,
+        probe: F,
+    ) where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                readiness.set(check, probe().await);
+            }
+        });
     }
 
     pub fn is_ready(&self) -> bool {
@@ -91,6 +116,33 @@ async fn metrics() -> impl IntoResponse {
             )
         }
     }
+}
+
+/// A service's whole router: its API, the ops routes, a JSON 404 for
+/// everything else, and request metrics labelled with `service`.
+pub fn service_router(service: &'static str, api: Router, readiness: Readiness) -> Router {
+    api.merge(ops_router(readiness))
+        .fallback(|| async { crate::ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            service,
+            crate::metrics::track,
+        ))
+}
+
+/// An OpenAPI document as the services serve and check it in: version 3.1,
+/// pretty-printed.
+pub fn openapi_json(mut doc: utoipa::openapi::OpenApi) -> String {
+    doc.openapi = utoipa::openapi::OpenApiVersion::Version31;
+    doc.to_pretty_json().unwrap_or_default()
+}
+
+/// For tests: whether the checked-in document at `path` is `generated`.
+/// With `UPDATE_OPENAPI` set, rewrites it first.
+pub fn openapi_is_checked_in(path: &std::path::Path, generated: &str) -> bool {
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        let _ = std::fs::write(path, generated);
+    }
+    std::fs::read_to_string(path).is_ok_and(|text| text == generated)
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then stops

@@ -26,10 +26,8 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use switchboard_config::{FeedBackend, FeedConfig};
 use switchboard_kafka::{Relay, RelayOptions};
-use switchboard_storage::{
-    Channel, Contact, ContactKey, FeedLog, Interaction, Kind, LogConsumer, LogOptions, Topic,
-};
-use switchboard_tests::{Broker, BrokerStorage};
+use switchboard_storage::{FeedLog, LogConsumer, LogOptions, Topic};
+use switchboard_tests::{Broker, BrokerStorage, sample_lead};
 use tokio_util::sync::CancellationToken;
 
 const PRODUCERS: usize = 256;
@@ -41,34 +39,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn event(i: usize) -> Interaction {
-    let phone = format!("+7916{:07}", i % 1_000_000);
-    let mut ev = Interaction::new(
-        Kind::LeadReceived,
-        Channel::Widget,
-        Contact {
-            key: ContactKey::phone(&phone).into_string(),
-            phone: Some(phone),
-            email: None,
-            user_id: None,
-            name: Some(format!("Client {i}")),
-        },
-        time::OffsetDateTime::now_utc(),
-        serde_json::json!({
-            "form": "widget",
-            "message": "Please call me back about the annual plan",
-            "page_url": "https://example.com/pricing?plan=annual",
-        }),
-    );
-    ev.campaign = Some(switchboard_storage::Campaign {
-        source: Some("yandex".into()),
-        medium: Some("cpc".into()),
-        campaign: Some("winter".into()),
-        ..Default::default()
-    });
-    ev
-}
-
 /// Publishes `n` events from `PRODUCERS` concurrent tasks; returns when all
 /// are committed.
 async fn publish_all(log: &FeedLog, n: usize) {
@@ -78,7 +48,7 @@ async fn publish_all(log: &FeedLog, n: usize) {
         tasks.push(tokio::spawn(async move {
             let mut i = p;
             while i < n {
-                log.publish(&event(i)).await.unwrap();
+                log.publish(&sample_lead(i)).await.unwrap();
                 i += PRODUCERS;
             }
         }));
@@ -133,7 +103,7 @@ async fn through_outbox(broker: &Broker, n: usize, name: &str, load: Load) -> f6
     let relay =
         tokio::spawn(Relay::new(log.clone(), feed, RelayOptions::default()).run(stop.clone()));
     // Warm up: the relay has created its topics and its producer has its id.
-    log.publish(&event(usize::MAX / 2)).await.unwrap();
+    log.publish(&sample_lead(usize::MAX / 2)).await.unwrap();
     while shipped_through(&watcher).await <= log.last_offset() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -141,7 +111,7 @@ async fn through_outbox(broker: &Broker, n: usize, name: &str, load: Load) -> f6
     let started = match load {
         Load::Backlog => {
             let records = (0..n)
-                .map(|i| switchboard_storage::NewRecord::interaction(&event(i)).unwrap())
+                .map(|i| switchboard_storage::NewRecord::interaction(&sample_lead(i)).unwrap())
                 .collect();
             log.append_batch(records).await.unwrap();
             Instant::now()
@@ -185,7 +155,7 @@ async fn raw(broker: &Broker, n: usize, round: usize) -> f64 {
     // were when they were published.
     let records: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| {
-            let ev = event(i);
+            let ev = sample_lead(i);
             (ev.contact.key.clone(), serde_json::to_vec(&ev).unwrap())
         })
         .collect();

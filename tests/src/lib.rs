@@ -289,6 +289,38 @@ pub fn lead_form(n: u32) -> Value {
     })
 }
 
+/// The `i`-th of a set of distinct `lead.received` interactions, shaped like
+/// what the widget produces (for tests and benchmarks that write the feed
+/// directly).
+pub fn sample_lead(i: usize) -> switchboard_storage::Interaction {
+    use switchboard_storage::{Campaign, Channel, Contact, ContactKey, Interaction, Kind};
+    let phone = format!("+7916{:07}", i % 10_000_000);
+    let mut ev = Interaction::new(
+        Kind::LeadReceived,
+        Channel::Widget,
+        Contact {
+            key: ContactKey::phone(&phone).into_string(),
+            phone: Some(phone),
+            email: None,
+            user_id: None,
+            name: Some(format!("Client {i}")),
+        },
+        time::OffsetDateTime::now_utc(),
+        serde_json::json!({
+            "form": "widget",
+            "message": "Please call me back about the annual plan",
+            "page_url": "https://example.com/pricing?plan=annual",
+        }),
+    );
+    ev.campaign = Some(Campaign {
+        source: Some("yandex".into()),
+        medium: Some("cpc".into()),
+        campaign: Some("winter".into()),
+        ..Campaign::default()
+    });
+    ev
+}
+
 /// A free loopback port (bound and released; the race is acceptable here).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

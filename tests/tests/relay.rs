@@ -11,28 +11,9 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use switchboard_config::{FeedBackend, FeedConfig};
 use switchboard_kafka::{Relay, RelayOptions};
-use switchboard_storage::{
-    Channel, Contact, ContactKey, FeedLog, Interaction, Kind, LogConsumer, LogOptions, Topic,
-};
-use switchboard_tests::{Broker, BrokerStorage};
+use switchboard_storage::{FeedLog, Interaction, LogConsumer, LogOptions, Topic};
+use switchboard_tests::{Broker, BrokerStorage, sample_lead};
 use tokio_util::sync::CancellationToken;
-
-fn lead(i: u32) -> Interaction {
-    let phone = format!("+7916{i:07}");
-    Interaction::new(
-        Kind::LeadReceived,
-        Channel::Widget,
-        Contact {
-            key: ContactKey::phone(&phone).into_string(),
-            phone: Some(phone),
-            email: None,
-            user_id: None,
-            name: None,
-        },
-        time::OffsetDateTime::now_utc(),
-        serde_json::json!({"n": i}),
-    )
-}
 
 async fn shipped_through(path: &std::path::Path) -> i64 {
     let c = LogConsumer::open(path, "kafka-relay", &Topic::ALL, LogOptions::default()).unwrap();
@@ -66,7 +47,7 @@ async fn deliveries_that_time_out_during_an_outage_are_sent_again() {
     let relay = tokio::spawn(Relay::new(log.clone(), feed.clone(), options).run(stop.clone()));
 
     let mut ids = HashSet::new();
-    let first: Vec<Interaction> = (0..100).map(lead).collect();
+    let first: Vec<Interaction> = (0..100).map(sample_lead).collect();
     for ev in &first {
         log.publish(ev).await.unwrap();
         ids.insert(ev.id.to_string());
@@ -81,22 +62,25 @@ async fn deliveries_that_time_out_during_an_outage_are_sent_again() {
     }
 
     broker.stop().await.unwrap();
-    let second: Vec<Interaction> = (100..200).map(lead).collect();
+    let second: Vec<Interaction> = (100..200).map(sample_lead).collect();
     for ev in &second {
         log.publish(ev).await.unwrap();
         ids.insert(ev.id.to_string());
     }
-    // Long enough for every delivery to time out at least once.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Wait until deliveries have timed out and the relay has gone back to
+    // resend them (librdkafka reports timeouts on its own schedule).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while switchboard_kafka::metrics::DELIVERY_ERRORS.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery failed while the broker was down; the test did not exercise the resend"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let during = shipped_through(&path).await;
     assert!(
         during <= log.last_offset(),
         "relay advanced past records Kafka never acknowledged"
-    );
-
-    assert!(
-        switchboard_kafka::metrics::DELIVERY_ERRORS.get() > 0,
-        "no delivery failed while the broker was down; the test did not exercise the resend"
     );
     broker.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
