@@ -8,12 +8,14 @@
 mod env;
 mod error;
 mod model;
+mod routing;
 mod validate;
 
 use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::*;
+pub use routing::*;
 
 /// Environment variables that start with this prefix and contain `__` are
 /// configuration overrides.

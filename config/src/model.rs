@@ -17,6 +17,7 @@ pub struct Config {
     pub feed: FeedConfig,
     pub gateway: GatewayConfig,
     pub crm: CrmConfig,
+    pub routing: crate::routing::RoutingConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -252,16 +253,16 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!(

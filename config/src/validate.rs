@@ -167,6 +167,8 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         ));
     }
 
+    validate_routing(&config.routing)?;
+
     let grace = config.shutdown.grace_period;
     if grace < Duration::from_secs(1) || grace > Duration::from_secs(600) {
         return Err(ConfigError::invalid(
@@ -189,3 +191,170 @@ pub(crate) const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "group.id",
     "message.timeout.ms",
 ];
+
+/// Channel names the feed knows (see `storage/schema/interaction.v1.json`).
+pub(crate) const CHANNELS: &[&str] = &[
+    "sip", "webrtc", "email", "telegram", "vk", "viber", "widget", "chat", "jivosite", "roistat",
+    "comagic", "uis",
+];
+
+fn check_timezone(key: &str, tz: &str) -> Result<(), ConfigError> {
+    jiff::tz::TimeZone::get(tz).map(|_| ()).map_err(|_| {
+        ConfigError::invalid(key, tz, "an IANA time zone such as \"Europe/Moscow\" or \"UTC\"")
+    })
+}
+
+fn check_hours(key: &str, hours: &[String]) -> Result<(), ConfigError> {
+    crate::WeeklyHours::parse(hours).map(|_| ()).map_err(|why| {
+        ConfigError::invalid(
+            key,
+            hours.join(", "),
+            format!("ranges such as \"mon-fri 09:00-18:00\" ({why})"),
+        )
+    })
+}
+
+fn check_holidays(key: &str, days: &[String]) -> Result<(), ConfigError> {
+    for (i, d) in days.iter().enumerate() {
+        if d.parse::<jiff::civil::Date>().is_err() || d.len() != 10 {
+            return Err(ConfigError::invalid(&format!("{key}[{i}]"), d, "a date as YYYY-MM-DD"));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_routing(r: &crate::RoutingConfig) -> Result<(), ConfigError> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    if r.state == crate::RoutingStateBackend::Redis
+        && !(r.redis_url.starts_with("redis://") || r.redis_url.starts_with("rediss://"))
+    {
+        return Err(ConfigError::invalid(
+            "routing.redis_url",
+            crate::redact_url(&r.redis_url),
+            "redis://HOST:PORT or rediss://HOST:PORT",
+        ));
+    }
+    let mut managers = BTreeSet::new();
+    for (i, m) in r.managers.iter().enumerate() {
+        let key = format!("routing.managers[{i}]");
+        let id_ok = !m.id.is_empty()
+            && m.id.len() <= 64
+            && m.id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+        if !id_ok {
+            return Err(ConfigError::invalid(
+                &format!("{key}.id"),
+                &m.id,
+                "1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-', '@'",
+            ));
+        }
+        if !managers.insert(m.id.as_str()) {
+            return Err(ConfigError::invalid(&format!("{key}.id"), &m.id, "an id no other manager has"));
+        }
+        if m.weight == 0 || m.weight > 1000 {
+            return Err(ConfigError::invalid(&format!("{key}.weight"), m.weight, "an integer between 1 and 1000"));
+        }
+        check_timezone(&format!("{key}.timezone"), &m.timezone)?;
+        check_hours(&format!("{key}.hours"), &m.hours)?;
+        check_holidays(&format!("{key}.holidays"), &m.holidays)?;
+    }
+    let mut queues = BTreeMap::new();
+    for (i, q) in r.queues.iter().enumerate() {
+        if q.name.is_empty() || queues.insert(q.name.as_str(), i).is_some() {
+            return Err(ConfigError::invalid(
+                &format!("routing.queues[{i}].name"),
+                &q.name,
+                "a non-empty name no other queue has",
+            ));
+        }
+    }
+    let queue_exists = |key: &str, name: &str| -> Result<(), ConfigError> {
+        if queues.contains_key(name) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(
+                key,
+                name,
+                format!(
+                    "the name of a queue in [[routing.queues]] ({})",
+                    queues.keys().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
+    };
+    let manager_exists = |key: &str, id: &str| -> Result<(), ConfigError> {
+        if managers.contains(id) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(key, id, "the id of a manager in [[routing.managers]]"))
+        }
+    };
+    for (i, m) in r.managers.iter().enumerate() {
+        for (j, q) in m.queues.iter().enumerate() {
+            queue_exists(&format!("routing.managers[{i}].queues[{j}]"), q)?;
+        }
+    }
+    for (i, q) in r.queues.iter().enumerate() {
+        let key = format!("routing.queues[{i}]");
+        for (j, m) in q.members.iter().enumerate() {
+            manager_exists(&format!("{key}.members[{j}]"), m)?;
+        }
+        if let Some(s) = &q.supervisor {
+            manager_exists(&format!("{key}.supervisor"), s)?;
+        }
+        if let Some(o) = &q.overflow {
+            queue_exists(&format!("{key}.overflow.queue"), &o.queue)?;
+        }
+        if let crate::OutOfHours::Queue { queue } = &q.out_of_hours {
+            queue_exists(&format!("{key}.out_of_hours.queue"), queue)?;
+        }
+        if q.sla.on_breach == crate::OnBreach::Escalate && q.supervisor.is_none() {
+            return Err(ConfigError::invalid(
+                &format!("{key}.sla.on_breach"),
+                "escalate",
+                "\"reassign\", or set a supervisor for the queue",
+            ));
+        }
+        check_timezone(&format!("{key}.timezone"), &q.timezone)?;
+        check_hours(&format!("{key}.hours"), &q.hours)?;
+        check_holidays(&format!("{key}.holidays"), &q.holidays)?;
+    }
+    // Overflow and out-of-hours hand-offs must not go round in a circle.
+    for (start, &i) in &queues {
+        let mut seen = BTreeSet::from([*start]);
+        let mut at = i;
+        while let Some(next) = r.queues[at].overflow.as_ref().map(|o| o.queue.as_str()) {
+            if !seen.insert(next) {
+                return Err(ConfigError::invalid(
+                    &format!("routing.queues[{i}].overflow.queue"),
+                    next,
+                    "a queue whose overflow chain does not lead back here",
+                ));
+            }
+            at = queues[next];
+        }
+    }
+    if !r.default_queue.is_empty() {
+        queue_exists("routing.default_queue", &r.default_queue)?;
+    }
+    if !r.managers.is_empty() && r.queues.is_empty() {
+        return Err(ConfigError::invalid(
+            "routing.queues",
+            "[]",
+            "at least one [[routing.queues]] when managers are configured",
+        ));
+    }
+    for (i, rule) in r.rules.iter().enumerate() {
+        queue_exists(&format!("routing.rules[{i}].queue"), &rule.queue)?;
+        for (j, c) in rule.channels.iter().enumerate() {
+            if !CHANNELS.contains(&c.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("routing.rules[{i}].channels[{j}]"),
+                    c,
+                    format!("one of {}", CHANNELS.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -6,12 +6,17 @@
 //! keys, offsets and named consumer groups ([`LogConsumer`]). When the feed
 //! is Kafka (crate `switchboard-kafka`), the same log is the producers'
 //! outbox. Consumers read through [`FeedSource`], whichever backend it is.
+//!
+//! It also holds the routing state behind [`state::RoutingState`]
+//! (presence, assignments, owners), in memory here and in Redis in crate
+//! `switchboard-redis`.
 
 pub mod envelope;
 mod error;
 mod log;
 pub mod metrics;
 mod source;
+pub mod state;
 
 pub use envelope::{
     Campaign, Channel, Command, CommandKind, Contact, ContactKey, Interaction, Kind, Topic,
