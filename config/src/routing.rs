@@ -16,6 +16,10 @@ pub struct RoutingConfig {
     pub redis_url: String,
     /// Queue for interactions no rule matches; empty: the first queue.
     pub default_queue: String,
+    /// How long an assignment counts toward a manager's load unless it
+    /// ends sooner (a call hangs up, a lead is answered).
+    #[serde(with = "per_workload_durations")]
+    pub hold: PerWorkload<Option<Duration>>,
     pub managers: Vec<ManagerConfig>,
     pub queues: Vec<QueueConfig>,
     pub rules: Vec<RuleConfig>,
@@ -27,6 +31,12 @@ impl Default for RoutingConfig {
             state: RoutingStateBackend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             default_queue: String::new(),
+            hold: PerWorkload {
+                call: Some(Duration::from_secs(4 * 3600)),
+                chat: Some(Duration::from_secs(3600)),
+                email: Some(Duration::from_secs(24 * 3600)),
+                lead: Some(Duration::from_secs(3600)),
+            },
             managers: Vec::new(),
             queues: Vec::new(),
             rules: Vec::new(),

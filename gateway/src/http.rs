@@ -4,7 +4,8 @@ use axum::Extension;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::routing::{get, post};
+use axum::extract::Path;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use switchboard_adapters::widget::LeadForm;
@@ -13,6 +14,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::Gateway;
+use crate::dispatch::ManagerView;
+use switchboard_storage::state::Presence;
 use crate::metrics::LEADS;
 
 #[derive(Debug, OpenApi)]
@@ -22,8 +25,8 @@ use crate::metrics::LEADS;
         version = "1",
         description = "Endpoints the company's site and external services call."
     ),
-    paths(widget_lead),
-    components(schemas(LeadForm, LeadAccepted, ErrorBody))
+    paths(widget_lead, list_managers, set_presence),
+    components(schemas(LeadForm, LeadAccepted, ErrorBody, ManagerList, PresenceChange, ManagerView))
 )]
 pub struct ApiDoc;
 
@@ -51,6 +54,8 @@ pub(crate) fn routes(gateway: &Gateway) -> Router {
         .layer(cors);
     Router::new()
         .merge(leads)
+        .route("/v1/managers", get(list_managers))
+        .route("/v1/managers/{id}/presence", put(set_presence))
         .route(
             "/v1/openapi.json",
             get(|| async { ([(CONTENT_TYPE, "application/json")], openapi_json()) }),
@@ -106,4 +111,71 @@ pub(crate) async fn widget_lead(
             contact_key: ev.contact.key,
         }),
     ))
+}
+
+/// Managers with their presence and load.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ManagerList {
+    items: Vec<ManagerView>,
+}
+
+/// `{"presence": "online"}`: `online`, `away`, `do_not_disturb` or `offline`.
+#[derive(Debug, serde::Deserialize, Serialize, ToSchema)]
+pub(crate) struct PresenceChange {
+    presence: String,
+}
+
+/// Every configured manager, with presence, phone registration and load.
+#[utoipa::path(
+    get,
+    path = "/v1/managers",
+    responses(
+        (status = 200, description = "The managers", body = ManagerList),
+        (status = 503, description = "The routing state store is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_managers(State(gateway): State<Gateway>) -> Result<Json<ManagerList>, ApiError> {
+    let items = match &gateway.dispatcher {
+        Some(d) => d.managers().await.map_err(|e| ApiError::unavailable(&e))?,
+        None => Vec::new(),
+    };
+    Ok(Json(ManagerList { items }))
+}
+
+/// Sets a manager's presence; work waiting for someone is decided again.
+#[utoipa::path(
+    put,
+    path = "/v1/managers/{id}/presence",
+    params(("id" = String, Path, description = "Manager id from `[[routing.managers]]`")),
+    request_body(content = PresenceChange, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Presence set", body = PresenceChange),
+        (status = 404, description = "No such manager", body = ErrorBody),
+        (status = 422, description = "Not a presence", body = ErrorBody),
+        (status = 503, description = "The routing state store is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_presence(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+    JsonOrForm(change): JsonOrForm<PresenceChange>,
+) -> Result<Json<PresenceChange>, ApiError> {
+    let Some(presence) = Presence::parse(&change.presence) else {
+        return Err(ApiError::validation(
+            [(
+                "presence".to_owned(),
+                "must be online, away, do_not_disturb or offline".to_owned(),
+            )]
+            .into(),
+        ));
+    };
+    let known = match &gateway.dispatcher {
+        Some(d) => d.set_presence(&id, presence).await.map_err(|e| ApiError::unavailable(&e))?,
+        None => false,
+    };
+    if !known {
+        return Err(ApiError::not_found("no manager with this id in [[routing.managers]]"));
+    }
+    tracing::info!(manager = %id, presence = presence.as_str(), "presence set");
+    Ok(Json(change))
 }

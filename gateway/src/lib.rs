@@ -4,6 +4,7 @@
 //! into a `lead.received` interaction in the feed; SIP, media, WebRTC and
 //! the adapters' webhooks join it as their issues land.
 
+pub mod dispatch;
 mod http;
 pub mod metrics;
 
@@ -26,6 +27,7 @@ pub struct Gateway {
     country: phonenumber::country::Id,
     feed: FeedLog,
     readiness: Readiness,
+    dispatcher: Option<dispatch::Dispatcher>,
 }
 
 impl Gateway {
@@ -40,7 +42,14 @@ impl Gateway {
             country,
             feed,
             readiness,
+            dispatcher: None,
         }
+    }
+
+    /// Routes contacts with `dispatcher` and serves its manager endpoints.
+    pub fn with_dispatcher(mut self, dispatcher: dispatch::Dispatcher) -> Self {
+        self.dispatcher = Some(dispatcher);
+        self
     }
 
     pub fn readiness(&self) -> &Readiness {

@@ -35,6 +35,7 @@ pub enum DirectoryError {
 #[derive(Debug, Clone)]
 pub struct ManagerDef {
     pub id: Arc<str>,
+    pub name: Arc<str>,
     pub capacity: Capacity,
     pub weight: u32,
     /// Added to the manager's pass per assignment (weighted policy).
@@ -135,6 +136,7 @@ impl Directory {
         for m in &cfg.managers {
             managers.push(ManagerDef {
                 id: Arc::from(m.id.as_str()),
+                name: Arc::from(m.name.as_str()),
                 capacity: m.capacity,
                 weight: m.weight.max(1),
                 stride: STRIDE / u64::from(m.weight.max(1)),
@@ -176,7 +178,7 @@ impl Directory {
                 cfg.managers
                     .iter()
                     .enumerate()
-                    .filter(|(_, m)| m.queues.iter().any(|name| *name == q.name))
+                    .filter(|(_, m)| m.queues.contains(&q.name))
                     .map(|(i, _)| ix(i)),
             );
             members.sort_by(|a, b| managers[*a as usize].id.cmp(&managers[*b as usize].id));

@@ -62,6 +62,10 @@ pub enum Kind {
     RoutingReassigned,
     #[serde(rename = "routing.escalated")]
     RoutingEscalated,
+    /// Routing could not assign it yet (nobody available, waiting for the
+    /// responsible manager) or, out of hours, left it as "missed, call back".
+    #[serde(rename = "routing.queued")]
+    RoutingQueued,
 }
 
 impl Kind {
@@ -79,6 +83,7 @@ impl Kind {
             Kind::RoutingAssigned => "routing.assigned",
             Kind::RoutingReassigned => "routing.reassigned",
             Kind::RoutingEscalated => "routing.escalated",
+            Kind::RoutingQueued => "routing.queued",
         }
     }
 }
@@ -295,6 +300,18 @@ pub struct Command {
     pub payload: serde_json::Value,
 }
 
+/// A change of a contact's responsible manager, on the compacted `owners`
+/// topic (keyed by contact key). The CRM publishes it; gateways apply it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnerChange {
+    pub v: u32,
+    pub contact_key: String,
+    /// The new responsible manager; `None` clears it.
+    pub manager: Option<String>,
+    #[serde(with = "rfc3339_utc")]
+    pub changed_at: OffsetDateTime,
+}
+
 /// RFC 3339 in UTC (`2026-11-26T18:00:00.123456Z`); any offset is accepted on
 /// input and converted.
 mod rfc3339_utc {
@@ -336,6 +353,7 @@ mod tests {
             Kind::RoutingAssigned,
             Kind::RoutingReassigned,
             Kind::RoutingEscalated,
+            Kind::RoutingQueued,
         ] {
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),

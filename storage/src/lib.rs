@@ -19,7 +19,8 @@ mod source;
 pub mod state;
 
 pub use envelope::{
-    Campaign, Channel, Command, CommandKind, Contact, ContactKey, Interaction, Kind, Topic,
+    Campaign, Channel, Command, CommandKind, Contact, ContactKey, Interaction, Kind, OwnerChange,
+    Topic,
 };
 pub use error::FeedError;
 pub use log::{FeedLog, LogConsumer, LogOptions, NewRecord};
@@ -29,3 +30,5 @@ pub use source::{FeedSource, Record};
 pub const INTERACTION_SCHEMA_V1: &str = include_str!("../schema/interaction.v1.json");
 /// The JSON Schema of the [`Command`] envelope, version 1.
 pub const COMMAND_SCHEMA_V1: &str = include_str!("../schema/command.v1.json");
+/// The JSON Schema of the [`OwnerChange`] record, version 1.
+pub const OWNER_SCHEMA_V1: &str = include_str!("../schema/owner.v1.json");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::envelope::{Command, Interaction, Topic};
+use crate::envelope::{Command, Interaction, OwnerChange, Topic};
 use crate::source::{FeedSource, Record};
 use crate::{FeedError, metrics};
 
@@ -84,6 +84,15 @@ impl NewRecord {
         })
     }
 
+    /// An owner change for the `owners` topic, keyed by contact.
+    pub fn owner(change: &OwnerChange) -> Result<Self, FeedError> {
+        Ok(Self {
+            topic: Topic::Owners,
+            key: change.contact_key.clone(),
+            value: serde_json::to_vec(change)?,
+        })
+    }
+
     /// A command for the `commands` topic, keyed by target.
     pub fn command(cmd: &Command) -> Result<Self, FeedError> {
         Ok(Self {
@@ -103,6 +112,7 @@ enum Request {
     },
     Prune {
         below: i64,
+        retain_for: Vec<String>,
         reply: Reply<u64>,
     },
 }
@@ -168,12 +178,17 @@ impl FeedLog {
         self.append(NewRecord::interaction(ev)?).await
     }
 
-    /// Deletes records below offset `below` (those every downstream has
-    /// taken, e.g. shipped to Kafka). Returns how many were deleted.
-    pub async fn prune_below(&self, below: i64) -> Result<u64, FeedError> {
+    /// Deletes records below offset `below` (shipped to Kafka, say) that
+    /// the consumer groups in `retain_for` have also committed past; a group
+    /// that never committed keeps everything. Returns how many were deleted.
+    pub async fn prune_below(&self, below: i64, retain_for: &[String]) -> Result<u64, FeedError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Prune { below, reply })
+            .send(Request::Prune {
+                below,
+                retain_for: retain_for.to_vec(),
+                reply,
+            })
             .await
             .map_err(|_| FeedError::Closed)?;
         rx.await.map_err(|_| FeedError::Closed)?
@@ -257,10 +272,14 @@ fn writer_loop(
                     count += records.len();
                     group.push((records, reply));
                 }
-                Request::Prune { below, reply } => {
+                Request::Prune {
+                    below,
+                    retain_for,
+                    reply,
+                } => {
                     commit_group(&mut conn, &mut group, &appended);
                     count = 0;
-                    let _ = reply.send(prune(&conn, below));
+                    let _ = reply.send(prune(&conn, below, &retain_for));
                 }
             }
         }
@@ -347,7 +366,17 @@ fn write_group(
     Ok(all)
 }
 
-fn prune(conn: &Connection, below: i64) -> Result<u64, FeedError> {
+fn prune(conn: &Connection, mut below: i64, retain_for: &[String]) -> Result<u64, FeedError> {
+    for group in retain_for {
+        let (rows, min): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT COUNT(*), MIN(next_seq) FROM consumer_offsets WHERE grp = ?1",
+                [group],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(FeedError::sqlite("prune"))?;
+        below = below.min(if rows == 0 { 0 } else { min.unwrap_or(0) });
+    }
     let mut total = 0u64;
     loop {
         let n = conn

@@ -10,6 +10,7 @@ use anyhow::Context;
 use switchboard_config::{Config, ConfigError, FeedBackend, redact_url};
 use switchboard_crm::{Crm, Store};
 use switchboard_gateway::Gateway;
+use switchboard_gateway::dispatch::{Dispatcher, ROUTING_GROUP};
 use switchboard_kafka::{KafkaSource, Relay, RelayOptions};
 use switchboard_storage::{FeedLog, LogConsumer, LogOptions, Topic};
 use tokio::net::TcpListener;
@@ -112,15 +113,36 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let mut relay = None;
     let mut consumer = None;
 
+    let mut routing = Vec::new();
     if let (Some(feed), Some(listener)) = (&feed, gateway_listener) {
         tracing::info!(service = "gateway", addr = %listener.local_addr()?, "listening");
-        let gateway = Gateway::new(&config.gateway, feed.clone());
+        let mut gateway = Gateway::new(&config.gateway, feed.clone());
+        let mut relay_options = RelayOptions::default();
+        if !config.routing.managers.is_empty() {
+            let dispatcher = Dispatcher::new(&config.routing, feed.clone())
+                .await
+                .context("cannot start routing (routing.state, routing.redis_url)")?;
+            routing.push(tokio::spawn(
+                dispatcher.clone().run(Dispatcher::source(feed)?, http_stop.clone()),
+            ));
+            if config.feed.backend == FeedBackend::Kafka {
+                routing.push(spawn_owner_follower(&config, dispatcher.clone(), http_stop.clone())?);
+            }
+            relay_options.retain_for.push(ROUTING_GROUP.to_owned());
+            tracing::info!(
+                managers = config.routing.managers.len(),
+                queues = config.routing.queues.len(),
+                state = ?config.routing.state,
+                "routing contacts"
+            );
+            gateway = gateway.with_dispatcher(dispatcher);
+        }
         servers.push((
             "gateway",
             tokio::spawn(gateway.serve(listener, http_stop.clone())),
         ));
         if config.feed.backend == FeedBackend::Kafka {
-            let r = Relay::new(feed.clone(), config.feed.clone(), RelayOptions::default());
+            let r = Relay::new(feed.clone(), config.feed.clone(), relay_options);
             relay = Some(tokio::spawn(r.run(relay_stop.clone())));
         }
     }
@@ -201,6 +223,11 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             Err(_) => tracing::warn!(service = name, "grace period over before http drained"),
         }
     }
+    for task in routing {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!("grace period over before routing stopped");
+        }
+    }
     relay_stop.cancel();
     if let Some(relay) = relay {
         match tokio::time::timeout_at(deadline, relay).await {
@@ -226,6 +253,46 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     watchdog.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On the Kafka backend, owner changes the CRM publishes reach this node
+/// through Kafka: every gateway node follows the whole (compacted) owners
+/// topic with a group of its own.
+fn spawn_owner_follower(
+    config: &Config,
+    dispatcher: Dispatcher,
+    stop: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let node = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    let mut source = KafkaSource::new(&config.feed, &format!("gateway-owners-{node}"), &[Topic::Owners])?;
+    Ok(tokio::spawn(async move {
+        use switchboard_storage::FeedSource;
+        loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                b = source.poll(500, Duration::from_millis(500)) => b,
+            };
+            match batch {
+                Ok(batch) => {
+                    for r in &batch {
+                        match serde_json::from_slice::<switchboard_storage::OwnerChange>(&r.value) {
+                            Ok(change) => dispatcher.apply_owner(&change).await,
+                            Err(e) => tracing::warn!(error = %e, "owner record skipped"),
+                        }
+                    }
+                    let _ = source.commit(&batch).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "owners not readable yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }))
 }
 
 /// Waits for SIGTERM/SIGINT, or for a service to stop on its own (which

@@ -37,6 +37,9 @@ pub struct RelayOptions {
     pub prune_every: Duration,
     /// Delivery timeout per record; a record not acknowledged in time is resent.
     pub delivery_timeout: Duration,
+    /// Other consumer groups of the outbox (the gateway's routing); shipped
+    /// records are kept until they have taken them too.
+    pub retain_for: Vec<String>,
 }
 
 impl Default for RelayOptions {
@@ -48,6 +51,7 @@ impl Default for RelayOptions {
             commit_every: Duration::from_millis(100),
             prune_every: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
+            retain_for: Vec::new(),
         }
     }
 }
@@ -320,8 +324,9 @@ impl Progress {
             self.last_prune = Some(Instant::now());
             let log = log.clone();
             let below = self.committed_through + 1;
+            let retain_for = options.retain_for.clone();
             self.pruning = Some(tokio::spawn(async move {
-                match log.prune_below(below).await {
+                match log.prune_below(below, &retain_for).await {
                     Ok(pruned) => tracing::debug!(pruned, "pruned shipped records from the outbox"),
                     Err(e) => {
                         tracing::warn!(error = %e, "pruning the outbox failed; retried later")
