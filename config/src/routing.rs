@@ -14,6 +14,9 @@ pub struct RoutingConfig {
     pub state: RoutingStateBackend,
     /// Redis for `state = "redis"`.
     pub redis_url: String,
+    /// Prefix of every key Switchboard writes in Redis (several deployments
+    /// can share one Redis with different prefixes).
+    pub redis_prefix: String,
     /// Queue for interactions no rule matches; empty: the first queue.
     pub default_queue: String,
     /// How long an assignment counts toward a manager's load unless it
@@ -30,6 +33,7 @@ impl Default for RoutingConfig {
         Self {
             state: RoutingStateBackend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "switchboard:".into(),
             default_queue: String::new(),
             hold: PerWorkload {
                 call: Some(Duration::from_secs(4 * 3600)),

@@ -190,7 +190,7 @@ impl Dispatcher {
         let dir = Directory::new(cfg)?;
         let state = match cfg.state {
             RoutingStateBackend::Memory => StateStore::Memory(MemoryState::new()),
-            RoutingStateBackend::Redis => StateStore::Redis(RedisState::connect(&cfg.redis_url, "sb:").await?),
+            RoutingStateBackend::Redis => StateStore::Redis(RedisState::connect(&cfg.redis_url, &cfg.redis_prefix).await?),
         };
         let shifts = dir.shifts(now_ms());
         let hold = Workload::ALL.map(|w| cfg.hold.get(w).unwrap_or(Duration::from_secs(3600)));
@@ -222,7 +222,7 @@ impl Dispatcher {
             return Ok(false);
         }
         self.shared.state.set_presence(id, presence).await?;
-        self.shared.kick.notify_one();
+        self.retry_all().await;
         Ok(true)
     }
 
@@ -240,7 +240,7 @@ impl Dispatcher {
                 self.shared.state.set_presence(id, Presence::Online).await?;
             }
         }
-        self.shared.kick.notify_one();
+        self.retry_all().await;
         Ok(true)
     }
 
@@ -284,7 +284,7 @@ impl Dispatcher {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.shared.kick.notified() => self.retry_all().await,
+                () = self.shared.kick.notified() => {}
                 batch = source.poll(200, wait) => match batch {
                     Ok(batch) => {
                         for record in &batch {
@@ -596,12 +596,15 @@ impl Dispatcher {
         }
     }
 
-    /// Re-decides everything waiting (presence changed).
+    /// Makes everything waiting due now (presence changed) and wakes the
+    /// run loop to decide it.
     async fn retry_all(&self) {
         let mut work = self.shared.work.lock().await;
         for w in work.waiting.values_mut() {
             w.retry_at = 0;
         }
+        drop(work);
+        self.shared.kick.notify_one();
     }
 
     /// Handles breached deadlines and waiting work that is due.

@@ -58,6 +58,7 @@ pub struct Launch {
     pub command: &'static str,
     pub data_dir: PathBuf,
     pub env: Vec<(String, String)>,
+    pub config: Option<PathBuf>,
 }
 
 impl Launch {
@@ -67,7 +68,14 @@ impl Launch {
             command: "run",
             data_dir: data_dir.to_path_buf(),
             env: Vec::new(),
+            config: None,
         }
+    }
+
+    /// Starts with `--config file`.
+    pub fn config(mut self, file: &Path) -> Self {
+        self.config = Some(file.to_path_buf());
+        self
     }
 
     pub fn command(mut self, command: &'static str) -> Self {
@@ -84,6 +92,9 @@ impl Launch {
     /// Starts the process and waits until it says it is ready.
     pub async fn start(self) -> Result<Switchboard> {
         let mut cmd = Command::new(switchboard_bin()?);
+        if let Some(file) = &self.config {
+            cmd.arg("--config").arg(file);
+        }
         cmd.arg(self.command)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
