@@ -69,7 +69,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [Workload::Call, Workload::Chat, Workload::Email, Workload::Lead];
+    pub const ALL: [Workload; 4] = [
+        Workload::Call,
+        Workload::Chat,
+        Workload::Email,
+        Workload::Lead,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -317,7 +322,9 @@ impl WeeklyHours {
                 .ok_or_else(|| format!("{spec:?}: the time range needs a '-'"))?;
             let (from, to) = (minute_of_day(from)?, minute_of_day(to)?);
             if from >= to {
-                return Err(format!("{spec:?}: the range must end after it starts (same day)"));
+                return Err(format!(
+                    "{spec:?}: the range must end after it starts (same day)"
+                ));
             }
             for day in parse_days(days)? {
                 week.days[day].push((from, to));
@@ -398,7 +405,10 @@ mod per_workload_durations {
         lead: Option<String>,
     }
 
-    pub(super) fn serialize<S: Serializer>(v: &PerWorkload<Option<Duration>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        v: &PerWorkload<Option<Duration>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let f = |d: Option<Duration>| d.map(|d| humantime::format_duration(d).to_string());
         Raw {
             call: f(v.call),
@@ -409,7 +419,9 @@ mod per_workload_durations {
         .serialize(s)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PerWorkload<Option<Duration>>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<PerWorkload<Option<Duration>>, D::Error> {
         let raw = Raw::deserialize(d)?;
         let parse = |v: Option<String>| -> Result<Option<Duration>, D::Error> {
             v.map(|text| {

@@ -70,17 +70,34 @@ fn example_file_documents_every_key_and_is_valid() {
     // Keys of list entries have no default to compare with: take them from
     // a default entry of each kind.
     for (list, entry) in [
-        ("managers", toml::Table::try_from(ManagerConfig::default()).unwrap()),
-        ("queues", toml::Table::try_from(QueueConfig::default()).unwrap()),
-        ("rules", toml::Table::try_from(RuleConfig::default()).unwrap()),
+        (
+            "managers",
+            toml::Table::try_from(ManagerConfig::default()).unwrap(),
+        ),
+        (
+            "queues",
+            toml::Table::try_from(QueueConfig::default()).unwrap(),
+        ),
+        (
+            "rules",
+            toml::Table::try_from(RuleConfig::default()).unwrap(),
+        ),
     ] {
         let first = example["routing"][list][0].as_table().unwrap();
         for key in entry.keys() {
-            assert!(first.contains_key(key), "example's first routing.{list} entry lacks `{key}`");
+            assert!(
+                first.contains_key(key),
+                "example's first routing.{list} entry lacks `{key}`"
+            );
         }
     }
     for optional in ["supervisor", "overflow", "sla"] {
-        assert!(example["routing"]["queues"][0].as_table().unwrap().contains_key(optional));
+        assert!(
+            example["routing"]["queues"][0]
+                .as_table()
+                .unwrap()
+                .contains_key(optional)
+        );
     }
     let c = Config::load_from(Some(&path), no_env()).unwrap();
     assert_eq!(c.routing.managers.len(), 2);
@@ -263,22 +280,70 @@ name = "night"
 fn routing_mistakes_name_the_key() {
     for (toml, key) in [
         ("[[routing.managers]]\nid = \"a\"", "routing.managers[2].id"),
-        ("[[routing.managers]]\nid = \"c\"\ntimezone = \"Mars/Olympus\"", "routing.managers[2].timezone"),
-        ("[[routing.managers]]\nid = \"c\"\nhours = [\"mon-fri 18:00-09:00\"]", "routing.managers[2].hours"),
-        ("[[routing.managers]]\nid = \"c\"\nhours = [\"someday 09:00-18:00\"]", "routing.managers[2].hours"),
-        ("[[routing.managers]]\nid = \"c\"\nholidays = [\"31.12.2026\"]", "routing.managers[2].holidays[0]"),
-        ("[[routing.managers]]\nid = \"c\"\nqueues = [\"nope\"]", "routing.managers[2].queues[0]"),
-        ("[[routing.managers]]\nid = \"c\"\nweight = 0", "routing.managers[2].weight"),
-        ("[[routing.queues]]\nname = \"x\"\nsupervisor = \"nobody\"", "routing.queues[2].supervisor"),
-        ("[[routing.queues]]\nname = \"x\"\npolicy = \"random\"", "routing.queues[2].policy"),
-        ("[[routing.queues]]\nname = \"x\"\nsla = { on_breach = \"escalate\" }", "routing.queues[2].sla.on_breach"),
-        ("[[routing.queues]]\nname = \"x\"\nsla = { first_response = { chat = \"soon\" } }", "routing.queues[2].sla.first_response"),
-        ("[[routing.queues]]\nname = \"x\"\nout_of_hours = { action = \"queue\", queue = \"nope\" }", "routing.queues[2].out_of_hours.queue"),
-        ("[[routing.queues]]\nname = \"x\"\noverflow = { queue = \"x\", after = \"1m\" }", "routing.queues[2].overflow.queue"),
-        ("[[routing.rules]]\nqueue = \"sales\"\nchannels = [\"fax\"]", "routing.rules[0].channels[0]"),
-        ("[[routing.rules]]\nqueue = \"nope\"", "routing.rules[0].queue"),
-        ("[routing]\ndefault_queue = \"nope\"", "routing.default_queue"),
-        ("[routing]\nstate = \"redis\"\nredis_url = \"localhost\"", "routing.redis_url"),
+        (
+            "[[routing.managers]]\nid = \"c\"\ntimezone = \"Mars/Olympus\"",
+            "routing.managers[2].timezone",
+        ),
+        (
+            "[[routing.managers]]\nid = \"c\"\nhours = [\"mon-fri 18:00-09:00\"]",
+            "routing.managers[2].hours",
+        ),
+        (
+            "[[routing.managers]]\nid = \"c\"\nhours = [\"someday 09:00-18:00\"]",
+            "routing.managers[2].hours",
+        ),
+        (
+            "[[routing.managers]]\nid = \"c\"\nholidays = [\"31.12.2026\"]",
+            "routing.managers[2].holidays[0]",
+        ),
+        (
+            "[[routing.managers]]\nid = \"c\"\nqueues = [\"nope\"]",
+            "routing.managers[2].queues[0]",
+        ),
+        (
+            "[[routing.managers]]\nid = \"c\"\nweight = 0",
+            "routing.managers[2].weight",
+        ),
+        (
+            "[[routing.queues]]\nname = \"x\"\nsupervisor = \"nobody\"",
+            "routing.queues[2].supervisor",
+        ),
+        (
+            "[[routing.queues]]\nname = \"x\"\npolicy = \"random\"",
+            "routing.queues[2].policy",
+        ),
+        (
+            "[[routing.queues]]\nname = \"x\"\nsla = { on_breach = \"escalate\" }",
+            "routing.queues[2].sla.on_breach",
+        ),
+        (
+            "[[routing.queues]]\nname = \"x\"\nsla = { first_response = { chat = \"soon\" } }",
+            "routing.queues[2].sla.first_response",
+        ),
+        (
+            "[[routing.queues]]\nname = \"x\"\nout_of_hours = { action = \"queue\", queue = \"nope\" }",
+            "routing.queues[2].out_of_hours.queue",
+        ),
+        (
+            "[[routing.queues]]\nname = \"x\"\noverflow = { queue = \"x\", after = \"1m\" }",
+            "routing.queues[2].overflow.queue",
+        ),
+        (
+            "[[routing.rules]]\nqueue = \"sales\"\nchannels = [\"fax\"]",
+            "routing.rules[0].channels[0]",
+        ),
+        (
+            "[[routing.rules]]\nqueue = \"nope\"",
+            "routing.rules[0].queue",
+        ),
+        (
+            "[routing]\ndefault_queue = \"nope\"",
+            "routing.default_queue",
+        ),
+        (
+            "[routing]\nstate = \"redis\"\nredis_url = \"localhost\"",
+            "routing.redis_url",
+        ),
     ] {
         let err = routing_err(toml);
         assert_eq!(err.key(), Some(key), "{toml}\n{err}");
@@ -287,14 +352,20 @@ fn routing_mistakes_name_the_key() {
 
 #[test]
 fn weekly_hours_parse() {
-    let w = WeeklyHours::parse(&["mon-fri 09:00-18:00".into(), "sat,sun 10:00-14:30".into()]).unwrap();
+    let w =
+        WeeklyHours::parse(&["mon-fri 09:00-18:00".into(), "sat,sun 10:00-14:30".into()]).unwrap();
     assert_eq!(w.days[0], vec![(540, 1080)]);
     assert_eq!(w.days[4], vec![(540, 1080)]);
     assert_eq!(w.days[5], vec![(600, 870)]);
     assert_eq!(w.days[6], vec![(600, 870)]);
     assert!(WeeklyHours::parse(&[]).unwrap().is_always());
     assert!(WeeklyHours::parse(&["mon 09:00-24:00".into()]).is_ok());
-    for bad in ["mon 9-18", "fri-mon 09:00-18:00", "mon 09:00-25:00", "mon 09:60-10:00"] {
+    for bad in [
+        "mon 9-18",
+        "fri-mon 09:00-18:00",
+        "mon 09:00-25:00",
+        "mon 09:60-10:00",
+    ] {
         assert!(WeeklyHours::parse(&[bad.into()]).is_err(), "{bad}");
     }
 }

@@ -200,7 +200,11 @@ pub(crate) const CHANNELS: &[&str] = &[
 
 fn check_timezone(key: &str, tz: &str) -> Result<(), ConfigError> {
     jiff::tz::TimeZone::get(tz).map(|_| ()).map_err(|_| {
-        ConfigError::invalid(key, tz, "an IANA time zone such as \"Europe/Moscow\" or \"UTC\"")
+        ConfigError::invalid(
+            key,
+            tz,
+            "an IANA time zone such as \"Europe/Moscow\" or \"UTC\"",
+        )
     })
 }
 
@@ -217,7 +221,11 @@ fn check_hours(key: &str, hours: &[String]) -> Result<(), ConfigError> {
 fn check_holidays(key: &str, days: &[String]) -> Result<(), ConfigError> {
     for (i, d) in days.iter().enumerate() {
         if d.parse::<jiff::civil::Date>().is_err() || d.len() != 10 {
-            return Err(ConfigError::invalid(&format!("{key}[{i}]"), d, "a date as YYYY-MM-DD"));
+            return Err(ConfigError::invalid(
+                &format!("{key}[{i}]"),
+                d,
+                "a date as YYYY-MM-DD",
+            ));
         }
     }
     Ok(())
@@ -240,7 +248,9 @@ pub(crate) fn validate_routing(r: &crate::RoutingConfig) -> Result<(), ConfigErr
         let key = format!("routing.managers[{i}]");
         let id_ok = !m.id.is_empty()
             && m.id.len() <= 64
-            && m.id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+            && m.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
         if !id_ok {
             return Err(ConfigError::invalid(
                 &format!("{key}.id"),
@@ -249,10 +259,18 @@ pub(crate) fn validate_routing(r: &crate::RoutingConfig) -> Result<(), ConfigErr
             ));
         }
         if !managers.insert(m.id.as_str()) {
-            return Err(ConfigError::invalid(&format!("{key}.id"), &m.id, "an id no other manager has"));
+            return Err(ConfigError::invalid(
+                &format!("{key}.id"),
+                &m.id,
+                "an id no other manager has",
+            ));
         }
         if m.weight == 0 || m.weight > 1000 {
-            return Err(ConfigError::invalid(&format!("{key}.weight"), m.weight, "an integer between 1 and 1000"));
+            return Err(ConfigError::invalid(
+                &format!("{key}.weight"),
+                m.weight,
+                "an integer between 1 and 1000",
+            ));
         }
         check_timezone(&format!("{key}.timezone"), &m.timezone)?;
         check_hours(&format!("{key}.hours"), &m.hours)?;
@@ -286,7 +304,11 @@ pub(crate) fn validate_routing(r: &crate::RoutingConfig) -> Result<(), ConfigErr
         if managers.contains(id) {
             Ok(())
         } else {
-            Err(ConfigError::invalid(key, id, "the id of a manager in [[routing.managers]]"))
+            Err(ConfigError::invalid(
+                key,
+                id,
+                "the id of a manager in [[routing.managers]]",
+            ))
         }
     };
     for (i, m) in r.managers.iter().enumerate() {

@@ -83,7 +83,12 @@ impl RoutingState for StateStore {
             Self::Redis(s) => s.release(contact, w).await,
         }
     }
-    async fn assignee(&self, contact: &str, w: Workload, now: Millis) -> Result<Option<String>, StateError> {
+    async fn assignee(
+        &self,
+        contact: &str,
+        w: Workload,
+        now: Millis,
+    ) -> Result<Option<String>, StateError> {
         match self {
             Self::Memory(s) => s.assignee(contact, w, now).await,
             Self::Redis(s) => s.assignee(contact, w, now).await,
@@ -174,13 +179,17 @@ struct Shared {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> Millis {
-    Millis::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(Millis::MAX)
+    Millis::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(Millis::MAX)
 }
 
 fn rfc3339(ms: Millis) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -190,7 +199,9 @@ impl Dispatcher {
         let dir = Directory::new(cfg)?;
         let state = match cfg.state {
             RoutingStateBackend::Memory => StateStore::Memory(MemoryState::new()),
-            RoutingStateBackend::Redis => StateStore::Redis(RedisState::connect(&cfg.redis_url, &cfg.redis_prefix).await?),
+            RoutingStateBackend::Redis => {
+                StateStore::Redis(RedisState::connect(&cfg.redis_url, &cfg.redis_prefix).await?)
+            }
         };
         let shifts = dir.shifts(now_ms());
         let hold = Workload::ALL.map(|w| cfg.hold.get(w).unwrap_or(Duration::from_secs(3600)));
@@ -236,7 +247,10 @@ impl Dispatcher {
         self.shared.state.set_registered(id, registered).await?;
         if registered {
             let status = self.shared.state.statuses(&[id], now_ms()).await?;
-            if status.first().is_some_and(|s| s.presence == Presence::Offline) {
+            if status
+                .first()
+                .is_some_and(|s| s.presence == Presence::Offline)
+            {
                 self.shared.state.set_presence(id, Presence::Online).await?;
             }
         }
@@ -247,13 +261,18 @@ impl Dispatcher {
     /// Every manager with presence and load.
     pub async fn managers(&self) -> Result<Vec<ManagerView>, StateError> {
         let dir = &self.shared.dir;
-        let statuses = self.shared.state.statuses(&dir.manager_ids(), now_ms()).await?;
+        let statuses = self
+            .shared
+            .state
+            .statuses(&dir.manager_ids(), now_ms())
+            .await?;
         Ok(dir
             .managers()
             .iter()
             .zip(statuses)
             .map(|(m, s)| {
-                let per = |v: [u32; 4]| json!({"call": v[0], "chat": v[1], "email": v[2], "lead": v[3]});
+                let per =
+                    |v: [u32; 4]| json!({"call": v[0], "chat": v[1], "email": v[2], "lead": v[3]});
                 ManagerView {
                     id: m.id.to_string(),
                     name: m.name.to_string(),
@@ -308,12 +327,16 @@ impl Dispatcher {
         match record.topic.as_str() {
             "owners" => match serde_json::from_slice::<OwnerChange>(&record.value) {
                 Ok(change) => self.apply_owner(&change).await,
-                Err(e) => tracing::warn!(error = %e, offset = record.offset, "owner record skipped"),
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = record.offset, "owner record skipped")
+                }
             },
             "interactions" => match serde_json::from_slice::<Interaction>(&record.value) {
                 Ok(ev) => self.handle(Arc::new(ev), now_ms()).await,
                 // The CRM keeps undecodable records; routing has nothing to do with them.
-                Err(e) => tracing::debug!(error = %e, offset = record.offset, "interaction not routable"),
+                Err(e) => {
+                    tracing::debug!(error = %e, offset = record.offset, "interaction not routable")
+                }
             },
             _ => {}
         }
@@ -325,7 +348,12 @@ impl Dispatcher {
             .manager
             .as_deref()
             .filter(|m| self.shared.dir.manager_ix(m).is_some());
-        if let Err(e) = self.shared.state.set_owner(&change.contact_key, manager).await {
+        if let Err(e) = self
+            .shared
+            .state
+            .set_owner(&change.contact_key, manager)
+            .await
+        {
             tracing::warn!(error = %e, "owner change not applied");
         }
     }
@@ -334,14 +362,21 @@ impl Dispatcher {
     pub async fn handle(&self, ev: Arc<Interaction>, now: Millis) {
         let contact: Arc<str> = Arc::from(ev.contact.key.as_str());
         match ev.kind {
-            Kind::RoutingAssigned | Kind::RoutingReassigned | Kind::RoutingEscalated | Kind::RoutingQueued => return,
+            Kind::RoutingAssigned
+            | Kind::RoutingReassigned
+            | Kind::RoutingEscalated
+            | Kind::RoutingQueued => return,
             Kind::MessageSent | Kind::CallAnswered if ev.manager.is_some() => {
                 let mut work = self.shared.work.lock().await;
                 for w in Workload::ALL {
                     work.sla.responded(&contact, w);
                 }
                 // Answering a lead is handling it.
-                if let Ok(Some(holder)) = self.shared.state.assignee(&contact, Workload::Lead, now).await
+                if let Ok(Some(holder)) = self
+                    .shared
+                    .state
+                    .assignee(&contact, Workload::Lead, now)
+                    .await
                     && Some(&holder) == ev.manager.as_ref()
                 {
                     let _ = self.shared.state.release(&contact, Workload::Lead).await;
@@ -506,7 +541,16 @@ impl Dispatcher {
             };
             match self.claim(&contact, w, manager, None, now).await {
                 Ok(ClaimOutcome::Claimed { .. }) => {
-                    self.assigned(work, &key, &waiting.origin, &decision, manager, deadline, now).await;
+                    self.assigned(
+                        work,
+                        &key,
+                        &waiting.origin,
+                        &decision,
+                        manager,
+                        deadline,
+                        now,
+                    )
+                    .await;
                     work.waiting.remove(&key);
                     return;
                 }
@@ -564,7 +608,8 @@ impl Dispatcher {
     ) {
         let dir = &self.shared.dir;
         let id = &dir.manager(manager).id;
-        work.sla.assigned(&key.0, key.1, manager, decision.queue, deadline);
+        work.sla
+            .assigned(&key.0, key.1, manager, decision.queue, deadline);
         work.origins.insert(key.clone(), Arc::clone(origin));
         if let Err(e) = self.shared.state.set_owner_if_none(&key.0, id).await {
             tracing::warn!(error = %e, "responsible manager not recorded");
@@ -586,8 +631,20 @@ impl Dispatcher {
         .await;
     }
 
-    async fn publish(&self, origin: &Interaction, kind: Kind, manager: Option<&str>, payload: serde_json::Value) {
-        let mut ev = Interaction::new(kind, origin.channel, origin.contact.clone(), time::OffsetDateTime::now_utc(), payload);
+    async fn publish(
+        &self,
+        origin: &Interaction,
+        kind: Kind,
+        manager: Option<&str>,
+        payload: serde_json::Value,
+    ) {
+        let mut ev = Interaction::new(
+            kind,
+            origin.channel,
+            origin.contact.clone(),
+            time::OffsetDateTime::now_utc(),
+            payload,
+        );
         ev.manager = manager.map(str::to_owned);
         ev.conversation = origin.conversation.clone();
         ev.campaign = origin.campaign.clone();
@@ -633,7 +690,9 @@ impl Dispatcher {
             return;
         };
         let from = &dir.manager(b.manager).id;
-        metrics::SLA_BREACHES.with_label_values(&[b.workload.as_str(), b.phase.as_str()]).inc();
+        metrics::SLA_BREACHES
+            .with_label_values(&[b.workload.as_str(), b.phase.as_str()])
+            .inc();
         let queue = dir.queue(b.queue);
         let reason = format!("sla_{}_breached", b.phase.as_str());
         let target = match queue.on_breach {
@@ -646,7 +705,10 @@ impl Dispatcher {
         match target {
             Some((supervisor, kind)) => {
                 // An escalation goes through whatever the supervisor's load.
-                match self.claim(&b.contact, b.workload, supervisor, Some(u32::MAX), now).await {
+                match self
+                    .claim(&b.contact, b.workload, supervisor, Some(u32::MAX), now)
+                    .await
+                {
                     Ok(ClaimOutcome::Claimed { .. }) => {
                         let to = &dir.manager(supervisor).id;
                         self.publish(
@@ -665,9 +727,12 @@ impl Dispatcher {
                         )
                         .await;
                         // The supervisor's own response has no further deadline.
-                        work.sla.assigned(&b.contact, b.workload, supervisor, b.queue, None);
+                        work.sla
+                            .assigned(&b.contact, b.workload, supervisor, b.queue, None);
                     }
-                    Ok(other) => tracing::info!(?other, "escalation not needed: the contact moved on"),
+                    Ok(other) => {
+                        tracing::info!(?other, "escalation not needed: the contact moved on")
+                    }
                     Err(e) => tracing::warn!(error = %e, "escalation failed"),
                 }
             }
@@ -681,7 +746,8 @@ impl Dispatcher {
                     announced: true,
                 };
                 work.origins.remove(&key);
-                self.reassign(work, key, waiting, from, &reason, b.deadline, now).await;
+                self.reassign(work, key, waiting, from, &reason, b.deadline, now)
+                    .await;
             }
         }
     }
@@ -723,11 +789,14 @@ impl Dispatcher {
             },
         );
         if let Outcome::Assign { manager, deadline } = decision.outcome
-            && let Ok(ClaimOutcome::Claimed { .. }) = self.claim(&key.0, key.1, manager, None, now).await
+            && let Ok(ClaimOutcome::Claimed { .. }) =
+                self.claim(&key.0, key.1, manager, None, now).await
         {
             let to = &dir.manager(manager).id;
-            work.sla.assigned(&key.0, key.1, manager, decision.queue, deadline);
-            work.origins.insert(key.clone(), Arc::clone(&waiting.origin));
+            work.sla
+                .assigned(&key.0, key.1, manager, decision.queue, deadline);
+            work.origins
+                .insert(key.clone(), Arc::clone(&waiting.origin));
             self.publish(
                 &waiting.origin,
                 Kind::RoutingReassigned,
@@ -786,7 +855,10 @@ impl Dispatcher {
         );
         let ids = match &decision.outcome {
             Outcome::Assign { manager, .. } => vec![dir.manager(*manager).id.to_string()],
-            Outcome::Ring { managers, .. } => managers.iter().map(|m| dir.manager(*m).id.to_string()).collect(),
+            Outcome::Ring { managers, .. } => managers
+                .iter()
+                .map(|m| dir.manager(*m).id.to_string())
+                .collect(),
             Outcome::Wait { .. } | Outcome::Callback => Vec::new(),
         };
         Ok((decision, ids))

@@ -1,10 +1,10 @@
 //! HTTP endpoints for the site and for services that call us.
 
 use axum::Extension;
+use axum::extract::Path;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::extract::Path;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -15,8 +15,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::Gateway;
 use crate::dispatch::ManagerView;
-use switchboard_storage::state::Presence;
 use crate::metrics::LEADS;
+use switchboard_storage::state::Presence;
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -26,7 +26,14 @@ use crate::metrics::LEADS;
         description = "Endpoints the company's site and external services call."
     ),
     paths(widget_lead, list_managers, set_presence),
-    components(schemas(LeadForm, LeadAccepted, ErrorBody, ManagerList, PresenceChange, ManagerView))
+    components(schemas(
+        LeadForm,
+        LeadAccepted,
+        ErrorBody,
+        ManagerList,
+        PresenceChange,
+        ManagerView
+    ))
 )]
 pub struct ApiDoc;
 
@@ -134,7 +141,9 @@ pub(crate) struct PresenceChange {
         (status = 503, description = "The routing state store is unavailable", body = ErrorBody),
     )
 )]
-pub(crate) async fn list_managers(State(gateway): State<Gateway>) -> Result<Json<ManagerList>, ApiError> {
+pub(crate) async fn list_managers(
+    State(gateway): State<Gateway>,
+) -> Result<Json<ManagerList>, ApiError> {
     let items = match &gateway.dispatcher {
         Some(d) => d.managers().await.map_err(|e| ApiError::unavailable(&e))?,
         None => Vec::new(),
@@ -170,11 +179,16 @@ pub(crate) async fn set_presence(
         ));
     };
     let known = match &gateway.dispatcher {
-        Some(d) => d.set_presence(&id, presence).await.map_err(|e| ApiError::unavailable(&e))?,
+        Some(d) => d
+            .set_presence(&id, presence)
+            .await
+            .map_err(|e| ApiError::unavailable(&e))?,
         None => false,
     };
     if !known {
-        return Err(ApiError::not_found("no manager with this id in [[routing.managers]]"));
+        return Err(ApiError::not_found(
+            "no manager with this id in [[routing.managers]]",
+        ));
     }
     tracing::info!(manager = %id, presence = presence.as_str(), "presence set");
     Ok(Json(change))

@@ -111,18 +111,33 @@ impl Fixture {
 async fn a_lead_goes_to_an_online_manager_in_turn() {
     let mut f = Fixture::new(config(&["anna", "boris"], None, OnBreach::Reassign)).await;
     for m in ["anna", "boris"] {
-        assert!(f.dispatcher.set_presence(m, Presence::Online).await.unwrap());
+        assert!(
+            f.dispatcher
+                .set_presence(m, Presence::Online)
+                .await
+                .unwrap()
+        );
     }
-    assert!(!f.dispatcher.set_presence("nobody", Presence::Online).await.unwrap());
+    assert!(
+        !f.dispatcher
+            .set_presence("nobody", Presence::Online)
+            .await
+            .unwrap()
+    );
     let mut got = Vec::new();
     for i in 0..4 {
-        f.dispatcher.handle(lead(&format!("+7916000000{i}")), T0).await;
+        f.dispatcher
+            .handle(lead(&format!("+7916000000{i}")), T0)
+            .await;
         let ev = f.events().await;
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(ev[0].kind, Kind::RoutingAssigned);
         assert_eq!(ev[0].payload["queue"], "sales");
         assert_eq!(ev[0].payload["workload"], "lead");
-        assert!(ev[0].payload["deadline"].is_string(), "SLA deadline reported");
+        assert!(
+            ev[0].payload["deadline"].is_string(),
+            "SLA deadline reported"
+        );
         got.push(ev[0].manager.clone().unwrap());
     }
     assert_eq!(got, ["anna", "boris", "anna", "boris"], "round robin");
@@ -140,7 +155,10 @@ async fn with_nobody_online_the_lead_waits_and_goes_out_when_someone_comes() {
 
     f.dispatcher.tick(T0 + 1_000).await;
     assert!(f.events().await.is_empty(), "still nobody");
-    f.dispatcher.set_presence("anna", Presence::Online).await.unwrap();
+    f.dispatcher
+        .set_presence("anna", Presence::Online)
+        .await
+        .unwrap();
     // A change of presence makes waiting work due at once, not at its retry.
     f.dispatcher.tick(T0 + 1_001).await;
     let ev = f.events().await;
@@ -153,7 +171,10 @@ async fn with_nobody_online_the_lead_waits_and_goes_out_when_someone_comes() {
 async fn the_responsible_manager_gets_the_contact_back() {
     let mut f = Fixture::new(config(&["anna", "boris", "vera"], None, OnBreach::Reassign)).await;
     for m in ["anna", "boris", "vera"] {
-        f.dispatcher.set_presence(m, Presence::Online).await.unwrap();
+        f.dispatcher
+            .set_presence(m, Presence::Online)
+            .await
+            .unwrap();
     }
     let phone = "+79160000009";
     f.dispatcher
@@ -173,7 +194,10 @@ async fn the_responsible_manager_gets_the_contact_back() {
 #[tokio::test]
 async fn a_missed_deadline_is_escalated_to_the_supervisor() {
     let mut f = Fixture::new(config(&["anna"], Some("sergey"), OnBreach::Escalate)).await;
-    f.dispatcher.set_presence("anna", Presence::Online).await.unwrap();
+    f.dispatcher
+        .set_presence("anna", Presence::Online)
+        .await
+        .unwrap();
     f.dispatcher.handle(lead("+79160000002"), T0).await;
     assert_eq!(f.events().await[0].manager.as_deref(), Some("anna"));
     f.dispatcher.tick(T0 + 59_000).await;
@@ -193,7 +217,10 @@ async fn a_missed_deadline_is_escalated_to_the_supervisor() {
 async fn a_missed_deadline_is_reassigned_to_someone_else_and_an_answer_stops_the_clock() {
     let mut f = Fixture::new(config(&["anna", "boris"], None, OnBreach::Reassign)).await;
     for m in ["anna", "boris"] {
-        f.dispatcher.set_presence(m, Presence::Online).await.unwrap();
+        f.dispatcher
+            .set_presence(m, Presence::Online)
+            .await
+            .unwrap();
     }
     let slow = lead("+79160000003");
     let answered = lead("+79160000004");
@@ -233,17 +260,28 @@ async fn a_call_ring_plan_lists_who_to_ring() {
     cfg.queues[0].policy = Policy::RingAll;
     let f = Fixture::new(cfg).await;
     for m in ["anna", "boris"] {
-        f.dispatcher.set_presence(m, Presence::Online).await.unwrap();
+        f.dispatcher
+            .set_presence(m, Presence::Online)
+            .await
+            .unwrap();
     }
     let key = switchboard_routing::RouteKey {
         channel: Some(Channel::Sip),
         ..Default::default()
     };
-    let (_, nobody) = f.dispatcher.plan_call("tel:+79160000005", &key, T0, &[], T0).await.unwrap();
+    let (_, nobody) = f
+        .dispatcher
+        .plan_call("tel:+79160000005", &key, T0, &[], T0)
+        .await
+        .unwrap();
     assert!(nobody.is_empty(), "no phone registered, nobody to ring");
     f.dispatcher.set_registered("anna", true).await.unwrap();
     f.dispatcher.set_registered("boris", true).await.unwrap();
-    let (_, ring) = f.dispatcher.plan_call("tel:+79160000005", &key, T0, &[], T0).await.unwrap();
+    let (_, ring) = f
+        .dispatcher
+        .plan_call("tel:+79160000005", &key, T0, &[], T0)
+        .await
+        .unwrap();
     assert_eq!(ring, ["anna", "boris"]);
 }
 
@@ -265,7 +303,10 @@ async fn two_nodes_on_redis_never_double_assign_or_exceed_capacity() {
     let mut a = Fixture::new(cfg.clone()).await;
     let mut b = Fixture::new(cfg).await;
     for m in members {
-        a.dispatcher.set_presence(m, Presence::Online).await.unwrap();
+        a.dispatcher
+            .set_presence(m, Presence::Online)
+            .await
+            .unwrap();
     }
     let leads: Vec<Arc<Interaction>> = (0..150).map(|i| lead(&format!("+7916{i:07}"))).collect();
     // Node A sees leads 0..100, node B 50..150: 50 contacts reach both.
@@ -288,9 +329,14 @@ async fn two_nodes_on_redis_never_double_assign_or_exceed_capacity() {
     let mut per_manager: HashMap<&str, usize> = HashMap::new();
     for e in all.iter().filter(|e| e.kind == Kind::RoutingAssigned) {
         *per_contact.entry(&e.contact.key).or_default() += 1;
-        *per_manager.entry(e.manager.as_deref().unwrap()).or_default() += 1;
+        *per_manager
+            .entry(e.manager.as_deref().unwrap())
+            .or_default() += 1;
     }
-    assert!(per_contact.values().all(|&n| n == 1), "a contact was assigned twice");
+    assert!(
+        per_contact.values().all(|&n| n == 1),
+        "a contact was assigned twice"
+    );
     assert_eq!(per_contact.len(), 90, "3 managers x 30 should all be used");
     assert!(per_manager.values().all(|&n| n <= 30), "{per_manager:?}");
     let queued = all.iter().filter(|e| e.kind == Kind::RoutingQueued).count();

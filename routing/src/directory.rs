@@ -7,8 +7,8 @@ use std::sync::Arc;
 use switchboard_config::{Capacity, OnBreach, OutOfHours, Policy, RoutingConfig, Workload};
 use switchboard_storage::{Channel, Kind};
 
-use crate::schedule::{Schedule, Shifts};
 use crate::Millis;
+use crate::schedule::{Schedule, Shifts};
 
 /// Index of a manager in the [`Directory`].
 pub type ManagerIx = u32;
@@ -141,7 +141,8 @@ impl Directory {
                 weight: m.weight.max(1),
                 stride: STRIDE / u64::from(m.weight.max(1)),
                 skills: bits(&m.skills)?,
-                schedule: Schedule::new(&m.timezone, &m.hours, &m.holidays).map_err(DirectoryError::Schedule)?,
+                schedule: Schedule::new(&m.timezone, &m.hours, &m.holidays)
+                    .map_err(DirectoryError::Schedule)?,
             });
         }
         let by_id: HashMap<Arc<str>, ManagerIx> = managers
@@ -156,16 +157,22 @@ impl Directory {
             .map(|(i, q)| (q.name.as_str(), ix(i)))
             .collect();
         let find_queue = |name: &str| {
-            queue_ix.get(name).copied().ok_or_else(|| DirectoryError::Unknown {
-                what: "queue",
-                name: name.to_owned(),
-            })
+            queue_ix
+                .get(name)
+                .copied()
+                .ok_or_else(|| DirectoryError::Unknown {
+                    what: "queue",
+                    name: name.to_owned(),
+                })
         };
         let find_manager = |id: &str| {
-            by_id.get(id).copied().ok_or_else(|| DirectoryError::Unknown {
-                what: "manager",
-                name: id.to_owned(),
-            })
+            by_id
+                .get(id)
+                .copied()
+                .ok_or_else(|| DirectoryError::Unknown {
+                    what: "manager",
+                    name: id.to_owned(),
+                })
         };
         let mut queues = Vec::with_capacity(cfg.queues.len());
         for q in &cfg.queues {
@@ -200,7 +207,8 @@ impl Directory {
                     .as_ref()
                     .map(|o| Ok::<_, DirectoryError>((find_queue(&o.queue)?, ms(o.after))))
                     .transpose()?,
-                schedule: Schedule::new(&q.timezone, &q.hours, &q.holidays).map_err(DirectoryError::Schedule)?,
+                schedule: Schedule::new(&q.timezone, &q.hours, &q.holidays)
+                    .map_err(DirectoryError::Schedule)?,
                 after_hours: match &q.out_of_hours {
                     OutOfHours::Callback => AfterHours::Callback,
                     OutOfHours::Queue { queue } => AfterHours::Queue(find_queue(queue)?),
@@ -270,7 +278,8 @@ impl Directory {
     /// the default queue.
     pub fn queue_for(&self, key: &RouteKey<'_>) -> QueueIx {
         let matches = |allowed: &[String], value: Option<&str>| {
-            allowed.is_empty() || value.is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
+            allowed.is_empty()
+                || value.is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
         };
         self.rules
             .iter()
@@ -304,7 +313,9 @@ pub fn workload_of(channel: Channel, kind: Kind) -> Option<Workload> {
         Kind::MessageReceived => Some(match channel {
             Channel::Email => Workload::Email,
             Channel::Sip | Channel::Webrtc => Workload::Call,
-            Channel::Jivosite | Channel::Roistat | Channel::Comagic | Channel::Uis => Workload::Lead,
+            Channel::Jivosite | Channel::Roistat | Channel::Comagic | Channel::Uis => {
+                Workload::Lead
+            }
             _ => Workload::Chat,
         }),
         Kind::CallRinging | Kind::CallMissed => Some(Workload::Call),

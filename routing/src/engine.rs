@@ -3,9 +3,9 @@
 use switchboard_config::{Policy, Workload};
 use switchboard_storage::state::{ManagerStatus, Presence};
 
+use crate::Millis;
 use crate::directory::{AfterHours, Directory, ManagerIx, QueueIx};
 use crate::schedule::Shifts;
-use crate::Millis;
 
 /// How long work waits before it is decided again when nobody can take it
 /// and nothing says how long to wait (a change of presence retries sooner).
@@ -39,9 +39,15 @@ pub struct Snapshot<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Give it to this manager; `deadline` is the first-response SLA.
-    Assign { manager: ManagerIx, deadline: Option<Millis> },
+    Assign {
+        manager: ManagerIx,
+        deadline: Option<Millis>,
+    },
     /// Ring these managers at once (calls, `ring_all`), in this order of preference.
-    Ring { managers: Vec<ManagerIx>, deadline: Option<Millis> },
+    Ring {
+        managers: Vec<ManagerIx>,
+        deadline: Option<Millis>,
+    },
     /// Nobody now; decide again at `until` (or when presence changes).
     Wait { until: Millis },
     /// Out of hours: a "missed, call back" for the CRM.
@@ -139,13 +145,17 @@ pub fn decide(dir: &Directory, req: &Request<'_>, snap: &Snapshot<'_>) -> Decisi
             && let Some(r) = req.responsible
         {
             if available(dir, r, req, snap) {
-                return decision(Outcome::Assign { manager: r, deadline }, Reason::Responsible);
+                return decision(
+                    Outcome::Assign {
+                        manager: r,
+                        deadline,
+                    },
+                    Reason::Responsible,
+                );
             }
-            let reachable_later = snap
-                .statuses
-                .get(r as usize)
-                .is_some_and(|s| s.presence != Presence::Offline && s.presence != Presence::DoNotDisturb)
-                && !req.exclude.contains(&r);
+            let reachable_later = snap.statuses.get(r as usize).is_some_and(|s| {
+                s.presence != Presence::Offline && s.presence != Presence::DoNotDisturb
+            }) && !req.exclude.contains(&r);
             let until = req.waiting_since.saturating_add(queue.responsible_timeout);
             if reachable_later && req.now < until {
                 return decision(Outcome::Wait { until }, Reason::WaitingForResponsible);
@@ -153,7 +163,8 @@ pub fn decide(dir: &Directory, req: &Request<'_>, snap: &Snapshot<'_>) -> Decisi
         }
 
         let candidates = queue.members.iter().copied().filter(|&m| {
-            dir.manager(m).skills & queue.required_skills == queue.required_skills && available(dir, m, req, snap)
+            dir.manager(m).skills & queue.required_skills == queue.required_skills
+                && available(dir, m, req, snap)
         });
         let status = |m: ManagerIx| &snap.statuses[m as usize];
         let picked = match queue.policy {
@@ -162,7 +173,13 @@ pub fn decide(dir: &Directory, req: &Request<'_>, snap: &Snapshot<'_>) -> Decisi
                 if !all.is_empty() {
                     // Stable: equal turns keep id order.
                     all.sort_by_key(|&m| status(m).last_turn);
-                    return decision(Outcome::Ring { managers: all, deadline }, Reason::RingAll);
+                    return decision(
+                        Outcome::Ring {
+                            managers: all,
+                            deadline,
+                        },
+                        Reason::RingAll,
+                    );
                 }
                 None
             }
@@ -188,10 +205,20 @@ pub fn decide(dir: &Directory, req: &Request<'_>, snap: &Snapshot<'_>) -> Decisi
                 // does not take a burst of work.
                 let all: Vec<ManagerIx> = candidates.collect();
                 let top = all.iter().map(|&m| status(m).pass).max().unwrap_or(0);
-                let window = all.iter().map(|&m| dir.manager(m).stride).max().unwrap_or(0) * 2;
+                let window = all
+                    .iter()
+                    .map(|&m| dir.manager(m).stride)
+                    .max()
+                    .unwrap_or(0)
+                    * 2;
                 all.iter()
                     .copied()
-                    .min_by_key(|&m| (status(m).pass.max(top.saturating_sub(window)), status(m).last_turn))
+                    .min_by_key(|&m| {
+                        (
+                            status(m).pass.max(top.saturating_sub(window)),
+                            status(m).last_turn,
+                        )
+                    })
                     .map(|m| (m, Reason::Weighted))
             }
         };

@@ -13,7 +13,9 @@ mod engine;
 mod schedule;
 mod sla;
 
-pub use directory::{Directory, DirectoryError, ManagerDef, ManagerIx, QueueDef, QueueIx, RouteKey, workload_of};
+pub use directory::{
+    Directory, DirectoryError, ManagerDef, ManagerIx, QueueDef, QueueIx, RouteKey, workload_of,
+};
 pub use engine::{Decision, Outcome, Reason, Request, Snapshot, decide};
 pub use schedule::{Schedule, Shifts};
 pub use sla::{Breach, Phase, SlaTracker};

@@ -50,7 +50,8 @@ impl Schedule {
             Weekday::Saturday => 5,
             Weekday::Sunday => 6,
         };
-        let minute = u16::try_from(local.hour()).unwrap_or(0) * 60 + u16::try_from(local.minute()).unwrap_or(0);
+        let minute = u16::try_from(local.hour()).unwrap_or(0) * 60
+            + u16::try_from(local.minute()).unwrap_or(0);
         self.week.days[day]
             .iter()
             .any(|&(from, to)| minute >= from && minute < to)
@@ -105,7 +106,10 @@ mod tests {
         // Thursday 2026-11-26: 09:30 in Moscow is 06:30 UTC.
         assert!(s.is_open(ms("2026-11-26T06:30:00Z")));
         assert!(!s.is_open(ms("2026-11-26T05:59:00Z")), "08:59 Moscow");
-        assert!(!s.is_open(ms("2026-11-26T15:00:00Z")), "18:00 Moscow is closed");
+        assert!(
+            !s.is_open(ms("2026-11-26T15:00:00Z")),
+            "18:00 Moscow is closed"
+        );
         assert!(!s.is_open(ms("2026-11-28T08:00:00Z")), "Saturday");
         assert!(!s.is_open(ms("2026-12-31T08:00:00Z")), "holiday");
         assert!(Schedule::new("UTC", &[], &[]).unwrap().is_none());

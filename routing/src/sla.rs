@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use switchboard_config::Workload;
 
-use crate::directory::{ManagerIx, QueueIx};
 use crate::Millis;
+use crate::directory::{ManagerIx, QueueIx};
 
 /// Which deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
-use switchboard_config::{
-    Capacity, ManagerConfig, Policy, QueueConfig, RoutingConfig, Workload,
+use switchboard_config::{Capacity, ManagerConfig, Policy, QueueConfig, RoutingConfig, Workload};
+use switchboard_routing::{
+    Decision, Directory, Outcome, Reason, Request, Shifts, Snapshot, decide,
 };
-use switchboard_routing::{Decision, Directory, Outcome, Reason, Request, Shifts, Snapshot, decide};
 use switchboard_storage::state::{ManagerStatus, Presence};
 
 const SKILLS: [&str; 2] = ["en", "b2b"];
@@ -70,60 +70,74 @@ fn manager(i: usize, caps: [u32; 4], weight: u32, skills: u8) -> ManagerConfig {
 }
 
 fn world() -> impl Strategy<Value = World> {
-    (1usize..8).prop_flat_map(|n| {
-        (
-            prop::collection::vec(
-                (prop::array::uniform4(0u32..4), 1u32..5, 0u8..4, presence(), any::<bool>(), prop::array::uniform4(0u32..5), 0u64..20, 0u64..(1 << 22)),
-                n,
-            ),
-            policy(),
-            0u8..4,
-            workload(),
-            prop::option::of(0..n as u32),
-            prop::collection::vec(0..n as u32, 0..3),
-            0i64..120_000,
-        )
-    })
-    .prop_map(|(ms, policy, required, workload, responsible, exclude, waited_ms)| {
-        let managers = ms
-            .iter()
-            .enumerate()
-            .map(|(i, (caps, weight, skills, ..))| manager(i, *caps, *weight, *skills))
-            .collect();
-        let statuses = ms
-            .iter()
-            .map(|(_, _, _, presence, registered, load, last_turn, pass)| ManagerStatus {
-                presence: *presence,
-                registered: *registered,
-                load: *load,
-                last_turn: *last_turn,
-                pass: *pass,
-            })
-            .collect();
-        let queue = QueueConfig {
-            name: "q".into(),
-            policy,
-            required_skills: SKILLS
-                .iter()
-                .enumerate()
-                .filter(|(b, _)| required & (1 << b) != 0)
-                .map(|(_, s)| (*s).to_owned())
-                .collect(),
-            ..QueueConfig::default()
-        };
-        World {
-            config: RoutingConfig {
-                managers,
-                queues: vec![queue],
-                ..RoutingConfig::default()
+    (1usize..8)
+        .prop_flat_map(|n| {
+            (
+                prop::collection::vec(
+                    (
+                        prop::array::uniform4(0u32..4),
+                        1u32..5,
+                        0u8..4,
+                        presence(),
+                        any::<bool>(),
+                        prop::array::uniform4(0u32..5),
+                        0u64..20,
+                        0u64..(1 << 22),
+                    ),
+                    n,
+                ),
+                policy(),
+                0u8..4,
+                workload(),
+                prop::option::of(0..n as u32),
+                prop::collection::vec(0..n as u32, 0..3),
+                0i64..120_000,
+            )
+        })
+        .prop_map(
+            |(ms, policy, required, workload, responsible, exclude, waited_ms)| {
+                let managers = ms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (caps, weight, skills, ..))| manager(i, *caps, *weight, *skills))
+                    .collect();
+                let statuses = ms
+                    .iter()
+                    .map(
+                        |(_, _, _, presence, registered, load, last_turn, pass)| ManagerStatus {
+                            presence: *presence,
+                            registered: *registered,
+                            load: *load,
+                            last_turn: *last_turn,
+                            pass: *pass,
+                        },
+                    )
+                    .collect();
+                let queue = QueueConfig {
+                    name: "q".into(),
+                    policy,
+                    required_skills: SKILLS
+                        .iter()
+                        .enumerate()
+                        .filter(|(b, _)| required & (1 << b) != 0)
+                        .map(|(_, s)| (*s).to_owned())
+                        .collect(),
+                    ..QueueConfig::default()
+                };
+                World {
+                    config: RoutingConfig {
+                        managers,
+                        queues: vec![queue],
+                        ..RoutingConfig::default()
+                    },
+                    statuses,
+                    workload,
+                    responsible,
+                    exclude,
+                    waited_ms,
+                }
             },
-            statuses,
-            workload,
-            responsible,
-            exclude,
-            waited_ms,
-        }
-    })
+        )
 }
 
 const NOW: i64 = 1_800_000_000_000;

@@ -119,12 +119,23 @@ pub trait RoutingState: Send + Sync {
         now: Millis,
     ) -> impl Future<Output = Result<Vec<ManagerStatus>, StateError>> + Send;
 
-    fn set_presence(&self, id: &str, presence: Presence) -> impl Future<Output = Result<(), StateError>> + Send;
+    fn set_presence(
+        &self,
+        id: &str,
+        presence: Presence,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
 
-    fn set_registered(&self, id: &str, registered: bool) -> impl Future<Output = Result<(), StateError>> + Send;
+    fn set_registered(
+        &self,
+        id: &str,
+        registered: bool,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
 
     /// See [`Claim`]; atomic.
-    fn claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<ClaimOutcome, StateError>> + Send;
+    fn claim(
+        &self,
+        claim: &Claim<'_>,
+    ) -> impl Future<Output = Result<ClaimOutcome, StateError>> + Send;
 
     /// Ends the contact's assignment for `workload`, if any; returns whose it was.
     fn release(
@@ -142,14 +153,25 @@ pub trait RoutingState: Send + Sync {
     ) -> impl Future<Output = Result<Option<String>, StateError>> + Send;
 
     /// The contact's responsible manager, as the CRM published it.
-    fn owner(&self, contact: &str) -> impl Future<Output = Result<Option<String>, StateError>> + Send;
+    fn owner(
+        &self,
+        contact: &str,
+    ) -> impl Future<Output = Result<Option<String>, StateError>> + Send;
 
     /// Sets (or with `None` clears) the responsible manager.
-    fn set_owner(&self, contact: &str, manager: Option<&str>) -> impl Future<Output = Result<(), StateError>> + Send;
+    fn set_owner(
+        &self,
+        contact: &str,
+        manager: Option<&str>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
 
     /// Sets the responsible manager only if the contact has none; returns
     /// whether it was set.
-    fn set_owner_if_none(&self, contact: &str, manager: &str) -> impl Future<Output = Result<bool, StateError>> + Send;
+    fn set_owner_if_none(
+        &self,
+        contact: &str,
+        manager: &str,
+    ) -> impl Future<Output = Result<bool, StateError>> + Send;
 }
 
 fn hold_until(now: Millis, hold: Duration) -> Millis {
@@ -183,7 +205,10 @@ struct MemManager {
 
 impl MemManager {
     fn load(&self, w: Workload, now: Millis) -> u32 {
-        let n = self.held[w.index()].values().filter(|&&until| until > now).count();
+        let n = self.held[w.index()]
+            .values()
+            .filter(|&&until| until > now)
+            .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
@@ -255,7 +280,11 @@ impl RoutingState for MemoryState {
         }))
     }
 
-    async fn release(&self, contact: &str, workload: Workload) -> Result<Option<String>, StateError> {
+    async fn release(
+        &self,
+        contact: &str,
+        workload: Workload,
+    ) -> Result<Option<String>, StateError> {
         Ok(self.with(|m| {
             let (manager, _) = m.assignments.remove(&(contact.to_owned(), workload))?;
             if let Some(mm) = m.managers.get_mut(&manager) {
@@ -265,7 +294,12 @@ impl RoutingState for MemoryState {
         }))
     }
 
-    async fn assignee(&self, contact: &str, workload: Workload, now: Millis) -> Result<Option<String>, StateError> {
+    async fn assignee(
+        &self,
+        contact: &str,
+        workload: Workload,
+        now: Millis,
+    ) -> Result<Option<String>, StateError> {
         Ok(self.with(|m| {
             m.assignments
                 .get(&(contact.to_owned(), workload))
@@ -341,9 +375,18 @@ pub mod conformance {
         assert_eq!(s[1].presence, Presence::Offline);
 
         // Claims count toward load, up to capacity.
-        assert!(matches!(state.claim(&claim(&c1, &a, 2, t0)).await.unwrap(), ClaimOutcome::Claimed { .. }));
-        assert!(matches!(state.claim(&claim(&c2, &a, 2, t0)).await.unwrap(), ClaimOutcome::Claimed { .. }));
-        assert_eq!(state.claim(&claim(&c3, &a, 2, t0)).await.unwrap(), ClaimOutcome::OverCapacity);
+        assert!(matches!(
+            state.claim(&claim(&c1, &a, 2, t0)).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
+        assert!(matches!(
+            state.claim(&claim(&c2, &a, 2, t0)).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
+        assert_eq!(
+            state.claim(&claim(&c3, &a, 2, t0)).await.unwrap(),
+            ClaimOutcome::OverCapacity
+        );
         let s = state.statuses(&[&a], t0).await.unwrap();
         assert_eq!(s[0].load[Workload::Chat.index()], 2);
         assert_eq!(s[0].load[Workload::Call.index()], 0);
@@ -355,28 +398,50 @@ pub mod conformance {
             state.claim(&claim(&c1, &b, 5, t0)).await.unwrap(),
             ClaimOutcome::AlreadyAssigned { manager: a.clone() }
         );
-        assert_eq!(state.assignee(&c1, Workload::Chat, t0).await.unwrap(), Some(a.clone()));
+        assert_eq!(
+            state.assignee(&c1, Workload::Chat, t0).await.unwrap(),
+            Some(a.clone())
+        );
         // ... but per workload: a call from the same contact is separate.
         let mut call = claim(&c1, &b, 1, t0);
         call.workload = Workload::Call;
-        assert!(matches!(state.claim(&call).await.unwrap(), ClaimOutcome::Claimed { .. }));
+        assert!(matches!(
+            state.claim(&call).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
 
         // Turns increase across managers.
         let before = state.statuses(&[&a, &b], t0).await.unwrap();
         assert!(before[1].last_turn > before[0].last_turn);
 
         // Release frees capacity and the contact.
-        assert_eq!(state.release(&c1, Workload::Chat).await.unwrap(), Some(a.clone()));
+        assert_eq!(
+            state.release(&c1, Workload::Chat).await.unwrap(),
+            Some(a.clone())
+        );
         assert_eq!(state.release(&c1, Workload::Chat).await.unwrap(), None);
         assert_eq!(state.assignee(&c1, Workload::Chat, t0).await.unwrap(), None);
-        assert!(matches!(state.claim(&claim(&c3, &a, 2, t0)).await.unwrap(), ClaimOutcome::Claimed { .. }));
+        assert!(matches!(
+            state.claim(&claim(&c3, &a, 2, t0)).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
 
         // Holds expire: after the hold, load drops and the contact is free.
         let later = t0 + 61_000;
         let s = state.statuses(&[&a], later).await.unwrap();
-        assert_eq!(s[0].load[Workload::Chat.index()], 0, "expired holds still count");
-        assert_eq!(state.assignee(&c2, Workload::Chat, later).await.unwrap(), None);
-        assert!(matches!(state.claim(&claim(&c2, &b, 1, later)).await.unwrap(), ClaimOutcome::Claimed { .. }));
+        assert_eq!(
+            s[0].load[Workload::Chat.index()],
+            0,
+            "expired holds still count"
+        );
+        assert_eq!(
+            state.assignee(&c2, Workload::Chat, later).await.unwrap(),
+            None
+        );
+        assert!(matches!(
+            state.claim(&claim(&c2, &b, 1, later)).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
 
         // Owners.
         assert_eq!(state.owner(&c1).await.unwrap(), None);

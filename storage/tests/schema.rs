@@ -177,11 +177,17 @@ fn owner_changes_validate() {
     let interaction: Value = serde_json::from_str(INTERACTION_SCHEMA_V1).unwrap();
     let schema: Value = serde_json::from_str(switchboard_storage::OWNER_SCHEMA_V1).unwrap();
     let registry = jsonschema::Registry::new()
-        .add("https://switchboard.example/schema/interaction.v1.json", interaction)
+        .add(
+            "https://switchboard.example/schema/interaction.v1.json",
+            interaction,
+        )
         .unwrap()
         .prepare()
         .unwrap();
-    let v = jsonschema::options().with_registry(&registry).build(&schema).unwrap();
+    let v = jsonschema::options()
+        .with_registry(&registry)
+        .build(&schema)
+        .unwrap();
     for manager in [Some("ivanov".to_owned()), None] {
         let change = switchboard_storage::OwnerChange {
             v: VERSION,
@@ -191,7 +197,9 @@ fn owner_changes_validate() {
         };
         assert_valid(&v, &serde_json::to_value(&change).unwrap());
     }
-    assert!(!v.is_valid(&json!({"v": 1, "contact_key": "tel:+79161234567", "changed_at": "2026-11-26T00:00:00Z"})));
+    assert!(!v.is_valid(
+        &json!({"v": 1, "contact_key": "tel:+79161234567", "changed_at": "2026-11-26T00:00:00Z"})
+    ));
 }
 
 #[test]

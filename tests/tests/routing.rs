@@ -28,7 +28,10 @@ on_breach = "escalate"
 "#;
 
 async fn timeline_kinds(sb: &Switchboard, key: &str) -> Vec<Value> {
-    let (_, body) = sb.crm_get(&format!("/v1/contacts/{key}/timeline")).await.unwrap();
+    let (_, body) = sb
+        .crm_get(&format!("/v1/contacts/{key}/timeline"))
+        .await
+        .unwrap();
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
@@ -52,7 +55,11 @@ async fn an_unanswered_lead_is_escalated_and_the_timeline_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchboard.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let sb = Launch::new(&dir.path().join("data")).config(&config).start().await.unwrap();
+    let sb = Launch::new(&dir.path().join("data"))
+        .config(&config)
+        .start()
+        .await
+        .unwrap();
 
     let resp = sb
         .gateway_request(reqwest::Method::PUT, "/v1/managers/anna/presence")
@@ -86,13 +93,20 @@ async fn an_unanswered_lead_is_escalated_and_the_timeline_shows_it() {
     let escalated = wait_for_kind(&sb, &key, "routing.escalated", Duration::from_secs(10)).await;
     assert_eq!(escalated["manager"], "sergey");
     assert_eq!(escalated["payload"]["from"], "anna");
-    assert_eq!(escalated["payload"]["reason"], "sla_first_response_breached");
+    assert_eq!(
+        escalated["payload"]["reason"],
+        "sla_first_response_breached"
+    );
     let kinds: Vec<String> = timeline_kinds(&sb, &key)
         .await
         .iter()
         .map(|i| i["kind"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(kinds, ["routing.escalated", "routing.assigned", "lead.received"], "newest first");
+    assert_eq!(
+        kinds,
+        ["routing.escalated", "routing.assigned", "lead.received"],
+        "newest first"
+    );
 
     let (status, text) = sb.get_text("gateway", "/v1/managers").await.unwrap();
     assert_eq!(status, 200);

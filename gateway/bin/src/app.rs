@@ -123,10 +123,16 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                 .await
                 .context("cannot start routing (routing.state, routing.redis_url)")?;
             routing.push(tokio::spawn(
-                dispatcher.clone().run(Dispatcher::source(feed)?, http_stop.clone()),
+                dispatcher
+                    .clone()
+                    .run(Dispatcher::source(feed)?, http_stop.clone()),
             ));
             if config.feed.backend == FeedBackend::Kafka {
-                routing.push(spawn_owner_follower(&config, dispatcher.clone(), http_stop.clone())?);
+                routing.push(spawn_owner_follower(
+                    &config,
+                    dispatcher.clone(),
+                    http_stop.clone(),
+                )?);
             }
             relay_options.retain_for.push(ROUTING_GROUP.to_owned());
             tracing::info!(
@@ -268,7 +274,11 @@ fn spawn_owner_follower(
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".to_owned());
-    let mut source = KafkaSource::new(&config.feed, &format!("gateway-owners-{node}"), &[Topic::Owners])?;
+    let mut source = KafkaSource::new(
+        &config.feed,
+        &format!("gateway-owners-{node}"),
+        &[Topic::Owners],
+    )?;
     Ok(tokio::spawn(async move {
         use switchboard_storage::FeedSource;
         loop {

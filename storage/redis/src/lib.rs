@@ -85,7 +85,9 @@ pub struct RedisState {
 
 impl std::fmt::Debug for RedisState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisState").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisState")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,7 +102,9 @@ impl RedisState {
     /// Connects (reconnecting on its own later) to `url`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StateError> {
         let client = redis::Client::open(url).map_err(backend("connect"))?;
-        let conn = ConnectionManager::new(client).await.map_err(backend("connect"))?;
+        let conn = ConnectionManager::new(client)
+            .await
+            .map_err(backend("connect"))?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
@@ -118,8 +122,12 @@ impl RedisState {
     /// The claim script's source and the keys and arguments of one claim,
     /// in `EVALSHA sha numkeys keys... args...` order.
     pub fn claim_invocation(&self, c: &Claim<'_>) -> (Vec<String>, Vec<String>) {
-        let until = c.now.saturating_add(i64::try_from(c.hold.as_millis()).unwrap_or(i64::MAX));
-        let px = u64::try_from(c.hold.as_millis()).unwrap_or(u64::MAX).saturating_add(LINGER_MS);
+        let until = c
+            .now
+            .saturating_add(i64::try_from(c.hold.as_millis()).unwrap_or(i64::MAX));
+        let px = u64::try_from(c.hold.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(LINGER_MS);
         let keys = vec![
             self.assignment_key(c.contact, c.workload),
             format!("{}held:{}:{}", self.prefix, c.manager, c.workload.as_str()),
@@ -228,7 +236,11 @@ impl RoutingState for RedisState {
         })
     }
 
-    async fn release(&self, contact: &str, workload: Workload) -> Result<Option<String>, StateError> {
+    async fn release(
+        &self,
+        contact: &str,
+        workload: Workload,
+    ) -> Result<Option<String>, StateError> {
         self.release
             .key(self.assignment_key(contact, workload))
             .arg(&self.prefix)
@@ -239,7 +251,12 @@ impl RoutingState for RedisState {
             .map_err(backend("release"))
     }
 
-    async fn assignee(&self, contact: &str, workload: Workload, now: Millis) -> Result<Option<String>, StateError> {
+    async fn assignee(
+        &self,
+        contact: &str,
+        workload: Workload,
+        now: Millis,
+    ) -> Result<Option<String>, StateError> {
         let a: Option<String> = self
             .conn
             .clone()

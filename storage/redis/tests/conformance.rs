@@ -73,11 +73,22 @@ async fn racing_claims_never_double_assign_or_exceed_capacity() {
         *per_contact.entry(contact.clone()).or_default() += 1;
         *per_manager.entry(manager).or_default() += 1;
     }
-    assert!(per_contact.values().all(|&n| n == 1), "a contact was given twice");
-    assert_eq!(per_contact.len(), 60, "3 managers x capacity 20 should all be used");
+    assert!(
+        per_contact.values().all(|&n| n == 1),
+        "a contact was given twice"
+    );
+    assert_eq!(
+        per_contact.len(),
+        60,
+        "3 managers x capacity 20 should all be used"
+    );
     for (m, n) in &per_manager {
         assert!(*n <= capacity, "{m} got {n} > {capacity}");
     }
     let statuses = node_a.statuses(&managers, now).await.unwrap();
-    assert!(statuses.iter().all(|s| s.load[Workload::Chat.index()] == capacity));
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.load[Workload::Chat.index()] == capacity)
+    );
 }
