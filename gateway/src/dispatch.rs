@@ -504,35 +504,18 @@ impl Dispatcher {
                     waiting.retry_at = *until;
                     if !waiting.announced {
                         waiting.announced = true;
-                        self.publish(
-                            &waiting.origin,
-                            Kind::RoutingQueued,
-                            None,
-                            json!({
-                                "queue": &*dir.queue(decision.queue).name,
-                                "reason": decision.reason.as_str(),
-                                "workload": w.as_str(),
-                                "retry_at": rfc3339(*until),
-                                "for": waiting.origin.id.to_string(),
-                            }),
-                        )
-                        .await;
+                        self.queued(&waiting.origin, &decision, w, ("retry_at", rfc3339(*until)))
+                            .await;
                     }
                     work.waiting.insert(key, waiting);
                     return;
                 }
                 Outcome::Callback => {
-                    self.publish(
+                    self.queued(
                         &waiting.origin,
-                        Kind::RoutingQueued,
-                        None,
-                        json!({
-                            "queue": &*dir.queue(decision.queue).name,
-                            "reason": decision.reason.as_str(),
-                            "workload": w.as_str(),
-                            "action": "callback",
-                            "for": waiting.origin.id.to_string(),
-                        }),
+                        &decision,
+                        w,
+                        ("action", "callback".to_owned()),
                     )
                     .await;
                     work.waiting.remove(&key);
@@ -629,6 +612,25 @@ impl Dispatcher {
             }),
         )
         .await;
+    }
+
+    /// Writes `routing.queued`: the work is not with anyone yet, and why.
+    async fn queued(
+        &self,
+        origin: &Interaction,
+        decision: &Decision,
+        w: Workload,
+        extra: (&str, String),
+    ) {
+        let mut payload = json!({
+            "queue": &*self.shared.dir.queue(decision.queue).name,
+            "reason": decision.reason.as_str(),
+            "workload": w.as_str(),
+            "for": origin.id.to_string(),
+        });
+        payload[extra.0] = json!(extra.1);
+        self.publish(origin, Kind::RoutingQueued, None, payload)
+            .await;
     }
 
     async fn publish(
