@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use switchboard_storage::{FeedSource, Interaction, Record, envelope};
+use switchboard_storage::{FeedLog, FeedSource, Interaction, NewRecord, Record, envelope};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
@@ -15,8 +15,10 @@ use crate::store::{Reject, Store};
 /// Most records applied in one transaction.
 const BATCH: usize = 500;
 
-/// Consumes until `shutdown`; the batch in hand is finished first.
-pub async fn run<S: FeedSource>(store: Store, mut source: S, shutdown: CancellationToken) {
+/// Consumes until `shutdown`; the batch in hand is finished first. Owner
+/// changes that follow from routing decisions are published on `owners`
+/// (when there is one) before the batch is committed.
+pub async fn run<S: FeedSource>(store: Store, mut source: S, owners: Option<FeedLog>, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         let batch = tokio::select! {
@@ -46,9 +48,9 @@ pub async fn run<S: FeedSource>(store: Store, mut source: S, shutdown: Cancellat
                 }
             }
         }
-        loop {
+        let changes = loop {
             match store.apply(&good, &rejects).await {
-                Ok(applied) => {
+                Ok((applied, changes)) => {
                     metrics::APPLIED
                         .with_label_values(&["new"])
                         .inc_by(applied.new);
@@ -59,7 +61,7 @@ pub async fn run<S: FeedSource>(store: Store, mut source: S, shutdown: Cancellat
                         .with_label_values(&["rejected"])
                         .inc_by(applied.rejected);
                     backoff.reset();
-                    break;
+                    break changes;
                 }
                 Err(e) => {
                     metrics::CONSUMER_ERRORS.with_label_values(&["apply"]).inc();
@@ -69,6 +71,21 @@ pub async fn run<S: FeedSource>(store: Store, mut source: S, shutdown: Cancellat
                     }
                     backoff.wait(&shutdown, "applying feed records", &e).await;
                 }
+            }
+        };
+        if let Some(feed) = owners.as_ref().filter(|_| !changes.is_empty()) {
+            let records: Result<Vec<_>, _> = changes.iter().map(NewRecord::owner).collect();
+            match records {
+                Ok(records) => {
+                    if let Err(e) = feed.append_batch(records).await {
+                        // Not committed either: the batch is applied again
+                        // (a no-op) and its owners published then.
+                        metrics::CONSUMER_ERRORS.with_label_values(&["publish"]).inc();
+                        tracing::warn!(error = %e, "owner changes not published; the batch will be re-read");
+                        continue;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "owner change not serialisable"),
             }
         }
         if let Err(e) = source.commit(&batch).await {

@@ -1,45 +1,62 @@
 //! The CRM API service.
 //!
-//! It is written only from the feed: [`consume`] applies interactions to the
-//! [`Store`] (SQLite or PostgreSQL) exactly once in effect, and [`Crm`]
-//! serves the REST API over that store. It never talks SIP or IMAP; to act,
-//! it will write Commands to the feed.
+//! It is written from the feed: [`consume`] applies interactions to the
+//! [`Store`] (SQLite or PostgreSQL) exactly once in effect — matching each to
+//! a client by identity or making a potential client, following routing
+//! decisions with ownership — and publishes owner changes on the owners
+//! topic. [`Crm`] serves the REST API: clients, deals, tasks, tickets,
+//! notes, files and the client card, each visible to its owner, the owner's
+//! head of department and administrators. To act on a channel (reply,
+//! click-to-call) it writes Commands to the feed; it never talks SIP or IMAP.
 
 mod api;
 mod consumer;
 mod cursor;
 pub mod metrics;
-mod store;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use switchboard_service::{Readiness, service_router};
+use switchboard_storage::FeedLog;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use api::{ApiDoc, openapi_json};
 pub use consumer::run as consume;
-pub use store::{Applied, Backend, ContactRow, Store, StoreError};
+pub use store::{Applied, Backend, ContactRow, Principal, Role, Snapshot, Store, StoreError, User, micros};
 
 /// The CRM API's HTTP side.
 #[derive(Debug, Clone)]
 pub struct Crm {
-    store: Store,
+    state: api::AppState,
     readiness: Readiness,
 }
 
 impl Crm {
-    pub fn new(store: Store) -> Self {
+    /// `feed` is where owner changes and Commands go (none: the API refuses
+    /// to act); attachments are kept under `files`.
+    pub fn new(store: Store, feed: Option<FeedLog>, files: PathBuf) -> Self {
         let readiness = Readiness::default();
         readiness.set("database", Ok(()));
-        Self { store, readiness }
+        Self {
+            state: api::AppState {
+                store,
+                feed,
+                tokens: Arc::default(),
+                files,
+            },
+            readiness,
+        }
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.state.store
     }
 
     pub fn readiness(&self) -> &Readiness {
@@ -48,30 +65,18 @@ impl Crm {
 
     /// Every route: the API, its OpenAPI document, health and metrics.
     pub fn router(&self) -> Router {
-        service_router(
-            "crm",
-            api::routes(self.store.clone()),
-            self.readiness.clone(),
-        )
+        service_router("crm", api::routes(self.state.clone()), self.readiness.clone())
     }
 
     /// Serves until `shutdown`, checking the database every few seconds for
     /// `/readyz`.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<()> {
-        let store = self.store.clone();
-        self.readiness.probe(
-            "database",
-            Duration::from_secs(5),
-            shutdown.clone(),
-            move || {
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let store = self.state.store.clone();
+        self.readiness
+            .probe("database", Duration::from_secs(5), shutdown.clone(), move || {
                 let store = store.clone();
                 async move { store.ping().await.map_err(|e| e.to_string()) }
-            },
-        );
+            });
         switchboard_service::serve(listener, self.router(), shutdown).await
     }
 }

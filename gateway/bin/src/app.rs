@@ -12,7 +12,7 @@ use switchboard_crm::{Crm, Store};
 use switchboard_gateway::Gateway;
 use switchboard_gateway::dispatch::{Dispatcher, ROUTING_GROUP};
 use switchboard_kafka::{KafkaSource, Relay, RelayOptions};
-use switchboard_storage::{FeedLog, LogConsumer, LogOptions, Topic};
+use switchboard_storage::{FeedLog, LogOptions, Topic};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -71,14 +71,12 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let log_options = LogOptions::from(&config.feed.sqlite);
 
     // Everything that can fail on bad settings happens before serving.
-    let feed = if role.gateway() {
+    // Every role writes the local log: the gateway its interactions, the CRM
+    // owner changes and commands (on Kafka, it is each node's outbox).
+    let feed = {
         let path = config.node.feed_path();
-        Some(
-            FeedLog::open(&path, log_options.clone())
-                .with_context(|| format!("cannot open the feed log {}", path.display()))?,
-        )
-    } else {
-        None
+        FeedLog::open(&path, log_options.clone())
+            .with_context(|| format!("cannot open the feed log {}", path.display()))?
     };
     let gateway_listener = if role.gateway() {
         Some(bind(config.gateway.http_listen, "gateway.http_listen").await?)
@@ -114,10 +112,11 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let mut consumer = None;
 
     let mut routing = Vec::new();
-    if let (Some(feed), Some(listener)) = (&feed, gateway_listener) {
+    let mut relay_options = RelayOptions::default();
+    if let Some(listener) = gateway_listener {
+        let feed = &feed;
         tracing::info!(service = "gateway", addr = %listener.local_addr()?, "listening");
         let mut gateway = Gateway::new(&config.gateway, feed.clone());
-        let mut relay_options = RelayOptions::default();
         if !config.routing.managers.is_empty() {
             let dispatcher = Dispatcher::new(&config.routing, feed.clone())
                 .await
@@ -147,26 +146,19 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             "gateway",
             tokio::spawn(gateway.serve(listener, http_stop.clone())),
         ));
-        if config.feed.backend == FeedBackend::Kafka {
-            let r = Relay::new(feed.clone(), config.feed.clone(), relay_options);
-            relay = Some(tokio::spawn(r.run(relay_stop.clone())));
-        }
+    }
+    if config.feed.backend == FeedBackend::Kafka {
+        let r = Relay::new(feed.clone(), config.feed.clone(), relay_options);
+        relay = Some(tokio::spawn(r.run(relay_stop.clone())));
     }
     if let (Some(store), Some(listener)) = (&store, crm_listener) {
         consumer = Some(match config.feed.backend {
             FeedBackend::Sqlite => {
-                let source = match &feed {
-                    Some(f) => f.consumer(CRM_GROUP, &[Topic::Interactions])?,
-                    None => LogConsumer::open(
-                        &config.node.feed_path(),
-                        CRM_GROUP,
-                        &[Topic::Interactions],
-                        log_options.clone(),
-                    )?,
-                };
+                let source = feed.consumer(CRM_GROUP, &[Topic::Interactions])?;
                 tokio::spawn(switchboard_crm::consume(
                     store.clone(),
                     source,
+                    Some(feed.clone()),
                     consumer_stop.clone(),
                 ))
             }
@@ -188,12 +180,13 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                 tokio::spawn(switchboard_crm::consume(
                     store.clone(),
                     source,
+                    Some(feed.clone()),
                     consumer_stop.clone(),
                 ))
             }
         });
         tracing::info!(service = "crm-api", addr = %listener.local_addr()?, "listening");
-        let crm = Crm::new(store.clone());
+        let crm = Crm::new(store.clone(), Some(feed.clone()), data_dir.join("attachments"));
         servers.push((
             "crm-api",
             tokio::spawn(crm.serve(listener, http_stop.clone())),
@@ -201,7 +194,7 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     }
 
     notify(&[sd_notify::NotifyState::Ready]);
-    let watchdog = spawn_watchdog(feed.clone());
+    let watchdog = spawn_watchdog(Some(feed.clone()));
     tracing::info!(
         feed = ?config.feed.backend,
         data_dir = %data_dir.display(),

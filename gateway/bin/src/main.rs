@@ -49,6 +49,29 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Administer the CRM store (users and API tokens).
+    #[command(subcommand)]
+    CrmAdmin(CrmAdmin),
+}
+
+#[derive(Debug, Subcommand)]
+enum CrmAdmin {
+    /// Create (or update) a user and print a new API token for them. The
+    /// token is shown once; only its hash is stored.
+    Token {
+        /// The user's login: their manager id in [[routing.managers]].
+        #[arg(long)]
+        user: String,
+        /// Display name (default: the login).
+        #[arg(long)]
+        name: Option<String>,
+        /// manager (own records), head (the department's) or admin (all).
+        #[arg(long, default_value = "manager")]
+        role: String,
+        /// Department name; created if new.
+        #[arg(long)]
+        department: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +95,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::CrmAdmin(cmd)) => return crm_admin(cli.config.as_deref(), cmd),
         None | Some(Command::Run) => (app::Role::Both, cli.config),
         Some(Command::Gateway) => (app::Role::Gateway, cli.config),
         Some(Command::CrmApi) => (app::Role::CrmApi, cli.config),
@@ -101,6 +125,56 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "switchboard stopped");
             eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switchboard crm-admin ...`: works on the configured CRM store directly.
+#[allow(clippy::print_stdout)]
+fn crm_admin(file: Option<&std::path::Path>, cmd: CrmAdmin) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let CrmAdmin::Token {
+        user,
+        name,
+        role,
+        department,
+    } = cmd;
+    let Some(role) = switchboard_crm::Role::parse(&role) else {
+        eprintln!("switchboard: --role {role:?}: expected manager, head or admin");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let run = async {
+        let url = config.crm.resolved_database_url(&config.node);
+        let store = switchboard_crm::Store::connect(&url, 1).await?;
+        let u = store
+            .upsert_user(&user, name.as_deref().unwrap_or(&user), role, department.as_deref())
+            .await?;
+        let token = store.create_token(&u.id, "cli").await?;
+        store.close().await;
+        Ok::<_, switchboard_crm::StoreError>((u, token))
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run) {
+        Ok((u, token)) => {
+            eprintln!("user {} ({}, {}) — keep this token, it is not shown again:", u.routing_id.unwrap_or_default(), u.name, u.role.as_str());
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
             ExitCode::FAILURE
         }
     }

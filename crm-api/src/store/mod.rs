@@ -3,11 +3,24 @@
 //! migrations per database. Times are stored as microseconds since the Unix
 //! epoch, envelopes as the JSON text the feed carried.
 
+mod auth;
+mod clients;
+mod feed;
+mod records;
+mod sql;
+
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
-use switchboard_storage::{Interaction, Record};
+use switchboard_storage::Record;
+
+pub use auth::{Principal, Role, User, token_hash};
+pub use clients::{Client, ClientFilter, ClientPatch, NewClient, TimelineItem};
+pub use records::{
+    Attachment, AuditEntry, Deal, DealFilter, DealPatch, NewDeal, NewTask, NewTicket, Note, Pipeline, Stage,
+    StageChange, Task, TaskFilter, TaskPatch, Ticket, TicketPatch,
+};
 
 use crate::cursor::Cursor;
 
@@ -35,14 +48,52 @@ pub enum StoreError {
     /// Stored data could not be read back (a bug or manual tampering).
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// The write would break a uniqueness rule (an identity another client
+    /// has, a name taken).
+    #[error("{what} already exists")]
+    Conflict { what: &'static str },
+    /// No such record, or not one the caller may see (the API does not tell
+    /// the two apart).
+    #[error("not found")]
+    NotFound,
+    /// The caller may see the record but not do this to it.
+    #[error("forbidden: {reason}")]
+    Forbidden { reason: &'static str },
+    /// `If-Match` named an older version.
+    #[error("the record changed (now version {current})")]
+    Stale { current: i64 },
+    /// A field's value breaks a rule the database cannot express.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
 }
 
-fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { op, source }
+/// Who is writing, for access checks and the audit log.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub principal: Principal,
+    /// The client's address, as the server saw it.
+    pub remote: Option<String>,
+}
+
+pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| match &source {
+        sqlx::Error::Database(e) if e.is_unique_violation() => StoreError::Conflict { what: op },
+        _ => StoreError::Database { op, source },
+    }
+}
+
+/// A new UUIDv7, as stored.
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn micros_now() -> i64 {
+    micros(time::OffsetDateTime::now_utc())
 }
 
 /// Microseconds since the Unix epoch.
-pub(crate) fn micros(t: time::OffsetDateTime) -> i64 {
+pub fn micros(t: time::OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
@@ -59,6 +110,16 @@ pub struct ContactRow {
     /// Latest interaction (RFC 3339).
     pub last_seen_at: String,
     pub interaction_count: i64,
+}
+
+/// Feed-derived state, rows as text, in a canonical order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub interactions: Vec<String>,
+    pub contacts: Vec<ContactRow>,
+    pub clients: Vec<String>,
+    pub identities: Vec<String>,
+    pub timeline: Vec<String>,
 }
 
 /// A page of interactions, newest first.
@@ -94,7 +155,7 @@ pub struct Reject<'a> {
 
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
 }
 
@@ -165,177 +226,82 @@ impl Store {
             .map_err(db("ping"))
     }
 
-    /// Applies decoded interactions and keeps rejects, in one transaction.
-    /// An interaction whose id is already stored changes nothing, so a
-    /// replayed batch is harmless.
-    pub async fn apply(
-        &self,
-        batch: &[(Interaction, &str)],
-        rejects: &[Reject<'_>],
-    ) -> Result<Applied, StoreError> {
-        let mut applied = Applied::default();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        for (ev, text) in batch {
-            let occurred = micros(ev.occurred_at);
-            let inserted = sqlx::query(
-                "INSERT INTO interactions \
-                 (id, contact_key, kind, channel, occurred_at, recorded_at, envelope) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(ev.id.to_string())
-            .bind(&ev.contact.key)
-            .bind(ev.kind.as_str())
-            .bind(ev.channel.as_str())
-            .bind(occurred)
-            .bind(micros(ev.recorded_at))
-            .bind(*text)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("insert interaction"))?
-            .rows_affected();
-            if inserted == 0 {
-                applied.duplicate += 1;
-                continue;
-            }
-            applied.new += 1;
-            sqlx::query(
-                "INSERT INTO contacts \
-                 (key, phone, email, name, first_seen_at, last_seen_at, interaction_count) \
-                 VALUES ($1, $2, $3, $4, $5, $5, 1) \
-                 ON CONFLICT (key) DO UPDATE SET \
-                 phone = COALESCE(excluded.phone, contacts.phone), \
-                 email = COALESCE(excluded.email, contacts.email), \
-                 name = COALESCE(excluded.name, contacts.name), \
-                 first_seen_at = CASE WHEN excluded.first_seen_at < contacts.first_seen_at \
-                     THEN excluded.first_seen_at ELSE contacts.first_seen_at END, \
-                 last_seen_at = CASE WHEN excluded.last_seen_at > contacts.last_seen_at \
-                     THEN excluded.last_seen_at ELSE contacts.last_seen_at END, \
-                 interaction_count = contacts.interaction_count + 1",
-            )
-            .bind(&ev.contact.key)
-            .bind(ev.contact.phone.as_deref())
-            .bind(ev.contact.email.as_deref())
-            .bind(ev.contact.name.as_deref())
-            .bind(occurred)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("upsert contact"))?;
-        }
-        let now = micros(time::OffsetDateTime::now_utc());
-        for r in rejects {
-            let inserted = sqlx::query(
-                "INSERT INTO feed_rejects (topic, partition_id, offset_id, reason, value, rejected_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(&r.record.topic)
-            .bind(r.record.partition)
-            .bind(r.record.offset)
-            .bind(&r.reason)
-            .bind(r.record.value.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("keep rejected record"))?
-            .rows_affected();
-            applied.rejected += inserted;
-        }
-        tx.commit().await.map_err(db("commit"))?;
-        Ok(applied)
-    }
-
-    pub async fn contact(&self, key: &str) -> Result<Option<ContactRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT key, phone, email, name, first_seen_at, last_seen_at, interaction_count \
-             FROM contacts WHERE key = $1",
-        )
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("read contact"))?;
+    /// The per-key contact row, if the key belongs to a client the
+    /// principal may see.
+    pub async fn contact(&self, ctx: &Ctx, key: &str) -> Result<Option<ContactRow>, StoreError> {
+        let mut sql = sql::Sql::new(
+            "SELECT k.key, k.phone, k.email, k.name, k.first_seen_at, k.last_seen_at, k.interaction_count \
+             FROM contacts k WHERE k.key = $1 AND EXISTS (SELECT 1 FROM interactions i \
+             JOIN clients c ON c.id = i.client_id WHERE i.contact_key = k.key",
+        );
+        sql.arg(key);
+        sql.visible_to(&ctx.principal, "c");
+        sql.push(")");
+        let row = sql.query().fetch_optional(&self.pool).await.map_err(db("read contact"))?;
         row.as_ref().map(contact_row).transpose()
     }
 
-    /// Interactions newest first, `limit` at a time, after `cursor`.
+    /// Interactions of clients the principal may see, newest first.
     pub async fn interactions(
         &self,
+        ctx: &Ctx,
         filter: &Filter,
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<Page, StoreError> {
-        let mut sql =
-            String::from("SELECT id, occurred_at, envelope FROM interactions WHERE 1 = 1");
-        let mut n = 0;
-        let mut param = || {
-            n += 1;
-            format!("${n}")
-        };
-        if filter.contact_key.is_some() {
-            sql += &format!(" AND contact_key = {}", param());
+        let mut sql = sql::Sql::new("SELECT i.id, i.occurred_at, i.envelope FROM interactions i WHERE 1 = 1");
+        if ctx.principal.role != Role::Admin {
+            sql.push(" AND i.client_id IN (SELECT c.id FROM clients c WHERE 1 = 1");
+            sql.visible_to(&ctx.principal, "c");
+            sql.push(")");
         }
-        if filter.kind.is_some() {
-            sql += &format!(" AND kind = {}", param());
-        }
-        if filter.channel.is_some() {
-            sql += &format!(" AND channel = {}", param());
-        }
-        if cursor.is_some() {
-            let (a, b) = (param(), param());
-            sql += &format!(" AND (occurred_at < {a} OR (occurred_at = {a} AND id < {b}))");
-        }
-        sql += &format!(" ORDER BY occurred_at DESC, id DESC LIMIT {}", param());
-
-        // Built from fixed fragments and numbered placeholders only; every
-        // value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in [&filter.contact_key, &filter.kind, &filter.channel]
-            .into_iter()
-            .flatten()
-        {
-            q = q.bind(v.as_str());
+        for (column, value) in [
+            ("contact_key", &filter.contact_key),
+            ("kind", &filter.kind),
+            ("channel", &filter.channel),
+        ] {
+            if let Some(v) = value {
+                let ph = sql.arg(v.as_str());
+                sql.push(&format!(" AND i.{column} = {ph}"));
+            }
         }
         if let Some(c) = cursor {
-            q = q.bind(c.occurred_at).bind(c.id.as_str());
+            let (a, b) = (sql.arg(c.occurred_at), sql.arg(c.id.as_str()));
+            sql.push(&format!(" AND (i.occurred_at < {a} OR (i.occurred_at = {a} AND i.id < {b}))"));
         }
-        q = q.bind(i64::from(limit) + 1);
-        let rows = q
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("list interactions"))?;
+        let ph = sql.arg(i64::from(limit) + 1);
+        sql.push(&format!(" ORDER BY i.occurred_at DESC, i.id DESC LIMIT {ph}"));
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("list interactions"))?;
         let mut items = Vec::with_capacity(rows.len());
         let mut last = None;
-        for (i, r) in rows.iter().enumerate() {
-            if i == limit as usize {
-                break;
-            }
+        for r in rows.iter().take(limit as usize) {
             let get_err = corrupt("interaction");
             let id: String = r.try_get("id").map_err(&get_err)?;
             let occurred_at: i64 = r.try_get("occurred_at").map_err(&get_err)?;
             items.push(r.try_get("envelope").map_err(&get_err)?);
             last = Some(Cursor { occurred_at, id });
         }
-        let next = if rows.len() > limit as usize {
-            last
-        } else {
-            None
-        };
+        let next = if rows.len() > limit as usize { last } else { None };
         Ok(Page { items, next })
     }
 
-    /// Every stored interaction (id and contact) and every contact row, in a
-    /// canonical order: what "the same state" means for replay tests.
-    pub async fn snapshot(&self) -> Result<(Vec<(String, String)>, Vec<ContactRow>), StoreError> {
-        let ids = sqlx::query("SELECT id, contact_key FROM interactions ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("snapshot"))?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("id").map_err(corrupt("interaction"))?,
-                    r.try_get("contact_key").map_err(corrupt("interaction"))?,
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?;
+    /// Everything the feed decides, in a canonical order: what "the same
+    /// state" means for replay tests.
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let text_rows = |sql: &'static str, cols: &'static [&'static str]| async move {
+            let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(db("snapshot"))?;
+            rows.iter()
+                .map(|r| {
+                    cols.iter()
+                        .map(|c| {
+                            let v: Option<String> = r.try_get(*c).map_err(corrupt("snapshot"))?;
+                            Ok(v.unwrap_or_else(|| "-".into()))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
+                        .map(|v| v.join(" "))
+                })
+                .collect::<Result<Vec<String>, StoreError>>()
+        };
         let contacts = sqlx::query(
             "SELECT key, phone, email, name, first_seen_at, last_seen_at, interaction_count \
              FROM contacts ORDER BY key",
@@ -346,7 +312,25 @@ impl Store {
         .iter()
         .map(contact_row)
         .collect::<Result<_, _>>()?;
-        Ok((ids, contacts))
+        Ok(Snapshot {
+            interactions: text_rows("SELECT id, contact_key, client_id FROM interactions ORDER BY id", &["id", "contact_key", "client_id"]).await?,
+            contacts,
+            clients: text_rows(
+                "SELECT id, status, name, owner_id, source FROM clients ORDER BY id",
+                &["id", "status", "name", "owner_id", "source"],
+            )
+            .await?,
+            identities: text_rows(
+                "SELECT kind, value, client_id FROM identities ORDER BY kind, value",
+                &["kind", "value", "client_id"],
+            )
+            .await?,
+            timeline: text_rows(
+                "SELECT id, client_id, kind FROM timeline_entries ORDER BY id",
+                &["id", "client_id", "kind"],
+            )
+            .await?,
+        })
     }
 
     /// How many feed records were rejected.
@@ -363,7 +347,7 @@ impl Store {
     }
 }
 
-fn corrupt(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+pub(crate) fn corrupt(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |e| StoreError::Corrupt {
         what,
         detail: e.to_string(),
@@ -383,7 +367,7 @@ fn contact_row(r: &sqlx::any::AnyRow) -> Result<ContactRow, StoreError> {
     })
 }
 
-fn rfc3339(us: i64) -> Result<String, StoreError> {
+pub(crate) fn rfc3339(us: i64) -> Result<String, StoreError> {
     let t =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).map_err(|e| {
             StoreError::Corrupt {
