@@ -3,108 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use serde_json::{Value, json};
+use axum::http::StatusCode;
+use common::{Backends, apply, get, lead, team};
+use serde_json::Value;
+use switchboard_crm::Store;
 use switchboard_crm::testing::TestDatabase;
-use switchboard_crm::{Crm, Store};
-use switchboard_storage::{
-    Channel, Contact, ContactKey, FeedLog, Interaction, Kind, LogOptions, NewRecord, Topic,
-};
+use switchboard_storage::{Channel, FeedLog, Interaction, Kind, LogOptions, NewRecord, Topic};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-
-/// A store on each backend; the PostgreSQL database is dropped by `finish`.
-struct Backends {
-    sqlite_dir: tempfile::TempDir,
-    pg: Option<TestDatabase>,
-}
-
-impl Backends {
-    async fn new() -> Self {
-        Self {
-            sqlite_dir: tempfile::tempdir().unwrap(),
-            pg: Some(
-                TestDatabase::create()
-                    .await
-                    .expect("PostgreSQL must be running for the CRM tests (see README)"),
-            ),
-        }
-    }
-
-    async fn stores(&self) -> Vec<(&'static str, Store)> {
-        let sqlite = Store::connect(
-            &format!(
-                "sqlite://{}",
-                self.sqlite_dir.path().join("crm.sqlite").display()
-            ),
-            4,
-        )
-        .await
-        .unwrap();
-        let pg = Store::connect(&self.pg.as_ref().unwrap().url, 4)
-            .await
-            .unwrap();
-        vec![("sqlite", sqlite), ("postgres", pg)]
-    }
-
-    async fn finish(mut self, stores: Vec<(&'static str, Store)>) {
-        for (_, s) in stores {
-            s.close().await;
-        }
-        if let Some(pg) = self.pg.take() {
-            pg.drop_now().await.unwrap();
-        }
-    }
-}
-
-fn lead(phone: &str, name: &str, minutes_ago: i64) -> Interaction {
-    Interaction::new(
-        Kind::LeadReceived,
-        Channel::Widget,
-        Contact {
-            key: ContactKey::phone(phone).into_string(),
-            phone: Some(phone.into()),
-            email: None,
-            user_id: None,
-            name: Some(name.into()),
-        },
-        time::OffsetDateTime::now_utc() - time::Duration::minutes(minutes_ago),
-        json!({"form": "widget", "message": format!("from {name}")}),
-    )
-}
-
-fn as_batch(events: &[Interaction]) -> Vec<(Interaction, String)> {
-    events
-        .iter()
-        .map(|e| (e.clone(), serde_json::to_string(e).unwrap()))
-        .collect()
-}
-
-async fn apply(store: &Store, events: &[Interaction]) -> switchboard_crm::Applied {
-    let batch = as_batch(events);
-    let refs: Vec<(Interaction, &str)> =
-        batch.iter().map(|(e, t)| (e.clone(), t.as_str())).collect();
-    store.apply(&refs, &[]).await.unwrap()
-}
-
-async fn get(crm: &Crm, uri: &str) -> (StatusCode, Value) {
-    let resp = crm
-        .router()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 #[tokio::test]
 async fn timeline_pages_newest_first_without_gaps_or_repeats() {
@@ -115,13 +24,15 @@ async fn timeline_pages_newest_first_without_gaps_or_repeats() {
             .map(|i| lead("+79161234567", "Иван", 100 - i))
             .collect();
         events.push(lead("+79031112233", "Пётр", 1));
-        assert_eq!(apply(store, &events).await.new, 8, "{name}");
-        let crm = Crm::new(store.clone());
+        assert_eq!(apply(store, &events).await.0.new, 8, "{name}");
+        let t = team(store, b.dir.path()).await;
+        let crm = &t.crm;
 
         let mut seen = Vec::new();
         let mut uri = "/v1/contacts/tel:+79161234567/timeline?limit=3".to_owned();
         loop {
-            let (status, body) = get(&crm, &uri).await;
+            let r = get(crm, &uri, &t.admin).await;
+            let (status, body) = (r.status, r.body);
             assert_eq!(status, StatusCode::OK, "{name}: {body}");
             assert_eq!(body["contact"]["phone"], "+79161234567", "{name}");
             assert_eq!(body["contact"]["interaction_count"], 7, "{name}");
@@ -138,7 +49,8 @@ async fn timeline_pages_newest_first_without_gaps_or_repeats() {
         let want: Vec<String> = events[..7].iter().rev().map(|e| e.id.to_string()).collect();
         assert_eq!(seen, want, "{name}: newest first, each once");
 
-        let (status, body) = get(&crm, "/v1/interactions?limit=200").await;
+        let r = get(crm, "/v1/interactions?limit=200", &t.admin).await;
+        let (status, body) = (r.status, r.body);
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["items"].as_array().unwrap().len(), 8, "{name}");
         assert!(body.get("next_cursor").is_none(), "{name}");
@@ -155,7 +67,12 @@ async fn bad_requests_get_clear_errors() {
     let b = Backends::new().await;
     let stores = b.stores().await;
     for (name, store) in &stores {
-        let crm = Crm::new(store.clone());
+        let t = team(store, b.dir.path()).await;
+        let crm = &t.crm;
+        let unauthenticated = common::call(crm, axum::http::Method::GET, "/v1/interactions", None, None, &[]).await;
+        assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED, "{name}");
+        let forged = get(crm, "/v1/interactions", "sbt_forged").await;
+        assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{name}");
         for (uri, status, code) in [
             (
                 "/v1/contacts/tel:+70000000000/timeline",
@@ -184,7 +101,8 @@ async fn bad_requests_get_clear_errors() {
             ),
             ("/v1/nowhere", StatusCode::NOT_FOUND, "not_found"),
         ] {
-            let (got, body) = get(&crm, uri).await;
+            let r = get(crm, uri, &t.admin).await;
+            let (got, body) = (r.status, r.body);
             assert_eq!(got, status, "{name} {uri}: {body}");
             assert_eq!(body["error"]["code"], code, "{name} {uri}: {body}");
         }
@@ -201,11 +119,12 @@ async fn a_repeated_event_changes_nothing() {
             lead("+79161234567", "Иван", 5),
             lead("+79161234567", "Иван", 4),
         ];
-        assert_eq!(apply(store, &events).await.new, 2);
-        let again = apply(store, &events).await;
+        assert_eq!(apply(store, &events).await.0.new, 2);
+        let again = apply(store, &events).await.0;
         assert_eq!((again.new, again.duplicate), (0, 2), "{name}");
-        let contact = store.contact("tel:+79161234567").await.unwrap().unwrap();
-        assert_eq!(contact.interaction_count, 2, "{name}");
+        let t = team(store, b.dir.path()).await;
+        let r = get(&t.crm, "/v1/contacts/tel:+79161234567/timeline", &t.admin).await;
+        assert_eq!(r.body["contact"]["interaction_count"], 2, "{name}");
     }
     b.finish(stores).await;
 }
@@ -227,14 +146,16 @@ async fn filters_select_by_kind_channel_and_contact() {
             ],
         )
         .await;
-        let crm = Crm::new(store.clone());
+        let t = team(store, b.dir.path()).await;
         let count = |body: &Value| body["items"].as_array().unwrap().len();
-        let (_, body) = get(&crm, "/v1/interactions?kind=call.missed").await;
+        let body = get(&t.crm, "/v1/interactions?kind=call.missed", &t.admin).await.body;
         assert_eq!(count(&body), 1, "{name}");
-        let (_, body) = get(&crm, "/v1/interactions?channel=widget").await;
+        let body = get(&t.crm, "/v1/interactions?channel=widget", &t.admin).await.body;
         assert_eq!(count(&body), 2, "{name}");
-        let (_, body) = get(&crm, "/v1/interactions?contact_key=tel:%2B79030000000").await;
+        let body = get(&t.crm, "/v1/interactions?contact_key=tel:%2B79030000000", &t.admin).await.body;
         assert_eq!(count(&body), 1, "{name}");
+        let body = get(&t.crm, "/v1/interactions", &t.anna).await.body;
+        assert_eq!(count(&body), 0, "{name}: a manager sees only their clients' interactions");
     }
     b.finish(stores).await;
 }
@@ -247,11 +168,12 @@ async fn consume_all(log: &FeedLog, store: &Store, group: &str, expect_new: usiz
     let task = tokio::spawn(switchboard_crm::consume(
         store.clone(),
         source,
+        None,
         stop.clone(),
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (ids, _) = store.snapshot().await.unwrap();
+        let ids = store.snapshot().await.unwrap().interactions;
         if ids.len() >= expect_new && store.reject_count().await.unwrap() >= 1 {
             break;
         }
@@ -280,6 +202,10 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
         }
         events.push(e);
     }
+    // Routing assigns half of the contacts to a manager.
+    for i in 0..20 {
+        events.push(common::assigned(&format!("+7916{i:07}"), "anna"));
+    }
     // The relay may ship a record twice; the feed then holds it twice.
     events.push(events[10].clone());
     for e in &events {
@@ -295,9 +221,9 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
 
     let stores = b.stores().await;
     for (name, store) in &stores {
-        consume_all(&log, store, &format!("crm-{name}"), 300).await;
+        consume_all(&log, store, &format!("crm-{name}"), 320).await;
         let first = store.snapshot().await.unwrap();
-        assert_eq!(first.0.len(), 300, "{name}: the duplicate was applied once");
+        assert_eq!(first.interactions.len(), 320, "{name}: the duplicate was applied once");
         assert_eq!(
             store.reject_count().await.unwrap(),
             1,
@@ -313,7 +239,7 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
                 )
                 .await
                 .unwrap();
-                consume_all(&log, &s, "replay-sqlite", 300).await;
+                consume_all(&log, &s, "replay-sqlite", 320).await;
                 let snap = s.snapshot().await.unwrap();
                 s.close().await;
                 snap
@@ -321,7 +247,7 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
             _ => {
                 let db = TestDatabase::create().await.unwrap();
                 let s = Store::connect(&db.url, 2).await.unwrap();
-                consume_all(&log, &s, "replay-postgres", 300).await;
+                consume_all(&log, &s, "replay-postgres", 320).await;
                 let snap = s.snapshot().await.unwrap();
                 s.close().await;
                 db.drop_now().await.unwrap();
@@ -329,12 +255,12 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
             }
         };
         assert_eq!(replay, first, "{name}: replay differs");
-        let c = first
-            .1
-            .iter()
-            .find(|c| c.key == "tel:+79160000000")
-            .unwrap();
+        let c = first.contacts.iter().find(|c| c.key == "tel:+79160000000").unwrap();
         assert_eq!(c.name.as_deref(), Some("client 0"), "{name}");
+        assert_eq!(first.clients.len(), 40, "{name}: one potential client per phone");
+        assert!(first.clients.iter().all(|c| c.contains(" potential ")), "{name}");
+        let owned = first.clients.iter().filter(|c| c.rsplit(' ').nth(1) != Some("-")).count();
+        assert_eq!(owned, 20, "{name}: routing gave half the clients an owner: {:?}", first.clients);
     }
     b.finish(stores).await;
 }
