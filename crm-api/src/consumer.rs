@@ -18,7 +18,12 @@ const BATCH: usize = 500;
 /// Consumes until `shutdown`; the batch in hand is finished first. Owner
 /// changes that follow from routing decisions are published on `owners`
 /// (when there is one) before the batch is committed.
-pub async fn run<S: FeedSource>(store: Store, mut source: S, owners: Option<FeedLog>, shutdown: CancellationToken) {
+pub async fn run<S: FeedSource>(
+    store: Store,
+    mut source: S,
+    owners: Option<FeedLog>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::default();
     loop {
         let batch = tokio::select! {
@@ -80,7 +85,9 @@ pub async fn run<S: FeedSource>(store: Store, mut source: S, owners: Option<Feed
                     if let Err(e) = feed.append_batch(records).await {
                         // Not committed either: the batch is applied again
                         // (a no-op) and its owners published then.
-                        metrics::CONSUMER_ERRORS.with_label_values(&["publish"]).inc();
+                        metrics::CONSUMER_ERRORS
+                            .with_label_values(&["publish"])
+                            .inc();
                         tracing::warn!(error = %e, "owner changes not published; the batch will be re-read");
                         continue;
                     }

@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::{ApiDoc, openapi_json};
 pub use consumer::run as consume;
-pub use store::{Applied, Backend, ContactRow, Principal, Role, Snapshot, Store, StoreError, User, micros};
+pub use store::{
+    Applied, Backend, ContactRow, Principal, Role, Snapshot, Store, StoreError, User, micros,
+};
 
 /// The CRM API's HTTP side.
 #[derive(Debug, Clone)]
@@ -65,18 +67,30 @@ impl Crm {
 
     /// Every route: the API, its OpenAPI document, health and metrics.
     pub fn router(&self) -> Router {
-        service_router("crm", api::routes(self.state.clone()), self.readiness.clone())
+        service_router(
+            "crm",
+            api::routes(self.state.clone()),
+            self.readiness.clone(),
+        )
     }
 
     /// Serves until `shutdown`, checking the database every few seconds for
     /// `/readyz`.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
         let store = self.state.store.clone();
-        self.readiness
-            .probe("database", Duration::from_secs(5), shutdown.clone(), move || {
+        self.readiness.probe(
+            "database",
+            Duration::from_secs(5),
+            shutdown.clone(),
+            move || {
                 let store = store.clone();
                 async move { store.ping().await.map_err(|e| e.to_string()) }
-            });
+            },
+        );
         switchboard_service::serve(listener, self.router(), shutdown).await
     }
 }

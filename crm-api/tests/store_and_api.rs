@@ -69,7 +69,15 @@ async fn bad_requests_get_clear_errors() {
     for (name, store) in &stores {
         let t = team(store, b.dir.path()).await;
         let crm = &t.crm;
-        let unauthenticated = common::call(crm, axum::http::Method::GET, "/v1/interactions", None, None, &[]).await;
+        let unauthenticated = common::call(
+            crm,
+            axum::http::Method::GET,
+            "/v1/interactions",
+            None,
+            None,
+            &[],
+        )
+        .await;
         assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED, "{name}");
         let forged = get(crm, "/v1/interactions", "sbt_forged").await;
         assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{name}");
@@ -148,14 +156,28 @@ async fn filters_select_by_kind_channel_and_contact() {
         .await;
         let t = team(store, b.dir.path()).await;
         let count = |body: &Value| body["items"].as_array().unwrap().len();
-        let body = get(&t.crm, "/v1/interactions?kind=call.missed", &t.admin).await.body;
+        let body = get(&t.crm, "/v1/interactions?kind=call.missed", &t.admin)
+            .await
+            .body;
         assert_eq!(count(&body), 1, "{name}");
-        let body = get(&t.crm, "/v1/interactions?channel=widget", &t.admin).await.body;
+        let body = get(&t.crm, "/v1/interactions?channel=widget", &t.admin)
+            .await
+            .body;
         assert_eq!(count(&body), 2, "{name}");
-        let body = get(&t.crm, "/v1/interactions?contact_key=tel:%2B79030000000", &t.admin).await.body;
+        let body = get(
+            &t.crm,
+            "/v1/interactions?contact_key=tel:%2B79030000000",
+            &t.admin,
+        )
+        .await
+        .body;
         assert_eq!(count(&body), 1, "{name}");
         let body = get(&t.crm, "/v1/interactions", &t.anna).await.body;
-        assert_eq!(count(&body), 0, "{name}: a manager sees only their clients' interactions");
+        assert_eq!(
+            count(&body),
+            0,
+            "{name}: a manager sees only their clients' interactions"
+        );
     }
     b.finish(stores).await;
 }
@@ -223,7 +245,11 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
     for (name, store) in &stores {
         consume_all(&log, store, &format!("crm-{name}"), 320).await;
         let first = store.snapshot().await.unwrap();
-        assert_eq!(first.interactions.len(), 320, "{name}: the duplicate was applied once");
+        assert_eq!(
+            first.interactions.len(),
+            320,
+            "{name}: the duplicate was applied once"
+        );
         assert_eq!(
             store.reject_count().await.unwrap(),
             1,
@@ -255,12 +281,31 @@ async fn replaying_the_feed_into_an_empty_store_gives_the_same_state() {
             }
         };
         assert_eq!(replay, first, "{name}: replay differs");
-        let c = first.contacts.iter().find(|c| c.key == "tel:+79160000000").unwrap();
+        let c = first
+            .contacts
+            .iter()
+            .find(|c| c.key == "tel:+79160000000")
+            .unwrap();
         assert_eq!(c.name.as_deref(), Some("client 0"), "{name}");
-        assert_eq!(first.clients.len(), 40, "{name}: one potential client per phone");
-        assert!(first.clients.iter().all(|c| c.contains(" potential ")), "{name}");
-        let owned = first.clients.iter().filter(|c| c.rsplit(' ').nth(1) != Some("-")).count();
-        assert_eq!(owned, 20, "{name}: routing gave half the clients an owner: {:?}", first.clients);
+        assert_eq!(
+            first.clients.len(),
+            40,
+            "{name}: one potential client per phone"
+        );
+        assert!(
+            first.clients.iter().all(|c| c.contains(" potential ")),
+            "{name}"
+        );
+        let owned = first
+            .clients
+            .iter()
+            .filter(|c| c.rsplit(' ').nth(1) != Some("-"))
+            .count();
+        assert_eq!(
+            owned, 20,
+            "{name}: routing gave half the clients an owner: {:?}",
+            first.clients
+        );
     }
     b.finish(stores).await;
 }

@@ -50,6 +50,8 @@ pub struct Switchboard {
     pub crm: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
+    /// An administrator's CRM API token, made with `crm-admin token`.
+    pub token: String,
 }
 
 /// How to start `switchboard`.
@@ -89,21 +91,54 @@ impl Launch {
         self
     }
 
-    /// Starts the process and waits until it says it is ready.
-    pub async fn start(self) -> Result<Switchboard> {
+    fn base_command(&self) -> Result<Command> {
         let mut cmd = Command::new(switchboard_bin()?);
         if let Some(file) = &self.config {
             cmd.arg("--config").arg(file);
         }
-        cmd.arg(self.command)
-            .env_clear()
+        cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("SWITCHBOARD_NODE__DATA_DIR", &self.data_dir)
             .env("SWITCHBOARD_GATEWAY__HTTP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_CRM__HTTP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_LOG__FORMAT", "json")
             .env("SWITCHBOARD_LOG__LEVEL", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(cmd)
+    }
+
+    /// An administrator token for the CRM store this launch uses.
+    pub async fn admin_token(&self) -> Result<String> {
+        let out = self
+            .base_command()?
+            .args([
+                "crm-admin",
+                "token",
+                "--user",
+                "e2e-admin",
+                "--role",
+                "admin",
+            ])
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "crm-admin token failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Starts the process and waits until it says it is ready.
+    pub async fn start(self) -> Result<Switchboard> {
+        let token = if self.command == "gateway" {
+            String::new()
+        } else {
+            self.admin_token().await?
+        };
+        let mut cmd = self.base_command()?;
+        cmd.arg(self.command)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -154,6 +189,7 @@ impl Launch {
             crm,
             logs,
             http: reqwest::Client::builder().no_proxy().build()?,
+            token,
         })
     }
 }
@@ -208,9 +244,14 @@ impl Switchboard {
         Ok(self.http.request(method, self.gateway_url(path)?))
     }
 
-    /// GET on the CRM API; status and JSON body.
+    /// GET on the CRM API as an administrator; status and JSON body.
     pub async fn crm_get(&self, path: &str) -> Result<(u16, Value)> {
-        let resp = self.http.get(self.crm_url(path)?).send().await?;
+        let resp = self
+            .http
+            .get(self.crm_url(path)?)
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
@@ -221,7 +262,7 @@ impl Switchboard {
             "gateway" => self.gateway_url(path)?,
             _ => self.crm_url(path)?,
         };
-        let resp = self.http.get(url).send().await?;
+        let resp = self.http.get(url).bearer_auth(&self.token).send().await?;
         Ok((resp.status().as_u16(), resp.text().await?))
     }
 

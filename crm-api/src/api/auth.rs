@@ -83,7 +83,10 @@ pub(crate) async fn principal(state: &AppState, parts: &Parts) -> Result<Princip
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let principal = principal(state, parts).await?;
         let remote = parts
             .extensions

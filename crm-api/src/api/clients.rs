@@ -23,15 +23,22 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// Publishes owner changes on the owners topic, for the gateways' routing.
-pub(crate) async fn publish_owners(state: &AppState, changes: &[OwnerChange]) -> Result<(), ApiError> {
-    let Some(feed) = &state.feed else { return Ok(()) };
+pub(crate) async fn publish_owners(
+    state: &AppState,
+    changes: &[OwnerChange],
+) -> Result<(), ApiError> {
+    let Some(feed) = &state.feed else {
+        return Ok(());
+    };
     let records = changes
         .iter()
         .map(NewRecord::owner)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::internal(&e))?;
     if !records.is_empty() {
-        feed.append_batch(records).await.map_err(|e| ApiError::unavailable(&e))?;
+        feed.append_batch(records)
+            .await
+            .map_err(|e| ApiError::unavailable(&e))?;
     }
     Ok(())
 }
@@ -43,7 +50,12 @@ pub(crate) fn since(field: &str, value: &Option<String>) -> Result<Option<i64>, 
         .map(|v| {
             time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
                 .map(crate::store::micros)
-                .map_err(|_| ApiError::bad_request("invalid_filter", format!("{field} must be an RFC 3339 time")))
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_filter",
+                        format!("{field} must be an RFC 3339 time"),
+                    )
+                })
         })
         .transpose()
 }
@@ -85,14 +97,26 @@ pub(crate) async fn list_clients(
         && s != "potential"
         && s != "current"
     {
-        return Err(ApiError::bad_request("invalid_filter", "status must be potential or current"));
+        return Err(ApiError::bad_request(
+            "invalid_filter",
+            "status must be potential or current",
+        ));
     }
     if q.q.as_ref().is_some_and(|s| s.chars().count() > 100) {
-        return Err(ApiError::bad_request("invalid_filter", "q is at most 100 characters"));
+        return Err(ApiError::bad_request(
+            "invalid_filter",
+            "q is at most 100 characters",
+        ));
     }
     let filter = ClientFilter {
         status: q.status,
-        owner_id: q.owner.map(|o| if o == "me" { ctx.principal.user_id.clone() } else { o }),
+        owner_id: q.owner.map(|o| {
+            if o == "me" {
+                ctx.principal.user_id.clone()
+            } else {
+                o
+            }
+        }),
         updated_since: since("updated_since", &q.updated_since)?,
         q: q.q,
     };
@@ -123,7 +147,11 @@ pub(crate) async fn create_client(
     Auth(ctx): Auth,
     JsonOrForm(new): JsonOrForm<NewClient>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (client, owners) = state.store.create_client(&ctx, &new).await.map_err(store_error)?;
+    let (client, owners) = state
+        .store
+        .create_client(&ctx, &new)
+        .await
+        .map_err(store_error)?;
     publish_owners(&state, &owners).await?;
     Ok((StatusCode::CREATED, etag(client.version), Json(client)))
 }
@@ -166,7 +194,11 @@ pub(crate) async fn patch_client(
     JsonOrForm(patch): JsonOrForm<ClientPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
     let version = if_match(&headers)?;
-    let (client, owners) = state.store.patch_client(&ctx, &id, version, &patch).await.map_err(store_error)?;
+    let (client, owners) = state
+        .store
+        .patch_client(&ctx, &id, version, &patch)
+        .await
+        .map_err(store_error)?;
     publish_owners(&state, &owners).await?;
     Ok((etag(client.version), Json(client)))
 }

@@ -28,8 +28,11 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
         return next.run(req).await;
     };
     if key.is_empty() || key.len() > 200 {
-        return ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
-            .into_response();
+        return ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 200 characters",
+        )
+        .into_response();
     }
     let (parts, body) = req.into_parts();
     let principal = match super::auth::principal(&state, &parts).await {
@@ -49,7 +52,11 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
     hasher.update([0]);
     hasher.update(&bytes);
     let request_hash = hex::encode(hasher.finalize());
-    match state.store.idempotent_response(&principal.user_id, &key).await {
+    match state
+        .store
+        .idempotent_response(&principal.user_id, &key)
+        .await
+    {
         Ok(Some((hash, status, body))) => {
             if hash != request_hash {
                 return ApiError::new(
@@ -59,8 +66,14 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
                 )
                 .into_response();
             }
-            let status = StatusCode::from_u16(u16::try_from(status).unwrap_or(200)).unwrap_or(StatusCode::OK);
-            let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+            let status = StatusCode::from_u16(u16::try_from(status).unwrap_or(200))
+                .unwrap_or(StatusCode::OK);
+            let mut resp = (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
             resp.headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return resp;
@@ -68,18 +81,27 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
         Ok(None) => {}
         Err(e) => return super::store_error(e).into_response(),
     }
-    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     if resp.status().is_server_error() {
         return resp;
     }
     let (parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_KEPT_BODY).await else {
-        return ApiError::internal(&std::io::Error::other("response too large to keep")).into_response();
+        return ApiError::internal(&std::io::Error::other("response too large to keep"))
+            .into_response();
     };
     let text = String::from_utf8_lossy(&bytes).into_owned();
     if let Err(e) = state
         .store
-        .keep_idempotent_response(&principal.user_id, &key, &request_hash, i64::from(parts.status.as_u16()), &text)
+        .keep_idempotent_response(
+            &principal.user_id,
+            &key,
+            &request_hash,
+            i64::from(parts.status.as_u16()),
+            &text,
+        )
         .await
     {
         tracing::warn!(error = %e, "idempotent response not kept");

@@ -14,12 +14,12 @@ mod users;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_service::{ApiError, ErrorBody};
@@ -27,9 +27,9 @@ use switchboard_storage::{Campaign, Channel, Contact, FeedLog, Interaction, Kind
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-pub(crate) use auth::Auth;
 use crate::cursor::Cursor;
 use crate::store::{ContactRow, Filter, Page, Store, StoreError};
+pub(crate) use auth::Auth;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -131,7 +131,10 @@ pub(crate) fn routes(state: AppState) -> Router {
         .merge(users::routes())
         .merge(clients::routes())
         .merge(records::routes())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .route(
             "/v1/openapi.json",
             get(|| async {
@@ -177,13 +180,19 @@ impl PageParams {
 pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::not_found("no such record"),
-        StoreError::Forbidden { reason } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason),
+        StoreError::Forbidden { reason } => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason)
+        }
         StoreError::Stale { current } => ApiError::new(
             StatusCode::PRECONDITION_FAILED,
             "precondition_failed",
             format!("the record changed; its ETag is now \"{current}\""),
         ),
-        StoreError::Conflict { what } => ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what}: already exists")),
+        StoreError::Conflict { what } => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{what}: already exists"),
+        ),
         StoreError::Invalid { field, reason } => {
             ApiError::validation(BTreeMap::from([(field.to_owned(), reason)]))
         }
@@ -196,7 +205,8 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
 pub(crate) fn etag(version: i64) -> [(axum::http::HeaderName, HeaderValue); 1] {
     [(
         axum::http::header::ETAG,
-        HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\"")),
+        HeaderValue::from_str(&format!("\"{version}\""))
+            .unwrap_or(HeaderValue::from_static("\"0\"")),
     )]
 }
 
@@ -215,7 +225,12 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<i64, ApiError> {
         .ok()
         .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::bad_request("invalid_if_match", "If-Match must be an ETag this API returned"))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_if_match",
+                "If-Match must be an ETag this API returned",
+            )
+        })
 }
 
 /// Filters of `GET /v1/interactions`.
@@ -255,16 +270,26 @@ pub(crate) fn raw(text: String) -> Result<Box<RawValue>, ApiError> {
 }
 
 fn raw_items(page: Page) -> Result<(Vec<Box<RawValue>>, Option<String>), ApiError> {
-    let items = page.items.into_iter().map(raw).collect::<Result<Vec<_>, _>>()?;
+    let items = page
+        .items
+        .into_iter()
+        .map(raw)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((items, page.next.map(|c| c.encode())))
 }
 
 /// Checks a filter value against the names serde knows for `T`.
-fn known<T: serde::de::DeserializeOwned>(field: &str, value: &Option<String>) -> Result<(), ApiError> {
+fn known<T: serde::de::DeserializeOwned>(
+    field: &str,
+    value: &Option<String>,
+) -> Result<(), ApiError> {
     match value {
-        Some(v) if serde_json::from_value::<T>(serde_json::Value::String(v.clone())).is_err() => Err(
-            ApiError::bad_request("invalid_filter", format!("{field} {v:?} is not one this API knows")),
-        ),
+        Some(v) if serde_json::from_value::<T>(serde_json::Value::String(v.clone())).is_err() => {
+            Err(ApiError::bad_request(
+                "invalid_filter",
+                format!("{field} {v:?} is not one this API knows"),
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -10,14 +10,16 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use switchboard_service::{ApiError, ErrorBody, JsonOrForm};
-use switchboard_storage::{Channel, Command, CommandKind, Contact, ContactKey, Interaction, NewRecord};
+use switchboard_storage::{
+    Channel, Command, CommandKind, Contact, ContactKey, Interaction, NewRecord,
+};
 use utoipa::{IntoParams, ToSchema};
 
 use super::clients::since;
 use super::{AppState, Auth, PageParams, etag, if_match, store_error};
 use crate::store::{
-    Attachment, AuditEntry, Ctx, Deal, DealFilter, DealPatch, NewDeal, NewTask, NewTicket, Note, Pipeline, Role,
-    StageChange, Task, TaskFilter, TaskPatch, Ticket, TicketPatch,
+    Attachment, AuditEntry, Ctx, Deal, DealFilter, DealPatch, NewDeal, NewTask, NewTicket, Note,
+    Pipeline, Role, StageChange, Task, TaskFilter, TaskPatch, Ticket, TicketPatch,
 };
 
 /// Largest attachment accepted.
@@ -55,7 +57,10 @@ pub(crate) struct PipelineList {
     (status = 200, description = "Pipelines", body = PipelineList),
     (status = 401, description = "No valid token", body = ErrorBody),
 ))]
-pub(crate) async fn list_pipelines(State(state): State<AppState>, Auth(_ctx): Auth) -> Result<Json<PipelineList>, ApiError> {
+pub(crate) async fn list_pipelines(
+    State(state): State<AppState>,
+    Auth(_ctx): Auth,
+) -> Result<Json<PipelineList>, ApiError> {
     Ok(Json(PipelineList {
         items: state.store.pipelines().await.map_err(store_error)?,
     }))
@@ -82,7 +87,13 @@ pub(crate) struct DealPage {
 }
 
 fn me(ctx: &Ctx, owner: Option<String>) -> Option<String> {
-    owner.map(|o| if o == "me" { ctx.principal.user_id.clone() } else { o })
+    owner.map(|o| {
+        if o == "me" {
+            ctx.principal.user_id.clone()
+        } else {
+            o
+        }
+    })
 }
 
 /// Deals the caller may see, most recently updated first.
@@ -105,7 +116,11 @@ pub(crate) async fn list_deals(
         client_id: q.client_id,
         updated_since: since("updated_since", &q.updated_since)?,
     };
-    let (items, next) = state.store.deals(&ctx, &filter, cursor.as_ref(), limit).await.map_err(store_error)?;
+    let (items, next) = state
+        .store
+        .deals(&ctx, &filter, cursor.as_ref(), limit)
+        .await
+        .map_err(store_error)?;
     Ok(Json(DealPage {
         items,
         next_cursor: next.map(|c| c.encode()),
@@ -127,7 +142,11 @@ pub(crate) async fn create_deal(
     Auth(ctx): Auth,
     JsonOrForm(new): JsonOrForm<NewDeal>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let deal = state.store.create_deal(&ctx, &new).await.map_err(store_error)?;
+    let deal = state
+        .store
+        .create_deal(&ctx, &new)
+        .await
+        .map_err(store_error)?;
     Ok((StatusCode::CREATED, etag(deal.version), Json(deal)))
 }
 
@@ -170,7 +189,11 @@ pub(crate) async fn patch_deal(
     JsonOrForm(patch): JsonOrForm<DealPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
     let version = if_match(&headers)?;
-    let deal = state.store.patch_deal(&ctx, &id, version, &patch).await.map_err(store_error)?;
+    let deal = state
+        .store
+        .patch_deal(&ctx, &id, version, &patch)
+        .await
+        .map_err(store_error)?;
     Ok((etag(deal.version), Json(deal)))
 }
 
@@ -191,7 +214,11 @@ pub(crate) async fn deal_history(
     Path(id): Path<String>,
 ) -> Result<Json<StageHistory>, ApiError> {
     Ok(Json(StageHistory {
-        items: state.store.deal_history(&ctx, &id).await.map_err(store_error)?,
+        items: state
+            .store
+            .deal_history(&ctx, &id)
+            .await
+            .map_err(store_error)?,
     }))
 }
 
@@ -232,7 +259,11 @@ pub(crate) async fn list_tasks(
         due_before: since("due_before", &q.due_before)?,
         client_id: q.client_id,
     };
-    let (items, next) = state.store.tasks(&ctx, &filter, cursor.as_ref(), limit).await.map_err(store_error)?;
+    let (items, next) = state
+        .store
+        .tasks(&ctx, &filter, cursor.as_ref(), limit)
+        .await
+        .map_err(store_error)?;
     Ok(Json(TaskPage {
         items,
         next_cursor: next.map(|c| c.encode()),
@@ -254,7 +285,11 @@ pub(crate) async fn create_task(
     Auth(ctx): Auth,
     JsonOrForm(new): JsonOrForm<NewTask>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let task = state.store.create_task(&ctx, &new).await.map_err(store_error)?;
+    let task = state
+        .store
+        .create_task(&ctx, &new)
+        .await
+        .map_err(store_error)?;
     Ok((StatusCode::CREATED, etag(task.version), Json(task)))
 }
 
@@ -296,7 +331,11 @@ pub(crate) async fn patch_task(
     JsonOrForm(patch): JsonOrForm<TaskPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
     let version = if_match(&headers)?;
-    let task = state.store.patch_task(&ctx, &id, version, &patch).await.map_err(store_error)?;
+    let task = state
+        .store
+        .patch_task(&ctx, &id, version, &patch)
+        .await
+        .map_err(store_error)?;
     Ok((etag(task.version), Json(task)))
 }
 
@@ -356,7 +395,11 @@ pub(crate) async fn create_ticket(
     Auth(ctx): Auth,
     JsonOrForm(new): JsonOrForm<NewTicket>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ticket = state.store.create_ticket(&ctx, &new).await.map_err(store_error)?;
+    let ticket = state
+        .store
+        .create_ticket(&ctx, &new)
+        .await
+        .map_err(store_error)?;
     Ok((StatusCode::CREATED, etag(ticket.version), Json(ticket)))
 }
 
@@ -507,7 +550,9 @@ pub(crate) async fn upload_attachment(
     // Check access before writing anything to disk.
     state.store.client(&ctx, &id).await.map_err(store_error)?;
     if body.is_empty() {
-        return Err(ApiError::validation([("body".to_owned(), "the file is empty".to_owned())].into()));
+        return Err(ApiError::validation(
+            [("body".to_owned(), "the file is empty".to_owned())].into(),
+        ));
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -518,7 +563,10 @@ pub(crate) async fn upload_attachment(
     let sha = hex::encode(Sha256::digest(&body));
     let path = state.files.join(&sha[..2]).join(&sha);
     if !path.exists() {
-        let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let dir = path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{sha}.part"));
         let write = async {
             tokio::fs::create_dir_all(&dir).await?;
@@ -547,7 +595,11 @@ pub(crate) async fn get_attachment(
     Auth(ctx): Auth,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let a = state.store.attachment(&ctx, &id).await.map_err(store_error)?;
+    let a = state
+        .store
+        .attachment(&ctx, &id)
+        .await
+        .map_err(store_error)?;
     let bytes = tokio::fs::read(state.files.join(&a.sha256[..2]).join(&a.sha256))
         .await
         .map_err(|e| ApiError::internal(&e))?;
@@ -571,16 +623,31 @@ pub(crate) struct Accepted {
     command_id: String,
 }
 
-async fn send_command(state: &AppState, ctx: &Ctx, cmd: &Command, what: &str) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+async fn send_command(
+    state: &AppState,
+    ctx: &Ctx,
+    cmd: &Command,
+    what: &str,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let feed = state.feed.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this CRM API has no feed to act through")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this CRM API has no feed to act through",
+        )
     })?;
     feed.append(NewRecord::command(cmd).map_err(|e| ApiError::internal(&e))?)
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
     state
         .store
-        .audit_action(ctx, what, "command", &cmd.id.to_string(), serde_json::to_value(cmd).unwrap_or_default())
+        .audit_action(
+            ctx,
+            what,
+            "command",
+            &cmd.id.to_string(),
+            serde_json::to_value(cmd).unwrap_or_default(),
+        )
         .await
         .map_err(store_error)?;
     Ok((
@@ -619,11 +686,25 @@ pub(crate) async fn reply(
     JsonOrForm(r): JsonOrForm<NewReply>,
 ) -> Result<impl IntoResponse, ApiError> {
     if r.text.trim().is_empty() || r.text.chars().count() > 20_000 {
-        return Err(ApiError::validation([("text".to_owned(), "must be 1 to 20000 characters".to_owned())].into()));
+        return Err(ApiError::validation(
+            [(
+                "text".to_owned(),
+                "must be 1 to 20000 characters".to_owned(),
+            )]
+            .into(),
+        ));
     }
-    let head = state.store.conversation_head(&ctx, &id).await.map_err(store_error)?;
+    let head = state
+        .store
+        .conversation_head(&ctx, &id)
+        .await
+        .map_err(store_error)?;
     let head: Interaction = serde_json::from_str(&head).map_err(|e| ApiError::internal(&e))?;
-    let line = head.payload.get("line").and_then(|v| v.as_str()).unwrap_or_default();
+    let line = head
+        .payload
+        .get("line")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     let cmd = Command {
         v: switchboard_storage::envelope::VERSION,
         id: uuid::Uuid::now_v7(),
@@ -633,7 +714,11 @@ pub(crate) async fn reply(
         target: format!("{}:{line}", head.channel.as_str()),
         contact: head.contact.clone(),
         manager: ctx.principal.routing_id.clone(),
-        conversation: Some(head.conversation.clone().unwrap_or_else(|| head.id.to_string())),
+        conversation: Some(
+            head.conversation
+                .clone()
+                .unwrap_or_else(|| head.id.to_string()),
+        ),
         payload: serde_json::json!({"text": r.text, "reply_to": head.id.to_string()}),
     };
     send_command(&state, &ctx, &cmd, "reply").await
@@ -666,20 +751,24 @@ pub(crate) async fn place_call(
     let client = match state.store.client(&ctx, &c.client_id).await {
         Ok(client) => client,
         Err(crate::store::StoreError::NotFound) => {
-            return Err(ApiError::validation([("client_id".to_owned(), "no such client".to_owned())].into()));
+            return Err(ApiError::validation(
+                [("client_id".to_owned(), "no such client".to_owned())].into(),
+            ));
         }
         Err(e) => return Err(store_error(e)),
     };
     let phone = match c.phone {
         Some(p) if client.phones.contains(&p) => p,
         Some(_) => {
-            return Err(ApiError::validation([("phone".to_owned(), "not a phone of this client".to_owned())].into()));
+            return Err(ApiError::validation(
+                [("phone".to_owned(), "not a phone of this client".to_owned())].into(),
+            ));
         }
-        None => client
-            .phones
-            .first()
-            .cloned()
-            .ok_or_else(|| ApiError::validation([("phone".to_owned(), "the client has no phone".to_owned())].into()))?,
+        None => client.phones.first().cloned().ok_or_else(|| {
+            ApiError::validation(
+                [("phone".to_owned(), "the client has no phone".to_owned())].into(),
+            )
+        })?,
     };
     let cmd = Command {
         v: switchboard_storage::envelope::VERSION,
@@ -725,9 +814,17 @@ pub(crate) async fn audit_log(
     Path((entity, id)): Path<(String, String)>,
 ) -> Result<Json<AuditPage>, ApiError> {
     if ctx.principal.role != Role::Admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "administrators only"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "administrators only",
+        ));
     }
     Ok(Json(AuditPage {
-        items: state.store.audit_log(&entity, &id).await.map_err(store_error)?,
+        items: state
+            .store
+            .audit_log(&entity, &id)
+            .await
+            .map_err(store_error)?,
     }))
 }

@@ -22,7 +22,11 @@ fn admin_only(ctx: &Ctx) -> Result<(), ApiError> {
     if ctx.principal.role == Role::Admin {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "administrators only"))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "administrators only",
+        ))
     }
 }
 
@@ -31,9 +35,17 @@ fn admin_only(ctx: &Ctx) -> Result<(), ApiError> {
     (status = 200, description = "The authenticated user", body = User),
     (status = 401, description = "No valid token", body = ErrorBody),
 ))]
-pub(crate) async fn me(State(state): State<AppState>, Auth(ctx): Auth) -> Result<Json<User>, ApiError> {
-    let user = state.store.user(&ctx.principal.user_id).await.map_err(store_error)?;
-    user.map(Json).ok_or_else(|| ApiError::not_found("the token's user is gone"))
+pub(crate) async fn me(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+) -> Result<Json<User>, ApiError> {
+    let user = state
+        .store
+        .user(&ctx.principal.user_id)
+        .await
+        .map_err(store_error)?;
+    user.map(Json)
+        .ok_or_else(|| ApiError::not_found("the token's user is gone"))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -47,10 +59,17 @@ pub(crate) struct UserList {
     (status = 401, description = "No valid token", body = ErrorBody),
     (status = 403, description = "Managers cannot list users", body = ErrorBody),
 ))]
-pub(crate) async fn list_users(State(state): State<AppState>, Auth(ctx): Auth) -> Result<Json<UserList>, ApiError> {
+pub(crate) async fn list_users(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+) -> Result<Json<UserList>, ApiError> {
     let p = &ctx.principal;
     if p.role == Role::Manager {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "managers cannot list users"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "managers cannot list users",
+        ));
     }
     let mut items = state.store.users().await.map_err(store_error)?;
     if p.role == Role::Head {
@@ -87,12 +106,21 @@ pub(crate) async fn create_user(
     let routing_id = new.routing_id.trim();
     if routing_id.is_empty() || routing_id.len() > 64 || new.name.trim().is_empty() {
         return Err(ApiError::validation(
-            [("routing_id".to_owned(), "routing_id and name must not be empty (routing_id at most 64)".to_owned())].into(),
+            [(
+                "routing_id".to_owned(),
+                "routing_id and name must not be empty (routing_id at most 64)".to_owned(),
+            )]
+            .into(),
         ));
     }
     let user = state
         .store
-        .upsert_user(routing_id, new.name.trim(), new.role, new.department.as_deref())
+        .upsert_user(
+            routing_id,
+            new.name.trim(),
+            new.role,
+            new.department.as_deref(),
+        )
         .await
         .map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(user)))
@@ -120,7 +148,16 @@ pub(crate) async fn create_token(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     admin_only(&ctx)?;
-    state.store.user(&id).await.map_err(store_error)?.ok_or_else(|| ApiError::not_found("no such user"))?;
-    let token = state.store.create_token(&id, "api").await.map_err(store_error)?;
+    state
+        .store
+        .user(&id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let token = state
+        .store
+        .create_token(&id, "api")
+        .await
+        .map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(NewToken { token })))
 }

@@ -7,7 +7,9 @@ use sqlx::Row;
 use super::{Store, StoreError, db, micros_now, new_id};
 
 /// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Their own clients, deals, tasks and tickets.
@@ -55,7 +57,10 @@ impl Principal {
     pub fn visible(&self, alias: &str, first: usize) -> (String, Vec<String>) {
         match self.role {
             Role::Admin => ("1 = 1".into(), vec![]),
-            Role::Manager => (format!("{alias}.owner_id = ${first}"), vec![self.user_id.clone()]),
+            Role::Manager => (
+                format!("{alias}.owner_id = ${first}"),
+                vec![self.user_id.clone()],
+            ),
             Role::Head => match &self.department_id {
                 Some(d) => (
                     format!("({alias}.department_id = ${first} OR {alias}.owner_id IS NULL)"),
@@ -177,31 +182,37 @@ impl Store {
     }
 
     pub async fn user_by_routing_id(&self, routing_id: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{USER_SELECT} WHERE u.routing_id = $1")))
-            .bind(routing_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("read user"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{USER_SELECT} WHERE u.routing_id = $1"
+        )))
+        .bind(routing_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read user"))?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{USER_SELECT} WHERE u.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("read user"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{USER_SELECT} WHERE u.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read user"))?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("{USER_SELECT} ORDER BY u.name, u.id")))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("list users"))?
-            .iter()
-            .map(user_from_row)
-            .collect()
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{USER_SELECT} ORDER BY u.name, u.id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list users"))?
+        .iter()
+        .map(user_from_row)
+        .collect()
     }
 
     /// Issues a token for the user; the token itself is returned once and

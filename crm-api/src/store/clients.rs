@@ -202,7 +202,8 @@ fn check_phone(p: &str) -> Result<(), StoreError> {
 fn check_email(e: &str) -> Result<String, StoreError> {
     let e = e.trim().to_lowercase();
     let ok = e.len() <= 254
-        && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.contains('@'))
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.contains('@'))
         && !e.chars().any(char::is_whitespace);
     if ok {
         Ok(e)
@@ -249,7 +250,8 @@ impl Store {
         if clients.is_empty() {
             return Ok(());
         }
-        let mut sql = Sql::new("SELECT client_id, kind, value FROM identities WHERE client_id IN (");
+        let mut sql =
+            Sql::new("SELECT client_id, kind, value FROM identities WHERE client_id IN (");
         for (i, c) in clients.iter().enumerate() {
             if i > 0 {
                 sql.push(", ");
@@ -258,7 +260,11 @@ impl Store {
             sql.push(&ph);
         }
         sql.push(") ORDER BY kind, value");
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("read identities"))?;
+        let rows = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read identities"))?;
         for r in rows {
             let e = corrupt("identity");
             let client_id: String = r.try_get("client_id").map_err(&e)?;
@@ -283,7 +289,9 @@ impl Store {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<(Vec<Client>, Option<Cursor>), StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {CLIENT_COLUMNS} FROM clients c WHERE 1 = 1"));
+        let mut sql = Sql::new(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients c WHERE 1 = 1"
+        ));
         sql.visible_to(&ctx.principal, "c");
         if let Some(s) = &filter.status {
             let ph = sql.arg(s.as_str());
@@ -298,18 +306,34 @@ impl Store {
             sql.push(&format!(" AND c.updated_at >= {ph}"));
         }
         if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-            let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let escaped = q
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
             let ph = sql.arg(format!("%{escaped}%"));
             sql.push(&format!(" AND c.search_text LIKE {ph} ESCAPE '\\'"));
         }
         if let Some(c) = cursor {
             let (a, b) = (sql.arg(c.occurred_at), sql.arg(c.id.as_str()));
-            sql.push(&format!(" AND (c.updated_at < {a} OR (c.updated_at = {a} AND c.id < {b}))"));
+            sql.push(&format!(
+                " AND (c.updated_at < {a} OR (c.updated_at = {a} AND c.id < {b}))"
+            ));
         }
         let ph = sql.arg(i64::from(limit) + 1);
-        sql.push(&format!(" ORDER BY c.updated_at DESC, c.id DESC LIMIT {ph}"));
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("list clients"))?;
-        let mut out = rows.iter().take(limit as usize).map(client_from_row).collect::<Result<Vec<_>, _>>()?;
+        sql.push(&format!(
+            " ORDER BY c.updated_at DESC, c.id DESC LIMIT {ph}"
+        ));
+        let rows = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list clients"))?;
+        let mut out = rows
+            .iter()
+            .take(limit as usize)
+            .map(client_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = if rows.len() > limit as usize {
             let last = &rows[limit as usize - 1];
             Some(Cursor {
@@ -325,16 +349,31 @@ impl Store {
 
     /// One client, if the principal may see it.
     pub async fn client(&self, ctx: &Ctx, id: &str) -> Result<Client, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {CLIENT_COLUMNS} FROM clients c WHERE c.id = $1"));
+        let mut sql = Sql::new(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients c WHERE c.id = $1"
+        ));
         sql.arg(id);
         sql.visible_to(&ctx.principal, "c");
-        let row = sql.query().fetch_optional(&self.pool).await.map_err(db("read client"))?;
-        let mut c = vec![row.as_ref().map(client_from_row).transpose()?.ok_or(StoreError::NotFound)?];
+        let row = sql
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read client"))?;
+        let mut c = vec![
+            row.as_ref()
+                .map(client_from_row)
+                .transpose()?
+                .ok_or(StoreError::NotFound)?,
+        ];
         self.load_identities(&mut c).await?;
         c.pop().ok_or(StoreError::NotFound)
     }
 
-    pub async fn create_client(&self, ctx: &Ctx, new: &NewClient) -> Result<(Client, Vec<OwnerChange>), StoreError> {
+    pub async fn create_client(
+        &self,
+        ctx: &Ctx,
+        new: &NewClient,
+    ) -> Result<(Client, Vec<OwnerChange>), StoreError> {
         let kind = new.kind.clone().unwrap_or_else(|| "person".into());
         check_kind(&kind)?;
         let name = check_name(&new.name)?;
@@ -348,7 +387,11 @@ impl Store {
         for p in &new.phones {
             check_phone(p)?;
         }
-        let emails = new.emails.iter().map(|e| check_email(e)).collect::<Result<Vec<_>, _>>()?;
+        let emails = new
+            .emails
+            .iter()
+            .map(|e| check_email(e))
+            .collect::<Result<Vec<_>, _>>()?;
         let (owner, department) = self.resolve_owner(ctx, new.owner_id.as_deref()).await?;
         let id = new_id();
         let now = micros_now();
@@ -368,7 +411,12 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db("create client"))?;
-        for (k, v) in new.phones.iter().map(|p| ("phone", p)).chain(emails.iter().map(|e| ("email", e))) {
+        for (k, v) in new
+            .phones
+            .iter()
+            .map(|p| ("phone", p))
+            .chain(emails.iter().map(|e| ("email", e)))
+        {
             sqlx::query("INSERT INTO identities (kind, value, client_id, contact_person_id, created_at) VALUES ($1, $2, $3, NULL, $4)")
                 .bind(k)
                 .bind(v)
@@ -379,8 +427,23 @@ impl Store {
                 .map_err(db("identity"))?;
         }
         refresh_search(&mut tx, &id).await?;
-        audit(&mut tx, ctx, "create", "client", &id, json!({"name": name, "kind": kind, "status": status})).await?;
-        add_to_timeline(&mut tx, &id, "client.created", &id, json!({"name": name, "status": status})).await?;
+        audit(
+            &mut tx,
+            ctx,
+            "create",
+            "client",
+            &id,
+            json!({"name": name, "kind": kind, "status": status}),
+        )
+        .await?;
+        add_to_timeline(
+            &mut tx,
+            &id,
+            "client.created",
+            &id,
+            json!({"name": name, "status": status}),
+        )
+        .await?;
         let owners = self.owner_changes(&mut tx, &id).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok((self.client(ctx, &id).await?, owners))
@@ -396,7 +459,9 @@ impl Store {
     ) -> Result<(Client, Vec<OwnerChange>), StoreError> {
         let current = self.client(ctx, id).await?;
         if current.version != if_match {
-            return Err(StoreError::Stale { current: current.version });
+            return Err(StoreError::Stale {
+                current: current.version,
+            });
         }
         if let Some(k) = &patch.kind {
             check_kind(k)?;
@@ -426,7 +491,9 @@ impl Store {
         .map_err(db("update client"))?
         .rows_affected();
         if updated == 0 {
-            return Err(StoreError::Stale { current: current.version + 1 });
+            return Err(StoreError::Stale {
+                current: current.version + 1,
+            });
         }
         refresh_search(&mut tx, id).await?;
         audit(
@@ -460,7 +527,9 @@ impl Store {
     pub async fn promote(&self, ctx: &Ctx, id: &str) -> Result<Client, StoreError> {
         let current = self.client(ctx, id).await?;
         if current.status == "current" {
-            return Err(StoreError::Conflict { what: "a current client" });
+            return Err(StoreError::Conflict {
+                what: "a current client",
+            });
         }
         let now = micros_now();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
@@ -474,7 +543,14 @@ impl Store {
         .await
         .map_err(db("promote client"))?;
         audit(&mut tx, ctx, "promote", "client", id, json!({})).await?;
-        add_to_timeline(&mut tx, id, "client.promoted", id, json!({"name": current.name})).await?;
+        add_to_timeline(
+            &mut tx,
+            id,
+            "client.promoted",
+            id,
+            json!({"name": current.name}),
+        )
+        .await?;
         tx.commit().await.map_err(db("commit"))?;
         self.client(ctx, id).await
     }
@@ -490,10 +566,18 @@ impl Store {
         let mut check = Sql::new("SELECT c.id FROM clients c WHERE c.id = $1");
         check.arg(client_id);
         check.visible_to(&ctx.principal, "c");
-        if check.query().fetch_optional(&self.pool).await.map_err(db("read client"))?.is_none() {
+        if check
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read client"))?
+            .is_none()
+        {
             return Err(StoreError::NotFound);
         }
-        let mut sql = Sql::new("SELECT id, at, kind, ref_id, body FROM timeline_entries WHERE client_id = $1");
+        let mut sql = Sql::new(
+            "SELECT id, at, kind, ref_id, body FROM timeline_entries WHERE client_id = $1",
+        );
         sql.arg(client_id);
         if let Some(c) = cursor {
             let (a, b) = (sql.arg(c.occurred_at), sql.arg(c.id.as_str()));
@@ -501,7 +585,11 @@ impl Store {
         }
         let ph = sql.arg(i64::from(limit) + 1);
         sql.push(&format!(" ORDER BY at DESC, id DESC LIMIT {ph}"));
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("read timeline"))?;
+        let rows = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read timeline"))?;
         let e = corrupt("timeline entry");
         let items = rows
             .iter()
@@ -517,7 +605,12 @@ impl Store {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let next = (rows.len() > limit as usize)
-            .then(|| items.last().map(|i| Cursor { occurred_at: i.at, id: i.id.clone() }))
+            .then(|| {
+                items.last().map(|i| Cursor {
+                    occurred_at: i.at,
+                    id: i.id.clone(),
+                })
+            })
             .flatten();
         Ok((items, next))
     }

@@ -43,12 +43,19 @@ pub(crate) fn contact_key(kind: &str, value: &str) -> String {
 
 /// A stable user id for a routing manager id, so replays agree.
 pub(crate) fn user_id_for(routing_id: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("switchboard:manager:{routing_id}").as_bytes()).to_string()
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("switchboard:manager:{routing_id}").as_bytes(),
+    )
+    .to_string()
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
-async fn client_of(tx: &mut Tx<'_>, ids: &[(&'static str, String)]) -> Result<Option<String>, StoreError> {
+async fn client_of(
+    tx: &mut Tx<'_>,
+    ids: &[(&'static str, String)],
+) -> Result<Option<String>, StoreError> {
     for (kind, value) in ids {
         let row = sqlx::query("SELECT client_id FROM identities WHERE kind = $1 AND value = $2")
             .bind(*kind)
@@ -64,7 +71,11 @@ async fn client_of(tx: &mut Tx<'_>, ids: &[(&'static str, String)]) -> Result<Op
 }
 
 /// The user for a routing manager id, created (as a manager) if new.
-async fn routing_user(tx: &mut Tx<'_>, routing_id: &str, at: i64) -> Result<(String, Option<String>), StoreError> {
+async fn routing_user(
+    tx: &mut Tx<'_>,
+    routing_id: &str,
+    at: i64,
+) -> Result<(String, Option<String>), StoreError> {
     let id = user_id_for(routing_id);
     sqlx::query(
         "INSERT INTO users (id, routing_id, name, role, department_id, created_at) \
@@ -89,11 +100,12 @@ async fn routing_user(tx: &mut Tx<'_>, routing_id: &str, at: i64) -> Result<(Str
 
 /// Search text of a client: name and identities, lower-cased.
 pub(crate) async fn refresh_search(tx: &mut Tx<'_>, client_id: &str) -> Result<(), StoreError> {
-    let rows = sqlx::query("SELECT value FROM identities WHERE client_id = $1 ORDER BY kind, value")
-        .bind(client_id)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db("read identities"))?;
+    let rows =
+        sqlx::query("SELECT value FROM identities WHERE client_id = $1 ORDER BY kind, value")
+            .bind(client_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db("read identities"))?;
     let name: String = sqlx::query("SELECT name FROM clients WHERE id = $1")
         .bind(client_id)
         .fetch_one(&mut **tx)
@@ -151,7 +163,8 @@ impl Store {
                 applied.duplicate += 1;
             } else {
                 applied.new += 1;
-                self.file_interaction(&mut tx, ev, text, &ids, occurred).await?;
+                self.file_interaction(&mut tx, ev, text, &ids, occurred)
+                    .await?;
             }
             if matches!(ev.kind, Kind::RoutingAssigned | Kind::RoutingReassigned)
                 && let Some(change) = self.follow_routing(&mut tx, ev, &ids, occurred).await?
@@ -327,7 +340,11 @@ impl Store {
     }
 
     /// The client's current owner, once per identity, for the owners topic.
-    pub(crate) async fn owner_changes(&self, tx: &mut Tx<'_>, client_id: &str) -> Result<Vec<OwnerChange>, StoreError> {
+    pub(crate) async fn owner_changes(
+        &self,
+        tx: &mut Tx<'_>,
+        client_id: &str,
+    ) -> Result<Vec<OwnerChange>, StoreError> {
         let owner: Option<String> = sqlx::query(
             "SELECT u.routing_id FROM clients c LEFT JOIN users u ON u.id = c.owner_id WHERE c.id = $1",
         )
@@ -336,11 +353,13 @@ impl Store {
         .await
         .and_then(|r| r.try_get("routing_id"))
         .map_err(db("read owner"))?;
-        let rows = sqlx::query("SELECT kind, value FROM identities WHERE client_id = $1 ORDER BY kind, value")
-            .bind(client_id)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("read identities"))?;
+        let rows = sqlx::query(
+            "SELECT kind, value FROM identities WHERE client_id = $1 ORDER BY kind, value",
+        )
+        .bind(client_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read identities"))?;
         let now = time::OffsetDateTime::now_utc();
         rows.iter()
             .map(|r| {

@@ -18,8 +18,8 @@ use switchboard_storage::Record;
 pub use auth::{Principal, Role, User, token_hash};
 pub use clients::{Client, ClientFilter, ClientPatch, NewClient, TimelineItem};
 pub use records::{
-    Attachment, AuditEntry, Deal, DealFilter, DealPatch, NewDeal, NewTask, NewTicket, Note, Pipeline, Stage,
-    StageChange, Task, TaskFilter, TaskPatch, Ticket, TicketPatch,
+    Attachment, AuditEntry, Deal, DealFilter, DealPatch, NewDeal, NewTask, NewTicket, Note,
+    Pipeline, Stage, StageChange, Task, TaskFilter, TaskPatch, Ticket, TicketPatch,
 };
 
 use crate::cursor::Cursor;
@@ -237,7 +237,11 @@ impl Store {
         sql.arg(key);
         sql.visible_to(&ctx.principal, "c");
         sql.push(")");
-        let row = sql.query().fetch_optional(&self.pool).await.map_err(db("read contact"))?;
+        let row = sql
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read contact"))?;
         row.as_ref().map(contact_row).transpose()
     }
 
@@ -249,7 +253,8 @@ impl Store {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<Page, StoreError> {
-        let mut sql = sql::Sql::new("SELECT i.id, i.occurred_at, i.envelope FROM interactions i WHERE 1 = 1");
+        let mut sql =
+            sql::Sql::new("SELECT i.id, i.occurred_at, i.envelope FROM interactions i WHERE 1 = 1");
         if ctx.principal.role != Role::Admin {
             sql.push(" AND i.client_id IN (SELECT c.id FROM clients c WHERE 1 = 1");
             sql.visible_to(&ctx.principal, "c");
@@ -267,11 +272,19 @@ impl Store {
         }
         if let Some(c) = cursor {
             let (a, b) = (sql.arg(c.occurred_at), sql.arg(c.id.as_str()));
-            sql.push(&format!(" AND (i.occurred_at < {a} OR (i.occurred_at = {a} AND i.id < {b}))"));
+            sql.push(&format!(
+                " AND (i.occurred_at < {a} OR (i.occurred_at = {a} AND i.id < {b}))"
+            ));
         }
         let ph = sql.arg(i64::from(limit) + 1);
-        sql.push(&format!(" ORDER BY i.occurred_at DESC, i.id DESC LIMIT {ph}"));
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("list interactions"))?;
+        sql.push(&format!(
+            " ORDER BY i.occurred_at DESC, i.id DESC LIMIT {ph}"
+        ));
+        let rows = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list interactions"))?;
         let mut items = Vec::with_capacity(rows.len());
         let mut last = None;
         for r in rows.iter().take(limit as usize) {
@@ -281,7 +294,11 @@ impl Store {
             items.push(r.try_get("envelope").map_err(&get_err)?);
             last = Some(Cursor { occurred_at, id });
         }
-        let next = if rows.len() > limit as usize { last } else { None };
+        let next = if rows.len() > limit as usize {
+            last
+        } else {
+            None
+        };
         Ok(Page { items, next })
     }
 
@@ -289,7 +306,10 @@ impl Store {
     /// state" means for replay tests.
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let text_rows = |sql: &'static str, cols: &'static [&'static str]| async move {
-            let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(db("snapshot"))?;
+            let rows = sqlx::query(sql)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("snapshot"))?;
             rows.iter()
                 .map(|r| {
                     cols.iter()
@@ -313,7 +333,11 @@ impl Store {
         .map(contact_row)
         .collect::<Result<_, _>>()?;
         Ok(Snapshot {
-            interactions: text_rows("SELECT id, contact_key, client_id FROM interactions ORDER BY id", &["id", "contact_key", "client_id"]).await?,
+            interactions: text_rows(
+                "SELECT id, contact_key, client_id FROM interactions ORDER BY id",
+                &["id", "contact_key", "client_id"],
+            )
+            .await?,
             contacts,
             clients: text_rows(
                 "SELECT id, status, name, owner_id, source FROM clients ORDER BY id",

@@ -396,7 +396,9 @@ fn page_clause(sql: &mut Sql, alias: &str, cursor: Option<&Cursor>, limit: u32) 
         ));
     }
     let ph = sql.arg(i64::from(limit) + 1);
-    sql.push(&format!(" ORDER BY {alias}.updated_at DESC, {alias}.id DESC LIMIT {ph}"));
+    sql.push(&format!(
+        " ORDER BY {alias}.updated_at DESC, {alias}.id DESC LIMIT {ph}"
+    ));
 }
 
 fn eq_filter(sql: &mut Sql, column: &str, value: &Option<String>) {
@@ -409,7 +411,12 @@ fn eq_filter(sql: &mut Sql, column: &str, value: &Option<String>) {
 impl Store {
     /// The client, if the principal may see it; else a field error that
     /// does not confirm whether it exists.
-    async fn visible_client(&self, ctx: &Ctx, field: &'static str, id: &str) -> Result<(), StoreError> {
+    async fn visible_client(
+        &self,
+        ctx: &Ctx,
+        field: &'static str,
+        id: &str,
+    ) -> Result<(), StoreError> {
         match self.client(ctx, id).await {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound) => Err(StoreError::Invalid {
@@ -452,12 +459,17 @@ impl Store {
         Ok(out)
     }
 
-    async fn stage(&self, tx: &mut Tx<'_>, stage_id: &str) -> Result<Option<(String, String, Option<i64>)>, StoreError> {
-        let row = sqlx::query("SELECT pipeline_id, outcome, deadline_hours FROM stages WHERE id = $1")
-            .bind(stage_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db("read stage"))?;
+    async fn stage(
+        &self,
+        tx: &mut Tx<'_>,
+        stage_id: &str,
+    ) -> Result<Option<(String, String, Option<i64>)>, StoreError> {
+        let row =
+            sqlx::query("SELECT pipeline_id, outcome, deadline_hours FROM stages WHERE id = $1")
+                .bind(stage_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db("read stage"))?;
         row.map(|r| {
             let e = corrupt("stage");
             Ok((
@@ -470,11 +482,20 @@ impl Store {
     }
 
     pub async fn deal(&self, ctx: &Ctx, id: &str) -> Result<Deal, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {DEAL_COLUMNS} FROM deals d WHERE d.id = $1"));
+        let mut sql = Sql::new(&format!(
+            "SELECT {DEAL_COLUMNS} FROM deals d WHERE d.id = $1"
+        ));
         sql.arg(id);
         sql.visible_to(&ctx.principal, "d");
-        let row = sql.query().fetch_optional(&self.pool).await.map_err(db("read deal"))?;
-        row.as_ref().map(deal_from_row).transpose()?.ok_or(StoreError::NotFound)
+        let row = sql
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read deal"))?;
+        row.as_ref()
+            .map(deal_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn deals(
@@ -495,8 +516,16 @@ impl Store {
             sql.push(&format!(" AND d.updated_at >= {ph}"));
         }
         page_clause(&mut sql, "d", cursor, limit);
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("list deals"))?;
-        let items = rows.iter().take(limit as usize).map(deal_from_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list deals"))?;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(deal_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = page_end(&rows, &items, limit, "deal")?;
         Ok((items, next))
     }
@@ -511,7 +540,8 @@ impl Store {
                 reason: "must not be negative".into(),
             });
         }
-        self.visible_client(ctx, "client_id", &new.client_id).await?;
+        self.visible_client(ctx, "client_id", &new.client_id)
+            .await?;
         let (owner, department) = self.resolve_owner(ctx, new.owner_id.as_deref()).await?;
         let pipeline = match &new.pipeline_id {
             Some(p) => p.clone(),
@@ -579,12 +609,24 @@ impl Store {
         self.deal(ctx, &id).await
     }
 
-    pub async fn patch_deal(&self, ctx: &Ctx, id: &str, if_match: i64, patch: &DealPatch) -> Result<Deal, StoreError> {
+    pub async fn patch_deal(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        if_match: i64,
+        patch: &DealPatch,
+    ) -> Result<Deal, StoreError> {
         let current = self.deal(ctx, id).await?;
         if current.version != if_match {
-            return Err(StoreError::Stale { current: current.version });
+            return Err(StoreError::Stale {
+                current: current.version,
+            });
         }
-        let title = patch.title.as_deref().map(|t| text_len("title", t, 300)).transpose()?;
+        let title = patch
+            .title
+            .as_deref()
+            .map(|t| text_len("title", t, 300))
+            .transpose()?;
         if let Some(c) = &patch.currency {
             check_currency(c)?;
         }
@@ -602,10 +644,13 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         let mut moved = None;
         if let Some(stage_id) = patch.stage_id.as_ref().filter(|s| **s != current.stage_id) {
-            let (pipeline, outcome, deadline) = self.stage(&mut tx, stage_id).await?.ok_or(StoreError::Invalid {
-                field: "stage_id",
-                reason: "no such stage".into(),
-            })?;
+            let (pipeline, outcome, deadline) =
+                self.stage(&mut tx, stage_id)
+                    .await?
+                    .ok_or(StoreError::Invalid {
+                        field: "stage_id",
+                        reason: "no such stage".into(),
+                    })?;
             if pipeline != current.pipeline_id {
                 return Err(StoreError::Invalid {
                     field: "stage_id",
@@ -669,7 +714,9 @@ impl Store {
         .map_err(db("update deal"))?
         .rows_affected();
         if updated == 0 {
-            return Err(StoreError::Stale { current: current.version + 1 });
+            return Err(StoreError::Stale {
+                current: current.version + 1,
+            });
         }
         let details = json!({"title": title, "amount_minor": patch.amount_minor, "currency": patch.currency,
             "stage_id": patch.stage_id, "owner_id": patch.owner_id});
@@ -719,11 +766,20 @@ impl Store {
     }
 
     pub async fn task(&self, ctx: &Ctx, id: &str) -> Result<Task, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = $1"));
+        let mut sql = Sql::new(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = $1"
+        ));
         sql.arg(id);
         sql.visible_to(&ctx.principal, "t");
-        let row = sql.query().fetch_optional(&self.pool).await.map_err(db("read task"))?;
-        row.as_ref().map(task_from_row).transpose()?.ok_or(StoreError::NotFound)
+        let row = sql
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read task"))?;
+        row.as_ref()
+            .map(task_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn tasks(
@@ -751,8 +807,16 @@ impl Store {
             sql.push(&format!(" AND t.due_at < {ph}"));
         }
         page_clause(&mut sql, "t", cursor, limit);
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("list tasks"))?;
-        let items = rows.iter().take(limit as usize).map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list tasks"))?;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(task_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = page_end(&rows, &items, limit, "task")?;
         Ok((items, next))
     }
@@ -826,12 +890,24 @@ impl Store {
         self.task(ctx, &id).await
     }
 
-    pub async fn patch_task(&self, ctx: &Ctx, id: &str, if_match: i64, patch: &TaskPatch) -> Result<Task, StoreError> {
+    pub async fn patch_task(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        if_match: i64,
+        patch: &TaskPatch,
+    ) -> Result<Task, StoreError> {
         let current = self.task(ctx, id).await?;
         if current.version != if_match {
-            return Err(StoreError::Stale { current: current.version });
+            return Err(StoreError::Stale {
+                current: current.version,
+            });
         }
-        let title = patch.title.as_deref().map(|t| text_len("title", t, 300)).transpose()?;
+        let title = patch
+            .title
+            .as_deref()
+            .map(|t| text_len("title", t, 300))
+            .transpose()?;
         let due = parse_time("due_at", &patch.due_at)?;
         let owner = match &patch.owner_id {
             Some(o) => Some(self.resolve_owner(ctx, Some(o)).await?),
@@ -866,9 +942,19 @@ impl Store {
         .map_err(db("update task"))?
         .rows_affected();
         if updated == 0 {
-            return Err(StoreError::Stale { current: current.version + 1 });
+            return Err(StoreError::Stale {
+                current: current.version + 1,
+            });
         }
-        audit(&mut tx, ctx, "update", "task", id, json!({"title": title, "done": patch.done, "owner_id": patch.owner_id})).await?;
+        audit(
+            &mut tx,
+            ctx,
+            "update",
+            "task",
+            id,
+            json!({"title": title, "done": patch.done, "owner_id": patch.owner_id}),
+        )
+        .await?;
         if let (Some(Some(_)), Some(c)) = (done_at, &current.client_id) {
             add_to_timeline(&mut tx, c, "task.done", id, json!({"title": current.title})).await?;
         }
@@ -883,11 +969,20 @@ impl Store {
     }
 
     pub async fn ticket(&self, ctx: &Ctx, id: &str) -> Result<Ticket, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {TICKET_COLUMNS} FROM tickets k WHERE k.id = $1"));
+        let mut sql = Sql::new(&format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets k WHERE k.id = $1"
+        ));
         sql.arg(id);
         sql.visible_to(&ctx.principal, "k");
-        let row = sql.query().fetch_optional(&self.pool).await.map_err(db("read ticket"))?;
-        row.as_ref().map(ticket_from_row).transpose()?.ok_or(StoreError::NotFound)
+        let row = sql
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read ticket"))?;
+        row.as_ref()
+            .map(ticket_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn tickets(
@@ -898,13 +993,23 @@ impl Store {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<(Vec<Ticket>, Option<Cursor>), StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {TICKET_COLUMNS} FROM tickets k WHERE 1 = 1"));
+        let mut sql = Sql::new(&format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets k WHERE 1 = 1"
+        ));
         sql.visible_to(&ctx.principal, "k");
         eq_filter(&mut sql, "k.status", status);
         eq_filter(&mut sql, "k.owner_id", owner);
         page_clause(&mut sql, "k", cursor, limit);
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(db("list tickets"))?;
-        let items = rows.iter().take(limit as usize).map(ticket_from_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list tickets"))?;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(ticket_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = page_end(&rows, &items, limit, "ticket")?;
         Ok((items, next))
     }
@@ -913,7 +1018,8 @@ impl Store {
         let subject = text_len("subject", &new.subject, 300)?;
         let level = new.sla_level.clone().unwrap_or_else(|| "standard".into());
         let due_hours = sla_hours(&level)?;
-        self.visible_client(ctx, "client_id", &new.client_id).await?;
+        self.visible_client(ctx, "client_id", &new.client_id)
+            .await?;
         let (owner, department) = self.resolve_owner(ctx, new.owner_id.as_deref()).await?;
         let id = new_id();
         let now = micros_now();
@@ -952,9 +1058,15 @@ impl Store {
         if let Some(v) = if_match
             && current.version != v
         {
-            return Err(StoreError::Stale { current: current.version });
+            return Err(StoreError::Stale {
+                current: current.version,
+            });
         }
-        let subject = patch.subject.as_deref().map(|s| text_len("subject", s, 300)).transpose()?;
+        let subject = patch
+            .subject
+            .as_deref()
+            .map(|s| text_len("subject", s, 300))
+            .transpose()?;
         if let Some(s) = &patch.status
             && !matches!(s.as_str(), "open" | "pending" | "solved" | "closed")
         {
@@ -1012,11 +1124,21 @@ impl Store {
         }
     }
 
-    pub async fn create_note(&self, ctx: &Ctx, client_id: &str, body: &str, deal_id: Option<&str>) -> Result<Note, StoreError> {
+    pub async fn create_note(
+        &self,
+        ctx: &Ctx,
+        client_id: &str,
+        body: &str,
+        deal_id: Option<&str>,
+    ) -> Result<Note, StoreError> {
         self.client(ctx, client_id).await?;
         let body = text_len("body", body, 20_000)?;
         if let Some(d) = deal_id
-            && self.deal(ctx, d).await.map(|deal| deal.client_id != client_id).unwrap_or(true)
+            && self
+                .deal(ctx, d)
+                .await
+                .map(|deal| deal.client_id != client_id)
+                .unwrap_or(true)
         {
             return Err(StoreError::Invalid {
                 field: "deal_id",
@@ -1036,8 +1158,23 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db("create note"))?;
-        audit(&mut tx, ctx, "create", "note", &id, json!({"client_id": client_id})).await?;
-        add_to_timeline(&mut tx, client_id, "note", &id, json!({"body": body, "deal_id": deal_id})).await?;
+        audit(
+            &mut tx,
+            ctx,
+            "create",
+            "note",
+            &id,
+            json!({"client_id": client_id}),
+        )
+        .await?;
+        add_to_timeline(
+            &mut tx,
+            client_id,
+            "note",
+            &id,
+            json!({"body": body, "deal_id": deal_id}),
+        )
+        .await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(Note {
             id,
@@ -1122,7 +1259,11 @@ impl Store {
 
     /// The latest interaction of a conversation (or the interaction with
     /// that id), if its client is visible: what a reply answers.
-    pub async fn conversation_head(&self, ctx: &Ctx, conversation: &str) -> Result<String, StoreError> {
+    pub async fn conversation_head(
+        &self,
+        ctx: &Ctx,
+        conversation: &str,
+    ) -> Result<String, StoreError> {
         let mut sql = Sql::new(
             "SELECT i.envelope FROM interactions i JOIN clients c ON c.id = i.client_id \
              WHERE (i.conversation = $1 OR i.id = $1)",
@@ -1130,7 +1271,11 @@ impl Store {
         sql.arg(conversation);
         sql.visible_to(&ctx.principal, "c");
         sql.push(" ORDER BY i.occurred_at DESC LIMIT 1");
-        let row = sql.query().fetch_optional(&self.pool).await.map_err(db("read conversation"))?;
+        let row = sql
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read conversation"))?;
         row.map(|r| r.try_get("envelope").map_err(corrupt("interaction")))
             .transpose()?
             .ok_or(StoreError::NotFound)
@@ -1138,14 +1283,25 @@ impl Store {
 
     /// Writes an audit record for an action with no record of its own
     /// (a command sent to the gateway).
-    pub async fn audit_action(&self, ctx: &Ctx, action: &str, entity: &str, entity_id: &str, details: serde_json::Value) -> Result<(), StoreError> {
+    pub async fn audit_action(
+        &self,
+        ctx: &Ctx,
+        action: &str,
+        entity: &str,
+        entity_id: &str,
+        details: serde_json::Value,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         audit(&mut tx, ctx, action, entity, entity_id, details).await?;
         tx.commit().await.map_err(db("commit"))
     }
 
     /// The audit log of one record, oldest first (administrators).
-    pub async fn audit_log(&self, entity: &str, entity_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+    pub async fn audit_log(
+        &self,
+        entity: &str,
+        entity_id: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, user_id, action, entity, entity_id, remote_addr, details FROM audit_log \
              WHERE entity = $1 AND entity_id = $2 ORDER BY at, id",

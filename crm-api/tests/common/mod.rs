@@ -30,10 +30,15 @@ impl Backends {
     }
 
     pub async fn stores(&self) -> Vec<(&'static str, Store)> {
-        let sqlite = Store::connect(&format!("sqlite://{}", self.dir.path().join("crm.sqlite").display()), 4)
+        let sqlite = Store::connect(
+            &format!("sqlite://{}", self.dir.path().join("crm.sqlite").display()),
+            4,
+        )
+        .await
+        .unwrap();
+        let pg = Store::connect(&self.pg.as_ref().unwrap().url, 4)
             .await
             .unwrap();
-        let pg = Store::connect(&self.pg.as_ref().unwrap().url, 4).await.unwrap();
         vec![("sqlite", sqlite), ("postgres", pg)]
     }
 
@@ -77,9 +82,22 @@ pub fn assigned(phone: &str, routing_id: &str) -> Interaction {
     ev
 }
 
-pub async fn apply(store: &Store, events: &[Interaction]) -> (switchboard_crm::Applied, Vec<switchboard_storage::OwnerChange>) {
-    let texts: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
-    let batch: Vec<(Interaction, &str)> = events.iter().cloned().zip(texts.iter().map(String::as_str)).collect();
+pub async fn apply(
+    store: &Store,
+    events: &[Interaction],
+) -> (
+    switchboard_crm::Applied,
+    Vec<switchboard_storage::OwnerChange>,
+) {
+    let texts: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    let batch: Vec<(Interaction, &str)> = events
+        .iter()
+        .cloned()
+        .zip(texts.iter().map(String::as_str))
+        .collect();
     store.apply(&batch, &[]).await.unwrap()
 }
 
@@ -98,7 +116,11 @@ pub struct Team {
 }
 
 pub async fn team(store: &Store, dir: &std::path::Path) -> Team {
-    let feed = FeedLog::open(&dir.join(format!("feed-{}.sqlite", uuid::Uuid::new_v4())), LogOptions::default()).unwrap();
+    let feed = FeedLog::open(
+        &dir.join(format!("feed-{}.sqlite", uuid::Uuid::new_v4())),
+        LogOptions::default(),
+    )
+    .unwrap();
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
     for (login, role, dept) in [
@@ -133,7 +155,14 @@ pub struct Reply {
 }
 
 /// One request through the real router.
-pub async fn call(crm: &Crm, method: Method, uri: &str, token: Option<&str>, body: Option<Value>, extra: &[(&str, &str)]) -> Reply {
+pub async fn call(
+    crm: &Crm,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    extra: &[(&str, &str)],
+) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -142,14 +171,18 @@ pub async fn call(crm: &Crm, method: Method, uri: &str, token: Option<&str>, bod
         req = req.header(*k, *v);
     }
     let req = match body {
-        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
         None => req.body(Body::empty()),
     }
     .unwrap();
     let resp = crm.router().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
     Reply {
         status,
         headers,

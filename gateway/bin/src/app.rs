@@ -186,7 +186,11 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             }
         });
         tracing::info!(service = "crm-api", addr = %listener.local_addr()?, "listening");
-        let crm = Crm::new(store.clone(), Some(feed.clone()), data_dir.join("attachments"));
+        let crm = Crm::new(
+            store.clone(),
+            Some(feed.clone()),
+            data_dir.join("attachments"),
+        );
         servers.push((
             "crm-api",
             tokio::spawn(crm.serve(listener, http_stop.clone())),

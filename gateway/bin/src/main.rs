@@ -154,13 +154,21 @@ fn crm_admin(file: Option<&std::path::Path>, cmd: CrmAdmin) -> ExitCode {
         let url = config.crm.resolved_database_url(&config.node);
         let store = switchboard_crm::Store::connect(&url, 1).await?;
         let u = store
-            .upsert_user(&user, name.as_deref().unwrap_or(&user), role, department.as_deref())
+            .upsert_user(
+                &user,
+                name.as_deref().unwrap_or(&user),
+                role,
+                department.as_deref(),
+            )
             .await?;
         let token = store.create_token(&u.id, "cli").await?;
         store.close().await;
         Ok::<_, switchboard_crm::StoreError>((u, token))
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard: cannot start the runtime: {e}");
@@ -169,7 +177,12 @@ fn crm_admin(file: Option<&std::path::Path>, cmd: CrmAdmin) -> ExitCode {
     };
     match runtime.block_on(run) {
         Ok((u, token)) => {
-            eprintln!("user {} ({}, {}) — keep this token, it is not shown again:", u.routing_id.unwrap_or_default(), u.name, u.role.as_str());
+            eprintln!(
+                "user {} ({}, {}) — keep this token, it is not shown again:",
+                u.routing_id.unwrap_or_default(),
+                u.name,
+                u.role.as_str()
+            );
             println!("{token}");
             ExitCode::SUCCESS
         }
