@@ -731,3 +731,45 @@ async fn search_and_filters_find_clients() {
     }
     b.finish(stores).await;
 }
+
+#[tokio::test]
+async fn attachments_round_trip_whatever_their_name() {
+    let b = Backends::new().await;
+    let stores = b.stores().await;
+    for (name, store) in &stores {
+        let t = team(store, b.dir.path()).await;
+        let c = post(&t.crm, "/v1/clients", &t.anna, json!({"name": "Files"})).await;
+        let id = c.body["id"].as_str().unwrap();
+        let up = call(
+            &t.crm,
+            Method::POST,
+            &format!("/v1/clients/{id}/attachments?filename=%D0%9F%D1%80%D0%B0%D0%B9%D1%81%20%222026%22.pdf"),
+            Some(&t.anna),
+            Some(json!("%PDF-1.7 price list")),
+            &[],
+        )
+        .await;
+        assert_eq!(up.status, StatusCode::CREATED, "{name}: {}", up.body);
+        assert_eq!(up.body["filename"], "Прайс \"2026\".pdf");
+        let down = get(
+            &t.crm,
+            &format!("/v1/attachments/{}", up.body["id"].as_str().unwrap()),
+            &t.anna,
+        )
+        .await;
+        assert_eq!(down.status, StatusCode::OK, "{name}");
+        let disposition = down.headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            disposition.contains("filename*=UTF-8''%D0%9F"),
+            "{name}: {disposition}"
+        );
+        assert_eq!(
+            down.headers["content-type"], "application/json",
+            "{name}: the type it was sent with"
+        );
+    }
+    b.finish(stores).await;
+}

@@ -554,10 +554,11 @@ pub(crate) async fn upload_attachment(
             [("body".to_owned(), "the file is empty".to_owned())].into(),
         ));
     }
+    // Kept only if it can be sent back as a header and looks like a type.
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 200)
+        .filter(|v| v.len() <= 200 && v.contains('/') && header::HeaderValue::from_str(v).is_ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
     let sha = hex::encode(Sha256::digest(&body));
@@ -603,17 +604,49 @@ pub(crate) async fn get_attachment(
     let bytes = tokio::fs::read(state.files.join(&a.sha256[..2]).join(&a.sha256))
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        a.filename.replace(['"', '\\', '\r', '\n'], "_")
-    );
     Ok((
         [
-            (header::CONTENT_TYPE, a.content_type),
-            (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_str(&a.content_type)
+                    .unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                content_disposition(&a.filename),
+            ),
         ],
         bytes,
     ))
+}
+
+/// `attachment` with the name as ASCII (for old clients) and as UTF-8
+/// (RFC 6266 / 5987), so any name can be sent.
+fn content_disposition(filename: &str) -> header::HeaderValue {
+    let ascii: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = filename
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    header::HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or(header::HeaderValue::from_static("attachment"))
 }
 
 /// A command accepted for the gateway.
