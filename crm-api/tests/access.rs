@@ -93,6 +93,10 @@ fn probe(
         ),
         "/v1/clients/{id}/promote" => (format!("/v1/clients/{}/promote", f.client), None),
         "/v1/clients/{id}/timeline" => (format!("/v1/clients/{}/timeline", f.client), None),
+        "/v1/clients/{id}/contact-persons" => (
+            format!("/v1/clients/{}/contact-persons", f.client),
+            body(json!({"name": "Мария", "position": "CFO"})),
+        ),
         "/v1/clients/{id}/notes" => (
             format!("/v1/clients/{}/notes", f.client),
             body(json!({"body": "note"})),
@@ -490,6 +494,54 @@ async fn a_lead_becomes_a_potential_client_then_a_customer_with_its_history() {
     for (name, store) in &stores {
         let t = team(store, b.dir.path()).await;
         let f = anna_records(store, &t).await;
+        let person = post(
+            &t.crm,
+            &format!("/v1/clients/{}/contact-persons", f.client),
+            &t.anna,
+            json!({"name": "Мария", "position": "CFO", "emails": ["Maria@Romashka.ru"]}),
+        )
+        .await;
+        assert_eq!(
+            person.status,
+            StatusCode::CREATED,
+            "{name}: {}",
+            person.body
+        );
+        assert_eq!(person.body["emails"], json!(["maria@romashka.ru"]));
+        // Her email now identifies the client: a letter from her lands on its card.
+        let mut letter = common::interaction(
+            switchboard_storage::Kind::MessageReceived,
+            "+70000000000",
+            None,
+            0,
+        );
+        letter.contact = switchboard_storage::Contact {
+            key: "email:maria@romashka.ru".into(),
+            phone: None,
+            email: Some("maria@romashka.ru".into()),
+            user_id: None,
+            name: Some("Maria".into()),
+        };
+        apply(store, &[letter.clone()]).await;
+        let pipelines = post(&t.crm, "/v1/pipelines", &t.admin, json!({"name": "Renewals", "stages": [
+            {"name": "Reminder", "deadline_hours": 48}, {"name": "Renewed", "outcome": "won"}, {"name": "Churned", "outcome": "lost"}]})).await;
+        assert_eq!(
+            pipelines.status,
+            StatusCode::CREATED,
+            "{name}: {}",
+            pipelines.body
+        );
+        assert_eq!(
+            post(
+                &t.crm,
+                "/v1/pipelines",
+                &t.anna,
+                json!({"name": "Mine", "stages": [{"name": "a"}]})
+            )
+            .await
+            .status,
+            StatusCode::FORBIDDEN
+        );
         let c = get(&t.crm, &format!("/v1/clients/{}", f.client), &t.anna).await;
         assert_eq!(
             (c.body["status"].as_str(), c.body["source"].clone()),
@@ -575,6 +627,14 @@ async fn a_lead_becomes_a_potential_client_then_a_customer_with_its_history() {
                 "{name}: {kind} missing from the card: {kinds:?}"
             );
         }
+        assert!(
+            card.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["ref_id"] == letter.id.to_string()),
+            "{name}: the contact person's letter is on the card"
+        );
         let lead_entry = card.body["items"]
             .as_array()
             .unwrap()

@@ -16,7 +16,10 @@ use switchboard_crm::testing::TestDatabase;
 use switchboard_tests::Launch;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Seeds with set-based SQL (PostgreSQL), far faster than the API would.
@@ -55,7 +58,10 @@ async fn seed(url: &str, clients: usize, per_client: usize) {
         "ANALYZE".to_owned(),
     ];
     for sql in statements {
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
     println!(
         "seeded {clients} clients and {} interactions in {:.0?}",
@@ -110,7 +116,11 @@ fn wrk(base: &str, script: &str, seconds: usize) -> WrkResult {
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    WrkResult { rps, p99_ms: p99, errors }
+    WrkResult {
+        rps,
+        p99_ms: p99,
+        errors,
+    }
 }
 
 #[tokio::main]
@@ -119,9 +129,15 @@ async fn main() {
     let per_client = env_usize("CRM_BENCH_PER_CLIENT", 10);
     let seconds = env_usize("CRM_BENCH_SECONDS", 10);
 
-    let db = TestDatabase::create().await.expect("PostgreSQL must be running");
+    let db = TestDatabase::create()
+        .await
+        .expect("PostgreSQL must be running");
     // Let the store create its schema, then seed.
-    switchboard_crm::Store::connect(&db.url, 1).await.unwrap().close().await;
+    switchboard_crm::Store::connect(&db.url, 1)
+        .await
+        .unwrap()
+        .close()
+        .await;
     seed(&db.url, clients, per_client).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +152,10 @@ async fn main() {
     let token = sb.token.clone();
 
     // Sanity: a card answers before it is loaded.
-    let (status, body) = sb.crm_get("/v1/clients/00000000-0000-7000-8000-000000000001/timeline?limit=20").await.unwrap();
+    let (status, body) = sb
+        .crm_get("/v1/clients/00000000-0000-7000-8000-000000000001/timeline?limit=20")
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["items"].as_array().unwrap().len(), per_client.min(20));
 

@@ -18,8 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::clients::since;
 use super::{AppState, Auth, PageParams, etag, if_match, store_error};
 use crate::store::{
-    Attachment, AuditEntry, Ctx, Deal, DealFilter, DealPatch, NewDeal, NewTask, NewTicket, Note,
-    Pipeline, Role, StageChange, Task, TaskFilter, TaskPatch, Ticket, TicketPatch,
+    Attachment, AuditEntry, ContactPerson, Ctx, Deal, DealFilter, DealPatch, NewContactPerson,
+    NewDeal, NewPipeline, NewTask, NewTicket, Note, Pipeline, Role, StageChange, Task, TaskFilter,
+    TaskPatch, Ticket, TicketPatch,
 };
 
 /// Largest attachment accepted.
@@ -27,7 +28,11 @@ const MAX_ATTACHMENT: usize = 20 * 1024 * 1024;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/pipelines", get(list_pipelines))
+        .route("/v1/pipelines", get(list_pipelines).post(create_pipeline))
+        .route(
+            "/v1/clients/{id}/contact-persons",
+            get(list_contact_persons).post(create_contact_person),
+        )
         .route("/v1/deals", get(list_deals).post(create_deal))
         .route("/v1/deals/{id}", get(get_deal).patch(patch_deal))
         .route("/v1/deals/{id}/history", get(deal_history))
@@ -64,6 +69,84 @@ pub(crate) async fn list_pipelines(
     Ok(Json(PipelineList {
         items: state.store.pipelines().await.map_err(store_error)?,
     }))
+}
+
+/// Adds a sales scenario (administrators).
+#[utoipa::path(post, path = "/v1/pipelines", request_body = NewPipeline, responses(
+    (status = 201, description = "The pipeline", body = Pipeline),
+    (status = 401, description = "No valid token", body = ErrorBody),
+    (status = 403, description = "Administrators only", body = ErrorBody),
+    (status = 409, description = "A pipeline with this name exists", body = ErrorBody),
+    (status = 422, description = "Invalid stages", body = ErrorBody),
+))]
+pub(crate) async fn create_pipeline(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    JsonOrForm(new): JsonOrForm<NewPipeline>,
+) -> Result<impl IntoResponse, ApiError> {
+    if ctx.principal.role != Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "administrators only",
+        ));
+    }
+    let p = state
+        .store
+        .create_pipeline(&ctx, &new)
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ContactPersonList {
+    items: Vec<ContactPerson>,
+}
+
+/// The client's contact persons.
+#[utoipa::path(get, path = "/v1/clients/{id}/contact-persons", params(("id" = String, Path, description = "Client id")), responses(
+    (status = 200, description = "Contact persons", body = ContactPersonList),
+    (status = 401, description = "No valid token", body = ErrorBody),
+    (status = 404, description = "No such client, or not yours", body = ErrorBody),
+))]
+pub(crate) async fn list_contact_persons(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<ContactPersonList>, ApiError> {
+    Ok(Json(ContactPersonList {
+        items: state
+            .store
+            .contact_persons(&ctx, &id)
+            .await
+            .map_err(store_error)?,
+    }))
+}
+
+/// Adds a contact person; their phones and emails will identify the client.
+#[utoipa::path(post, path = "/v1/clients/{id}/contact-persons", request_body = NewContactPerson,
+    params(("id" = String, Path, description = "Client id")),
+    responses(
+        (status = 201, description = "The contact person", body = ContactPerson),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such client, or not yours", body = ErrorBody),
+        (status = 409, description = "A phone or email belongs to another client", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_contact_person(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    Path(id): Path<String>,
+    JsonOrForm(new): JsonOrForm<NewContactPerson>,
+) -> Result<impl IntoResponse, ApiError> {
+    let p = state
+        .store
+        .create_contact_person(&ctx, &id, &new)
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, Json(p)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

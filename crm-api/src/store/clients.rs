@@ -184,7 +184,7 @@ fn check_name(name: &str) -> Result<String, StoreError> {
     Ok(name.to_owned())
 }
 
-fn check_phone(p: &str) -> Result<(), StoreError> {
+pub(crate) fn check_phone(p: &str) -> Result<(), StoreError> {
     let digits = p.strip_prefix('+').unwrap_or("");
     let ok = (7..=15).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
@@ -199,7 +199,7 @@ fn check_phone(p: &str) -> Result<(), StoreError> {
     }
 }
 
-fn check_email(e: &str) -> Result<String, StoreError> {
+pub(crate) fn check_email(e: &str) -> Result<String, StoreError> {
     let e = e.trim().to_lowercase();
     let ok = e.len() <= 254
         && e.split_once('@')
@@ -566,7 +566,9 @@ impl Store {
         // One query when the card has entries: the visibility rule rides
         // along; only an empty page needs a second look to tell "no entries"
         // from "not yours".
-        let mut sql = Sql::new("SELECT t.id, t.at, t.kind, t.ref_id, t.body FROM timeline_entries t WHERE t.client_id = $1");
+        let mut sql = Sql::new(
+            "SELECT t.id, t.at, t.kind, t.ref_id, t.body FROM timeline_entries t WHERE t.client_id = $1",
+        );
         sql.arg(client_id);
         if ctx.principal.role != super::Role::Admin {
             sql.push(" AND EXISTS (SELECT 1 FROM clients c WHERE c.id = $1");

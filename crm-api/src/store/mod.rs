@@ -18,8 +18,9 @@ use switchboard_storage::Record;
 pub use auth::{Principal, Role, User, token_hash};
 pub use clients::{Client, ClientFilter, ClientPatch, NewClient, TimelineItem};
 pub use records::{
-    Attachment, AuditEntry, Deal, DealFilter, DealPatch, NewDeal, NewTask, NewTicket, Note,
-    Pipeline, Stage, StageChange, Task, TaskFilter, TaskPatch, Ticket, TicketPatch,
+    Attachment, AuditEntry, ContactPerson, Deal, DealFilter, DealPatch, NewContactPerson, NewDeal,
+    NewPipeline, NewStage, NewTask, NewTicket, Note, Pipeline, Stage, StageChange, Task,
+    TaskFilter, TaskPatch, Ticket, TicketPatch,
 };
 
 use crate::cursor::Cursor;

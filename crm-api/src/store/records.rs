@@ -1328,3 +1328,243 @@ impl Store {
             .collect()
     }
 }
+
+/// A person at a client company.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ContactPerson {
+    pub id: String,
+    pub client_id: String,
+    pub name: String,
+    pub position: Option<String>,
+    pub phones: Vec<String>,
+    pub emails: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewContactPerson {
+    pub name: String,
+    #[serde(default)]
+    pub position: Option<String>,
+    /// E.164; each must be nobody else's.
+    #[serde(default)]
+    pub phones: Vec<String>,
+    #[serde(default)]
+    pub emails: Vec<String>,
+}
+
+/// `POST /v1/pipelines`: a new sales scenario.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPipeline {
+    pub name: String,
+    /// In order; at least one `open` stage, and `won`/`lost` stages to close deals.
+    pub stages: Vec<NewStage>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewStage {
+    pub name: String,
+    /// `open` (default), `won` or `lost`.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// Hours a deal may stay in this stage.
+    #[serde(default)]
+    pub deadline_hours: Option<i64>,
+}
+
+impl Store {
+    pub async fn create_pipeline(
+        &self,
+        ctx: &Ctx,
+        new: &NewPipeline,
+    ) -> Result<Pipeline, StoreError> {
+        let name = text_len("name", &new.name, 200)?;
+        if new.stages.is_empty() || new.stages.len() > 50 {
+            return Err(StoreError::Invalid {
+                field: "stages",
+                reason: "1 to 50 stages".into(),
+            });
+        }
+        let mut outcomes = Vec::new();
+        for s in &new.stages {
+            text_len("stages", &s.name, 200)?;
+            let outcome = s.outcome.clone().unwrap_or_else(|| "open".into());
+            if !matches!(outcome.as_str(), "open" | "won" | "lost") {
+                return Err(StoreError::Invalid {
+                    field: "stages",
+                    reason: format!("outcome {outcome:?} is not open, won or lost"),
+                });
+            }
+            if s.deadline_hours
+                .is_some_and(|h| !(1..=24 * 365).contains(&h))
+            {
+                return Err(StoreError::Invalid {
+                    field: "stages",
+                    reason: "deadline_hours must be 1 to 8760".into(),
+                });
+            }
+            outcomes.push(outcome);
+        }
+        if !outcomes.iter().any(|o| o == "open") {
+            return Err(StoreError::Invalid {
+                field: "stages",
+                reason: "a pipeline needs an open stage".into(),
+            });
+        }
+        let id = new_id();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query("INSERT INTO pipelines (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(&name)
+            .bind(micros_now())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("a pipeline with this name"))?;
+        for (i, (s, outcome)) in new.stages.iter().zip(&outcomes).enumerate() {
+            sqlx::query(
+                "INSERT INTO stages (id, pipeline_id, name, position, outcome, deadline_hours) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(new_id())
+            .bind(&id)
+            .bind(s.name.trim())
+            .bind(i64::try_from(i).unwrap_or(0) + 1)
+            .bind(outcome)
+            .bind(s.deadline_hours)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("create stage"))?;
+        }
+        audit(
+            &mut tx,
+            ctx,
+            "create",
+            "pipeline",
+            &id,
+            json!({"name": name, "stages": new.stages.len()}),
+        )
+        .await?;
+        tx.commit().await.map_err(db("commit"))?;
+        self.pipelines()
+            .await?
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn contact_persons(
+        &self,
+        ctx: &Ctx,
+        client_id: &str,
+    ) -> Result<Vec<ContactPerson>, StoreError> {
+        self.client(ctx, client_id).await?;
+        let rows = sqlx::query(
+            "SELECT p.id, p.client_id, p.name, p.position, p.created_at FROM contact_persons p \
+             WHERE p.client_id = $1 ORDER BY p.created_at, p.id",
+        )
+        .bind(client_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list contact persons"))?;
+        let e = corrupt("contact person");
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get("id").map_err(&e)?;
+            let ids = sqlx::query("SELECT kind, value FROM identities WHERE contact_person_id = $1 ORDER BY kind, value")
+                .bind(&id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read identities"))?;
+            let (mut phones, mut emails) = (Vec::new(), Vec::new());
+            for i in ids {
+                let kind: String = i.try_get("kind").map_err(&e)?;
+                let value: String = i.try_get("value").map_err(&e)?;
+                if kind == "phone" {
+                    phones.push(value);
+                } else {
+                    emails.push(value);
+                }
+            }
+            out.push(ContactPerson {
+                id,
+                client_id: r.try_get("client_id").map_err(&e)?,
+                name: r.try_get("name").map_err(&e)?,
+                position: r.try_get("position").map_err(&e)?,
+                phones,
+                emails,
+                created_at: rfc3339(r.try_get("created_at").map_err(&e)?)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds a contact person; their phones and emails identify the client.
+    pub async fn create_contact_person(
+        &self,
+        ctx: &Ctx,
+        client_id: &str,
+        new: &NewContactPerson,
+    ) -> Result<ContactPerson, StoreError> {
+        self.client(ctx, client_id).await?;
+        let name = text_len("name", &new.name, 300)?;
+        for p in &new.phones {
+            super::clients::check_phone(p)?;
+        }
+        let emails = new
+            .emails
+            .iter()
+            .map(|e| super::clients::check_email(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = new_id();
+        let now = micros_now();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query(
+            "INSERT INTO contact_persons (id, client_id, name, position, created_at, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $5, 1)",
+        )
+        .bind(&id)
+        .bind(client_id)
+        .bind(&name)
+        .bind(new.position.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("create contact person"))?;
+        for (k, v) in new
+            .phones
+            .iter()
+            .map(|p| ("phone", p))
+            .chain(emails.iter().map(|e| ("email", e)))
+        {
+            sqlx::query(
+                "INSERT INTO identities (kind, value, client_id, contact_person_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(k)
+            .bind(v)
+            .bind(client_id)
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("identity"))?;
+        }
+        super::feed::refresh_search(&mut tx, client_id).await?;
+        audit(
+            &mut tx,
+            ctx,
+            "create",
+            "contact_person",
+            &id,
+            json!({"client_id": client_id, "name": name}),
+        )
+        .await?;
+        tx.commit().await.map_err(db("commit"))?;
+        self.contact_persons(ctx, client_id)
+            .await?
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or(StoreError::NotFound)
+    }
+}
