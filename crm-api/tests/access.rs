@@ -22,6 +22,8 @@ struct Fixtures {
     task: String,
     ticket: String,
     attachment: String,
+    /// A user whose tokens the probes may create and revoke.
+    spare_user: String,
 }
 
 async fn anna_records(store: &Store, t: &Team) -> Fixtures {
@@ -74,17 +76,17 @@ async fn anna_records(store: &Store, t: &Team) -> Fixtures {
         task: task.body["id"].as_str().unwrap().to_owned(),
         ticket: ticket.body["id"].as_str().unwrap().to_owned(),
         attachment: upload.body["id"].as_str().unwrap().to_owned(),
+        spare_user: store
+            .upsert_user("spare", "Spare", switchboard_crm::Role::Manager, None)
+            .await
+            .unwrap()
+            .id,
     }
 }
 
 /// For an OpenAPI path template, the concrete path to Anna's record and a
 /// request body that would succeed for her.
-fn probe(
-    template: &str,
-    method: &str,
-    f: &Fixtures,
-    anna_id: &str,
-) -> Option<(String, Option<Value>)> {
+fn probe(template: &str, method: &str, f: &Fixtures) -> Option<(String, Option<Value>)> {
     let body = |v: Value| if method == "get" { None } else { Some(v) };
     Some(match template {
         "/v1/clients/{id}" => (
@@ -128,7 +130,7 @@ fn probe(
             format!("/v1/conversations/{}/replies", f.interaction),
             body(json!({"text": "hi"})),
         ),
-        "/v1/users/{id}/tokens" => (format!("/v1/users/{anna_id}/tokens"), None),
+        "/v1/users/{id}/tokens" => (format!("/v1/users/{}/tokens", f.spare_user), None),
         "/v1/audit/{entity}/{id}" => (format!("/v1/audit/client/{}", f.client), None),
         _ => return None,
     })
@@ -152,7 +154,7 @@ async fn nobody_reaches_another_managers_records_by_id() {
                 continue;
             }
             for (method, op) in ops.as_object().unwrap() {
-                let (path, body) = probe(template, method, &f, &t.anna_id).unwrap_or_else(|| {
+                let (path, body) = probe(template, method, &f).unwrap_or_else(|| {
                     panic!("no access probe for {method} {template}: add one to this test")
                 });
                 let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -693,6 +695,23 @@ async fn replies_and_calls_become_commands_and_writes_are_audited() {
         let entries = audit.body["items"].as_array().unwrap();
         assert_eq!(entries[0]["action"], "create", "{name}");
         assert_eq!(entries[0]["user_id"], t.anna_id.as_str());
+        // A revoked token stops working (at once here: a fresh router).
+        let revoke = call(
+            &t.crm,
+            Method::DELETE,
+            &format!("/v1/users/{}/tokens", t.boris_id),
+            Some(&t.admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(revoke.body["revoked"], 1, "{name}: {}", revoke.body);
+        let fresh = switchboard_crm::Crm::new(store.clone(), None, b.dir.path().join("files"));
+        assert_eq!(
+            get(&fresh, "/v1/me", &t.boris).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}"
+        );
         // Credentials never come back.
         for token in [&t.admin, &t.anna] {
             for uri in ["/v1/me", "/v1/users"] {

@@ -77,6 +77,7 @@ Authenticate with `Authorization: Bearer <token>` (`switchboard crm-admin token`
         users::list_users,
         users::create_user,
         users::create_token,
+        users::revoke_tokens,
         clients::list_clients,
         clients::create_client,
         clients::get_client,

@@ -15,7 +15,10 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/me", get(me))
         .route("/v1/users", get(list_users).post(create_user))
-        .route("/v1/users/{id}/tokens", post(create_token))
+        .route(
+            "/v1/users/{id}/tokens",
+            post(create_token).delete(revoke_tokens),
+        )
 }
 
 fn admin_only(ctx: &Ctx) -> Result<(), ApiError> {
@@ -160,4 +163,47 @@ pub(crate) async fn create_token(
         .await
         .map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(NewToken { token })))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Revoked {
+    revoked: u64,
+}
+
+/// Revokes every token of a user (administrators); they stop working within
+/// 10 seconds (the token cache).
+#[utoipa::path(delete, path = "/v1/users/{id}/tokens",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "How many tokens were revoked", body = Revoked),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Administrators only", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    )
+)]
+pub(crate) async fn revoke_tokens(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    admin_only(&ctx)?;
+    state
+        .store
+        .user(&id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let revoked = state.store.revoke_tokens(&id).await.map_err(store_error)?;
+    state
+        .store
+        .audit_action(
+            &ctx,
+            "revoke_tokens",
+            "user",
+            &id,
+            serde_json::json!({"revoked": revoked}),
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(Json(Revoked { revoked }))
 }

@@ -233,6 +233,19 @@ impl Store {
         Ok(token)
     }
 
+    /// Revokes every token of a user; returns how many.
+    pub async fn revoke_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(micros_now())
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(db("revoke tokens"))
+    }
+
     /// The user a bearer token belongs to, if it is valid.
     pub async fn principal_for_token(&self, token: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
