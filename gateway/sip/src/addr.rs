@@ -1,0 +1,204 @@
+//! `name-addr` / `addr-spec` header values: To, From, Contact, Route,
+//! Path (RFC 3261 §20.10, §25.1).
+
+use crate::uri::Uri;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    /// The display name without quotes (escapes kept).
+    pub display: Option<String>,
+    /// The URI's text as written between `<>` (or the bare addr-spec).
+    pub uri_text: String,
+    pub uri: Uri,
+    /// Header parameters after the address (`;tag=…`, `;expires=…`, `;q=…`).
+    pub params: Vec<(String, Option<String>)>,
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
+}
+
+impl NameAddr {
+    /// Parses one value. `is_contact` adds the Contact rules for `expires`
+    /// and `q`.
+    pub fn parse(value: &str, is_contact: bool) -> Result<Self, &'static str> {
+        let v = value.trim();
+        let (display, uri_text, tail) = if let Some(quoted) = v.strip_prefix('"') {
+            let mut escaped = false;
+            let mut end = None;
+            for (i, c) in quoted.char_indices() {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    end = Some(i);
+                    break;
+                }
+            }
+            let end = end.ok_or("unterminated quoted display name")?;
+            let rest = quoted[end + 1..].trim_start();
+            let (uri, tail) = bracketed(rest)?;
+            (Some(quoted[..end].to_owned()), uri, tail)
+        } else if let Some(lt) = v.find('<') {
+            let display = v[..lt].trim();
+            if !display
+                .chars()
+                .all(|c| is_token_char(c) || c == ' ' || c == '\t')
+            {
+                return Err("display name with special characters must be quoted");
+            }
+            let (uri, tail) = bracketed(&v[lt..])?;
+            ((!display.is_empty()).then(|| display.to_owned()), uri, tail)
+        } else {
+            // addr-spec: parameters belong to the header, so a URI with its
+            // own parameters, headers or commas must be in <> (§20).
+            let (uri, tail) = match v.find(';') {
+                Some(i) => (v[..i].trim_end(), &v[i..]),
+                None => (v, ""),
+            };
+            if uri.contains(['?', ',']) {
+                return Err("a URI with headers or commas must be enclosed in <>");
+            }
+            (None, uri, tail)
+        };
+        let uri = Uri::parse(uri_text)?;
+        let params = header_params(tail)?;
+        if is_contact {
+            for (n, val) in &params {
+                match (n.to_ascii_lowercase().as_str(), val.as_deref()) {
+                    ("expires", Some(e))
+                        if !e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty() =>
+                    {
+                        return Err("Contact expires must be a number");
+                    }
+                    ("q", Some(q)) if !valid_q(q) => {
+                        return Err("Contact q must be between 0 and 1");
+                    }
+                    ("expires" | "q", None) => return Err("Contact parameter needs a value"),
+                    _ => {}
+                }
+            }
+        }
+        Ok(NameAddr {
+            display,
+            uri_text: uri_text.to_owned(),
+            uri,
+            params,
+        })
+    }
+
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_deref())
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.param("tag").flatten()
+    }
+}
+
+fn valid_q(q: &str) -> bool {
+    q.parse::<f32>().is_ok_and(|x| (0.0..=1.0).contains(&x)) && q.len() <= 5
+}
+
+/// `<uri>` at the start of `s`; returns the URI text and what follows.
+fn bracketed(s: &str) -> Result<(&str, &str), &'static str> {
+    let inner = s.strip_prefix('<').ok_or("expected <URI>")?;
+    let end = inner.find('>').ok_or("missing > after the URI")?;
+    Ok((&inner[..end], &inner[end + 1..]))
+}
+
+/// `;name[=value]` parameters; nothing else may follow the address.
+fn header_params(tail: &str) -> Result<Vec<(String, Option<String>)>, &'static str> {
+    let tail = tail.trim();
+    if tail.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = tail
+        .strip_prefix(';')
+        .ok_or("unexpected text after the address")?;
+    let mut out = Vec::new();
+    for part in split_params(rest) {
+        let (n, v) = match part.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (part.trim(), None),
+        };
+        if n.is_empty() || !n.chars().all(is_token_char) {
+            return Err("empty or malformed header parameter");
+        }
+        if let Some(v) = v {
+            let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+            if v.is_empty() || !(quoted || v.chars().all(|c| is_token_char(c) || "[]:".contains(c)))
+            {
+                return Err("malformed header parameter value");
+            }
+        }
+        out.push((n.to_owned(), v.map(str::to_owned)));
+    }
+    Ok(out)
+}
+
+/// Splits at `;` outside quotes.
+fn split_params(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut in_quote = false;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => in_quote = !in_quote,
+            ';' if !in_quote => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        let a = NameAddr::parse(
+            "\"Bell, Alexander\" <sip:a.g.bell@example.com>;tag=433423",
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.display.as_deref(), Some("Bell, Alexander"));
+        assert_eq!(a.tag(), Some("433423"));
+        let a = NameAddr::parse("caller<sip:caller@example.com>;tag=323", false).unwrap();
+        assert_eq!(a.display.as_deref(), Some("caller"));
+        let a = NameAddr::parse("sip:caller@example.net;tag=134161461246", false).unwrap();
+        assert_eq!(a.uri.host, "example.net");
+        assert_eq!(a.tag(), Some("134161461246"));
+        let c = NameAddr::parse("<sip:user@host;unknownparam>;expires=60;q=0.5", true).unwrap();
+        assert_eq!(c.uri.param("unknownparam"), Some(None));
+        assert_eq!(c.param("expires"), Some(Some("60")));
+    }
+
+    #[test]
+    fn refusals() {
+        for bad in [
+            "\"Mr. J. User <sip:j.user@example.com>",
+            "Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+            "\"Watson\" < sip:t.watson@example.org >",
+            "\"Joe\" <sip:joe@example.org>;;;;",
+            "sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            "<sip:joe@example.org",
+        ] {
+            assert!(
+                NameAddr::parse(bad, false).is_err(),
+                "{bad} should be refused"
+            );
+        }
+        assert!(NameAddr::parse("<sip:a@b>;expires=soon", true).is_err());
+        assert!(NameAddr::parse("<sip:a@b>;q=2", true).is_err());
+    }
+}

@@ -1,0 +1,751 @@
+//! SIP messages (RFC 3261 §7, §20, §25): parsing from bytes and building.
+//!
+//! Parsing is two-staged. [`parse`] splits the start line, the header fields
+//! (unfolding continuation lines, expanding compact names) and the body; it
+//! fails only when there is no message at all. [`Message::validate`] then
+//! applies the rules that decide between processing a request and answering
+//! 400 (or 505), with a reason — on a message whose fields are still there
+//! to build that answer from.
+
+use bytes::Bytes;
+
+/// RFC 3261's branch prefix (§8.1.1.7).
+pub const BRANCH_COOKIE: &str = "z9hG4bK";
+
+/// Most header fields accepted in one message.
+pub const MAX_HEADERS: usize = 128;
+/// Largest message accepted (datagram or framed), in bytes.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Why bytes are not a SIP message, or not a valid one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// No start line and header block could be found.
+    #[error("not a SIP message: {0}")]
+    Garbage(&'static str),
+    /// The header block or the message is larger than allowed.
+    #[error("message too large")]
+    TooLarge,
+    /// A request that must be refused; `code` is the status to answer with.
+    #[error("{code} {reason}")]
+    Invalid { code: u16, reason: String },
+}
+
+fn invalid(reason: impl Into<String>) -> ParseError {
+    ParseError::Invalid {
+        code: 400,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: String, uri: String },
+    Response { code: u16, reason: String },
+}
+
+/// A parsed message. Header names are stored in their full, lower-case
+/// form (`v` becomes `via`); values as received, unfolded and trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub start: StartLine,
+    /// The version as received (`SIP/2.0` when valid).
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Why a request must be answered 400 although it parsed (a bad header
+    /// line, a malformed request line, a Content-Length that disagrees).
+    pub defect: Option<String>,
+}
+
+/// Where the message's bytes ended: for streams, what to consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// Bytes of the head (start line and headers, with the blank line).
+    pub head_len: usize,
+    /// Bytes of body the message declared (Content-Length), if it did.
+    pub declared_body: Option<usize>,
+}
+
+fn compact(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "v" => "via",
+        "f" => "from",
+        "t" => "to",
+        "i" => "call-id",
+        "m" => "contact",
+        "l" => "content-length",
+        "c" => "content-type",
+        "k" => "supported",
+        "s" => "subject",
+        "e" => "content-encoding",
+        "o" => "event",
+        "r" => "refer-to",
+        "u" => "allow-events",
+        _ => return None,
+    })
+}
+
+fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+/// Finds the end of the head: the blank line (CRLF CRLF, or LF LF).
+fn head_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\n' {
+            if bytes.get(i + 1) == Some(&b'\n') {
+                return Some((i + 1, i + 2));
+            }
+            if bytes.get(i + 1) == Some(&b'\r') && bytes.get(i + 2) == Some(&b'\n') {
+                return Some((i + 1, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Splits the head of a stream's next message, if it is complete, and reads
+/// its Content-Length, without parsing the rest. A stream's framing needs
+/// only this; the message itself is parsed once its body is in.
+pub fn frame(buf: &[u8]) -> Result<Option<Framing>, ParseError> {
+    // Keep-alive CRLFs between messages (RFC 5626) are skipped by the caller.
+    let Some((_, head_len)) = head_end(buf) else {
+        if buf.len() > MAX_MESSAGE {
+            return Err(ParseError::TooLarge);
+        }
+        return Ok(None);
+    };
+    if head_len > MAX_MESSAGE {
+        return Err(ParseError::TooLarge);
+    }
+    let head = String::from_utf8_lossy(&buf[..head_len]);
+    let mut declared = None;
+    for line in head.split('\n').skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim().to_ascii_lowercase();
+        if name == "content-length" || name == "l" {
+            let v = value.trim();
+            let n: usize = v
+                .parse()
+                .map_err(|_| invalid(format!("Content-Length {v:?} is not a number")))?;
+            if n > MAX_MESSAGE {
+                return Err(ParseError::TooLarge);
+            }
+            declared = Some(n);
+        }
+    }
+    Ok(Some(Framing {
+        head_len,
+        declared_body: declared,
+    }))
+}
+
+/// Parses one message from a datagram (or a framed stream message). The
+/// body is what Content-Length says; without one, the rest of the input. A
+/// datagram whose header block is not closed by an empty line ends at the
+/// end of the datagram (RFC 5118 §4.10 has such messages).
+///
+/// Only bytes that cannot be answered at all are an error; a request with a
+/// defect that deserves 400 parses with [`Message::defect`] set, so the
+/// answer can copy its Via, From, To, Call-ID and CSeq.
+pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(ParseError::TooLarge);
+    }
+    let (head_stop, body_start) = head_end(bytes).unwrap_or((bytes.len(), bytes.len()));
+    let head = String::from_utf8_lossy(&bytes[..head_stop]);
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let first = lines.next().ok_or(ParseError::Garbage("empty"))?;
+    let mut defect: Option<String> = None;
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
+    for line in lines {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            // A continuation of the previous field (folding).
+            match headers.last_mut() {
+                Some((_, v)) => {
+                    v.push(' ');
+                    v.push_str(line.trim());
+                }
+                None => {
+                    defect.get_or_insert_with(|| {
+                        "a header block cannot start with whitespace".to_owned()
+                    });
+                }
+            }
+            continue;
+        }
+        if headers.len() >= MAX_HEADERS {
+            defect.get_or_insert_with(|| format!("more than {MAX_HEADERS} header fields"));
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            defect.get_or_insert_with(|| {
+                format!("header line without a colon: {:?}", truncate(line))
+            });
+            continue;
+        };
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            defect.get_or_insert_with(|| format!("bad header name {:?}", truncate(name)));
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        let full = compact(&lower).map_or(lower, str::to_owned);
+        headers.push((full, value.trim().to_owned()));
+    }
+
+    let (start, version) = if let Some(rest) = first.strip_prefix("SIP/") {
+        // Response: SIP/2.0 SP 3DIGIT SP reason. A bad one is dropped.
+        let mut parts = rest.splitn(3, ' ');
+        let version = format!("SIP/{}", parts.next().unwrap_or(""));
+        let code_text = parts.next().unwrap_or("");
+        let reason = parts.next().unwrap_or("").to_owned();
+        if code_text.len() != 3 || !code_text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::Garbage(
+                "response status code is not three digits",
+            ));
+        }
+        let code: u16 = code_text
+            .parse()
+            .map_err(|_| ParseError::Garbage("bad status code"))?;
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::Garbage("status code out of range"));
+        }
+        (StartLine::Response { code, reason }, version)
+    } else {
+        let parts: Vec<&str> = first.split(' ').collect();
+        let method = parts[0];
+        if method.is_empty() || !method.bytes().all(is_token_char) {
+            return Err(ParseError::Garbage("no request or status line"));
+        }
+        if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+            // Extra or missing spaces (RFC 4475 §3.1.2.8-10): answer 400.
+            defect.get_or_insert_with(|| "malformed request line".to_owned());
+            let uri = parts.get(1).copied().unwrap_or("").to_owned();
+            (
+                StartLine::Request {
+                    method: method.to_owned(),
+                    uri,
+                },
+                "SIP/2.0".to_owned(),
+            )
+        } else {
+            (
+                StartLine::Request {
+                    method: method.to_owned(),
+                    uri: parts[1].to_owned(),
+                },
+                parts[2].to_owned(),
+            )
+        }
+    };
+
+    let mut msg = Message {
+        start,
+        version,
+        headers,
+        body: Bytes::new(),
+        defect: None,
+    };
+    // The body: Content-Length bytes after the head, or (datagrams, RFC 3261
+    // §18.3 allows it over UDP) everything left when there is none.
+    let available = &bytes[body_start..];
+    let body = match msg.content_length() {
+        Ok(Some(n)) if n <= available.len() => &available[..n],
+        Ok(Some(_)) => {
+            defect.get_or_insert_with(|| "Content-Length is larger than the message".to_owned());
+            available
+        }
+        Ok(None) => available,
+        Err(e) => {
+            defect.get_or_insert_with(|| e.to_string());
+            &[]
+        }
+    };
+    msg.body = Bytes::copy_from_slice(body);
+    msg.defect = defect;
+    Ok(msg)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(60).collect()
+}
+
+impl Message {
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn request_uri(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { code, .. } => Some(*code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The first value of a header (by full lower-case name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header, split at top-level commas for list headers.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .flat_map(|(_, v)| split_list(v))
+    }
+
+    /// How many fields of this header there are.
+    pub fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n == name).count()
+    }
+
+    /// Content-Length, if present; an error if it is not a number or if
+    /// several disagree.
+    pub fn content_length(&self) -> Result<Option<usize>, ParseError> {
+        let mut value = None;
+        for (n, v) in &self.headers {
+            if n != "content-length" {
+                continue;
+            }
+            let parsed: usize = v.parse().map_err(|_| {
+                invalid(format!(
+                    "Content-Length {:?} is not a non-negative number",
+                    truncate(v)
+                ))
+            })?;
+            if value.is_some_and(|prev| prev != parsed) {
+                return Err(invalid("several different Content-Length values"));
+            }
+            value = Some(parsed);
+        }
+        Ok(value)
+    }
+
+    /// CSeq as (number, method).
+    pub fn cseq(&self) -> Option<(u32, &str)> {
+        let v = self.header("cseq")?;
+        let (num, method) = v.split_once([' ', '\t'])?;
+        Some((num.trim().parse().ok()?, method.trim()))
+    }
+
+    pub fn call_id(&self) -> Option<&str> {
+        self.header("call-id")
+    }
+
+    /// The top Via.
+    pub fn via(&self) -> Option<Via> {
+        self.header_values("via")
+            .next()
+            .and_then(|v| Via::parse(v).ok())
+    }
+
+    /// RFC 3261 rules a request must follow before it is processed. The
+    /// returned code is the answer: 400, or 505 for another SIP version.
+    pub fn validate(&self) -> Result<(), ParseError> {
+        let StartLine::Request { method, uri } = &self.start else {
+            return self.validate_response();
+        };
+        if let Some(d) = &self.defect {
+            return Err(invalid(d.clone()));
+        }
+        if !self.version.eq_ignore_ascii_case("SIP/2.0") {
+            return Err(
+                if self.version.len() > 4 && self.version[..4].eq_ignore_ascii_case("SIP/") {
+                    ParseError::Invalid {
+                        code: 505,
+                        reason: "Version Not Supported".into(),
+                    }
+                } else {
+                    invalid("bad SIP version")
+                },
+            );
+        }
+        for name in [
+            "to",
+            "from",
+            "call-id",
+            "cseq",
+            "max-forwards",
+            "content-length",
+            "content-type",
+        ] {
+            if self.count(name) > 1 {
+                return Err(invalid(format!("more than one {name} header")));
+            }
+        }
+        for name in ["via", "to", "from", "call-id", "cseq"] {
+            if self.count(name) == 0 {
+                return Err(invalid(format!("missing {name} header")));
+            }
+        }
+        for v in self.header_values("via") {
+            let via = Via::parse(v).map_err(|e| invalid(format!("Via: {e}")))?;
+            if via.branch.as_deref() == Some(BRANCH_COOKIE) {
+                return Err(invalid("Via branch is only the magic cookie"));
+            }
+        }
+        let request_uri =
+            crate::uri::Uri::parse(uri).map_err(|e| invalid(format!("Request-URI: {e}")))?;
+        if request_uri.headers.is_some() {
+            return Err(invalid("a Request-URI cannot carry headers"));
+        }
+        if let Some(date) = self.header("date")
+            && !date.ends_with(" GMT")
+        {
+            return Err(invalid("Date must be in GMT"));
+        }
+        let cseq = self.header("cseq").unwrap_or("");
+        let (num, cmethod) = cseq
+            .split_once([' ', '\t'])
+            .ok_or_else(|| invalid("CSeq needs a number and a method"))?;
+        let num: u64 = num
+            .trim()
+            .parse()
+            .map_err(|_| invalid("CSeq number is not a number"))?;
+        if num > u64::from(u32::MAX >> 1) {
+            return Err(invalid("CSeq number must be below 2**31"));
+        }
+        if cmethod.trim() != method {
+            return Err(invalid("CSeq method does not match the request method"));
+        }
+        if let Some(mf) = self.header("max-forwards")
+            && !(!mf.is_empty()
+                && mf.len() <= 16
+                && mf.bytes().all(|b| b.is_ascii_digit())
+                && mf.parse::<u64>().is_ok_and(|n| n <= 255))
+        {
+            return Err(invalid("Max-Forwards must be 0 to 255"));
+        }
+        if let Some(e) = self.header("expires")
+            && !(!e.is_empty()
+                && e.bytes().all(|b| b.is_ascii_digit())
+                && e.len() <= 20
+                && e.parse::<u64>().is_ok_and(|n| n <= u64::from(u32::MAX)))
+        {
+            return Err(invalid("Expires must be a number of seconds below 2**32"));
+        }
+        self.content_length()?;
+        crate::addr::NameAddr::parse(self.header("to").unwrap_or(""), false)
+            .map_err(|e| invalid(format!("To: {e}")))?;
+        crate::addr::NameAddr::parse(self.header("from").unwrap_or(""), false)
+            .map_err(|e| invalid(format!("From: {e}")))?;
+        for c in self.header_values("contact") {
+            if c.trim() == "*" {
+                continue;
+            }
+            crate::addr::NameAddr::parse(c, true).map_err(|e| invalid(format!("Contact: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn validate_response(&self) -> Result<(), ParseError> {
+        for name in ["via", "call-id", "cseq"] {
+            if self.count(name) == 0 {
+                return Err(invalid(format!("response without {name}")));
+            }
+        }
+        if self.cseq().is_none() {
+            return Err(invalid("bad CSeq"));
+        }
+        Ok(())
+    }
+
+    /// Serialises with CRLFs and a correct Content-Length.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512 + self.body.len());
+        match &self.start {
+            StartLine::Request { method, uri } => {
+                out.extend_from_slice(format!("{method} {uri} SIP/2.0\r\n").as_bytes());
+            }
+            StartLine::Response { code, reason } => {
+                out.extend_from_slice(format!("SIP/2.0 {code} {reason}\r\n").as_bytes());
+            }
+        }
+        for (n, v) in &self.headers {
+            if n == "content-length" {
+                continue;
+            }
+            out.extend_from_slice(canonical_name(n).as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// A response to this request: Via, From, To, Call-ID and CSeq copied
+    /// (RFC 3261 §8.2.6.2), a To tag added when one is given and absent.
+    pub fn response(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Message {
+        let mut headers = Vec::with_capacity(8);
+        for (n, v) in &self.headers {
+            match n.as_str() {
+                "via" | "from" | "call-id" | "cseq" => headers.push((n.clone(), v.clone())),
+                "to" => {
+                    let mut v = v.clone();
+                    if let Some(tag) = to_tag
+                        && code > 100
+                        && !has_param(&v, "tag")
+                    {
+                        v.push_str(";tag=");
+                        v.push_str(tag);
+                    }
+                    headers.push((n.clone(), v));
+                }
+                _ => {}
+            }
+        }
+        Message {
+            start: StartLine::Response {
+                code,
+                reason: reason.to_owned(),
+            },
+            version: "SIP/2.0".into(),
+            headers,
+            body: Bytes::new(),
+            defect: None,
+        }
+    }
+
+    pub fn push_header(&mut self, name: &str, value: impl Into<String>) {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+    }
+
+    pub fn remove_header(&mut self, name: &str) {
+        self.headers.retain(|(n, _)| n != name);
+    }
+}
+
+/// Whether a header value has the given parameter outside quotes and `<>`.
+pub fn has_param(value: &str, param: &str) -> bool {
+    param_value(value, param).is_some()
+}
+
+/// A header parameter's value (`""` for a flag), outside quotes and `<>`.
+pub fn param_value<'a>(value: &'a str, param: &str) -> Option<&'a str> {
+    let tail = after_addr(value);
+    for p in tail.split(';').skip(1) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        if k.trim().eq_ignore_ascii_case(param) {
+            return Some(v.trim());
+        }
+    }
+    None
+}
+
+/// The part of a name-addr header value after the address (where header
+/// parameters live).
+fn after_addr(value: &str) -> &str {
+    let mut in_quote = false;
+    let mut escaped = false;
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_quote = true,
+            b'<' => {
+                return value[i..].find('>').map_or("", |j| &value[i + j + 1..]);
+            }
+            _ => {}
+        }
+    }
+    value
+}
+
+/// Splits a list header value at commas outside quotes and `<>`.
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut in_quote, mut escaped, mut angle) = (false, false, false);
+    let mut start = 0;
+    for (i, b) in value.bytes().enumerate() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_quote = true,
+            b'<' => angle = true,
+            b'>' => angle = false,
+            b',' if !angle => {
+                parts.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(value[start..].trim());
+    parts.into_iter().filter(|p| !p.is_empty())
+}
+
+/// `call-id` → `Call-ID`, `www-authenticate` → `WWW-Authenticate`.
+fn canonical_name(n: &str) -> String {
+    match n {
+        "call-id" => "Call-ID".into(),
+        "cseq" => "CSeq".into(),
+        "www-authenticate" => "WWW-Authenticate".into(),
+        _ => n
+            .split('-')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("-"),
+    }
+}
+
+/// A Via header value (RFC 3261 §20.42), with LWS tolerated around `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    pub transport: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub branch: Option<String>,
+    pub received: Option<String>,
+    /// `Some(None)` for a bare `rport` asking to be filled in.
+    pub rport: Option<Option<u16>>,
+}
+
+impl Via {
+    pub fn parse(v: &str) -> Result<Self, &'static str> {
+        let (proto, rest) = {
+            // "SIP / 2.0 / UDP host..." : three slash-separated tokens.
+            let mut parts = v.splitn(3, '/');
+            let name = parts.next().ok_or("no protocol")?.trim();
+            let ver = parts.next().ok_or("no protocol version")?.trim();
+            let rest = parts.next().ok_or("no transport")?.trim_start();
+            if !name.eq_ignore_ascii_case("SIP") || ver != "2.0" {
+                return Err("protocol is not SIP/2.0");
+            }
+            let end = rest.find(|c: char| c.is_whitespace()).ok_or("no sent-by")?;
+            (rest[..end].to_ascii_uppercase(), rest[end..].trim_start())
+        };
+        if proto.is_empty() || !proto.bytes().all(is_token_char) {
+            return Err("bad transport");
+        }
+        let (sent_by, params) = rest.split_once(';').unwrap_or((rest, ""));
+        let (host, port) = crate::uri::split_host_port(sent_by.trim())?;
+        let mut via = Via {
+            transport: proto,
+            host,
+            port,
+            branch: None,
+            received: None,
+            rport: None,
+        };
+        if !params.is_empty() {
+            for p in params.split(';') {
+                let (k, val) = p
+                    .split_once('=')
+                    .map_or((p.trim(), None), |(k, v)| (k.trim(), Some(v.trim())));
+                match k.to_ascii_lowercase().as_str() {
+                    "branch" => via.branch = val.map(str::to_owned),
+                    "received" => via.received = val.map(str::to_owned),
+                    "rport" => {
+                        via.rport = Some(match val {
+                            Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
+                            None => None,
+                        });
+                    }
+                    "" => return Err("empty Via parameter"),
+                    _ => {}
+                }
+            }
+        }
+        Ok(via)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_compact_and_odd_spacing() {
+        let raw = b"INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0\r\n\
+TO :\r\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\r\n\
+MaX-fOrWaRdS: 0068\r\ni: abc\r\ncseq: 0009\r\n  INVITE\r\n\
+Via  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw\r\nf: <sip:a@b>;tag=1\r\nl: 3\r\n\r\nxyzEXTRA";
+        let m = parse(raw).unwrap();
+        assert_eq!(m.method(), Some("INVITE"));
+        assert_eq!(m.call_id(), Some("abc"));
+        assert_eq!(m.cseq(), Some((9, "INVITE")));
+        assert_eq!(&m.body[..], b"xyz");
+        let via = m.via().unwrap();
+        assert_eq!(
+            (via.transport.as_str(), via.host.as_str()),
+            ("UDP", "192.0.2.2")
+        );
+        assert_eq!(via.branch.as_deref(), Some("390skdjuw"));
+        assert_eq!(
+            param_value(m.header("to").unwrap(), "tag"),
+            Some("1918181833n")
+        );
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn responses_and_serialisation_round_trip() {
+        let raw = b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport\r\n\
+To: <sip:a@example.com>\r\nFrom: <sip:a@example.com>;tag=x\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+        let req = parse(raw).unwrap();
+        let resp = req.response(200, "OK", Some("srv"));
+        let again = parse(&resp.to_bytes()).unwrap();
+        assert_eq!(again.status(), Some(200));
+        assert_eq!(param_value(again.header("to").unwrap(), "tag"), Some("srv"));
+        assert_eq!(again.via().unwrap().rport, Some(None));
+        assert_eq!(again.cseq(), Some((1, "REGISTER")));
+    }
+
+    #[test]
+    fn list_headers_split_outside_quotes_and_brackets() {
+        let parts: Vec<&str> = split_list("\"a, b\" <sip:x@y;p=1,2>;q=0.5, <sip:z@w>").collect();
+        assert_eq!(parts, ["\"a, b\" <sip:x@y;p=1,2>;q=0.5", "<sip:z@w>"]);
+    }
+}
