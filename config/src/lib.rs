@@ -9,6 +9,7 @@ mod env;
 mod error;
 mod model;
 mod routing;
+mod sip;
 mod validate;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use model::*;
 pub use routing::*;
+pub use sip::*;
 
 /// Environment variables that start with this prefix and contain `__` are
 /// configuration overrides.

@@ -18,6 +18,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub crm: CrmConfig,
     pub routing: crate::routing::RoutingConfig,
+    pub sip: crate::sip::SipConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -288,5 +289,30 @@ mod socket_addr {
                 "expected IP:PORT such as \"127.0.0.1:8080\", \"0.0.0.0:8080\" or \"[::1]:8080\"",
             )
         })
+    }
+}
+
+pub(crate) mod socket_addrs {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(a: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(a.iter().map(ToString::to_string))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<SocketAddr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "expected a list of IP:PORT such as [\"0.0.0.0:5060\"], got {text:?}"
+                    ))
+                })
+            })
+            .collect()
     }
 }

@@ -168,6 +168,16 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     }
 
     validate_routing(&config.routing)?;
+    crate::sip::validate_sip(&config.sip)?;
+    for (i, u) in config.sip.users.iter().enumerate() {
+        if !u.manager.is_empty() && !config.routing.managers.iter().any(|m| m.id == u.manager) {
+            return Err(ConfigError::invalid(
+                &format!("sip.users[{i}].manager"),
+                &u.manager,
+                "the id of one of routing.managers",
+            ));
+        }
+    }
 
     let grace = config.shutdown.grace_period;
     if grace < Duration::from_secs(1) || grace > Duration::from_secs(600) {

@@ -7,6 +7,7 @@
 pub mod dispatch;
 mod http;
 pub mod metrics;
+pub mod sip;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -50,6 +51,11 @@ impl Gateway {
     pub fn with_dispatcher(mut self, dispatcher: dispatch::Dispatcher) -> Self {
         self.dispatcher = Some(dispatcher);
         self
+    }
+
+    /// The routing dispatcher, when routing is configured.
+    pub fn dispatcher(&self) -> Option<&dispatch::Dispatcher> {
+        self.dispatcher.as_ref()
     }
 
     pub fn readiness(&self) -> &Readiness {

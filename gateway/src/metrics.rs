@@ -43,3 +43,73 @@ pub static SLA_BREACHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+macro_rules! counter_vec {
+    ($name:ident, $metric:literal, $help:literal, $labels:expr) => {
+        pub static $name: LazyLock<IntCounterVec> = LazyLock::new(|| {
+            #[allow(clippy::expect_used)]
+            prometheus::register_int_counter_vec!(Opts::new($metric, $help), $labels)
+                .expect("metric registers once")
+        });
+    };
+}
+
+counter_vec!(
+    SIP_REQUESTS,
+    "switchboard_sip_requests_total",
+    "SIP requests received, by method.",
+    &["method"]
+);
+counter_vec!(
+    SIP_RESPONSES,
+    "switchboard_sip_responses_total",
+    "SIP responses sent, by request method and status class.",
+    &["method", "class"]
+);
+counter_vec!(
+    SIP_DROPPED,
+    "switchboard_sip_dropped_total",
+    "SIP messages dropped unanswered, by reason (malformed, stray_response, scanner, banned, rate_limited, too_large).",
+    &["reason"]
+);
+counter_vec!(
+    SIP_AUTH_FAILURES,
+    "switchboard_sip_auth_failures_total",
+    "Failed SIP digest authentications, by reason.",
+    &["reason"]
+);
+
+/// Sources banned for failed authentications (counter of bans).
+pub static SIP_BANS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)]
+    prometheus::register_int_counter!(
+        "switchboard_sip_bans_total",
+        "Source addresses banned after failed authentications."
+    )
+    .expect("metric registers once")
+});
+
+macro_rules! gauge {
+    ($name:ident, $metric:literal, $help:literal) => {
+        pub static $name: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+            #[allow(clippy::expect_used)]
+            prometheus::register_int_gauge!($metric, $help).expect("metric registers once")
+        });
+    };
+}
+
+gauge!(
+    SIP_BANNED,
+    "switchboard_sip_banned_sources",
+    "Source addresses banned right now."
+);
+gauge!(
+    SIP_REGISTRATIONS,
+    "switchboard_sip_registrations",
+    "SIP bindings (registered contacts) in force."
+);
+gauge!(
+    SIP_TCP_CONNECTIONS,
+    "switchboard_sip_tcp_connections",
+    "Open SIP TCP connections."
+);

@@ -48,6 +48,9 @@ pub struct Switchboard {
     pub gateway: Option<SocketAddr>,
     /// The CRM API's HTTP address, when this process runs it.
     pub crm: Option<SocketAddr>,
+    /// SIP over UDP and TCP, when this process runs the gateway with SIP.
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
     /// An administrator's CRM API token, made with `crm-admin token`.
@@ -101,6 +104,8 @@ impl Launch {
             .env("SWITCHBOARD_NODE__DATA_DIR", &self.data_dir)
             .env("SWITCHBOARD_GATEWAY__HTTP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_CRM__HTTP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_SIP__UDP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_SIP__TCP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_LOG__FORMAT", "json")
             .env("SWITCHBOARD_LOG__LEVEL", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -159,6 +164,7 @@ impl Launch {
         });
         let mut gateway = None;
         let mut crm = None;
+        let (mut sip_udp, mut sip_tcp) = (None, None);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let line = tokio::time::timeout_at(deadline, rx.recv()).await;
@@ -173,10 +179,12 @@ impl Launch {
                         .as_str()
                         .ok_or_else(|| anyhow!("listening line without addr: {v}"))?
                         .parse()?;
-                    match v["service"].as_str() {
-                        Some("gateway") => gateway = Some(addr),
-                        Some("crm-api") => crm = Some(addr),
-                        other => bail!("unknown service {other:?}"),
+                    match (v["service"].as_str(), v["transport"].as_str()) {
+                        (Some("gateway"), _) => gateway = Some(addr),
+                        (Some("crm-api"), _) => crm = Some(addr),
+                        (Some("sip"), Some("udp")) => sip_udp = Some(addr),
+                        (Some("sip"), Some("tcp")) => sip_tcp = Some(addr),
+                        other => bail!("unknown listener {other:?}"),
                     }
                 }
                 Some("switchboard is ready") => break,
@@ -187,6 +195,8 @@ impl Launch {
             child,
             gateway,
             crm,
+            sip_udp,
+            sip_tcp,
             logs,
             http: reqwest::Client::builder().no_proxy().build()?,
             token,

@@ -11,6 +11,7 @@ use switchboard_config::{Config, ConfigError, FeedBackend, redact_url};
 use switchboard_crm::{Crm, Store};
 use switchboard_gateway::Gateway;
 use switchboard_gateway::dispatch::{Dispatcher, ROUTING_GROUP};
+use switchboard_gateway::sip::{SipReloader, SipServer};
 use switchboard_kafka::{KafkaSource, Relay, RelayOptions};
 use switchboard_storage::{FeedLog, LogOptions, Topic};
 use tokio::net::TcpListener;
@@ -60,7 +61,11 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs until a signal, then shuts down within the grace period.
-pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    config: Config,
+    config_file: Option<std::path::PathBuf>,
+    role: Role,
+) -> anyhow::Result<()> {
     let data_dir = &config.node.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| {
         format!(
@@ -112,6 +117,8 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let mut consumer = None;
 
     let mut routing = Vec::new();
+    let mut sip_task = None;
+    let mut sip_reload = None;
     let mut relay_options = RelayOptions::default();
     if let Some(listener) = gateway_listener {
         let feed = &feed;
@@ -141,6 +148,20 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                 "routing contacts"
             );
             gateway = gateway.with_dispatcher(dispatcher);
+        }
+        if config.sip.enabled {
+            let sip = SipServer::bind(&config.sip, gateway.dispatcher().cloned())
+                .await
+                .context("cannot start SIP (sip.udp_listen, sip.tcp_listen)")?;
+            for addr in sip.udp_addrs() {
+                tracing::info!(service = "sip", transport = "udp", %addr, "listening");
+            }
+            for addr in sip.tcp_addrs() {
+                tracing::info!(service = "sip", transport = "tcp", %addr, "listening");
+            }
+            tracing::info!(users = config.sip.users.len(), realm = %config.sip.realm, "SIP registrar up");
+            sip_reload = Some(spawn_sip_reload(sip.reloader(), config_file.clone()));
+            sip_task = Some(tokio::spawn(sip.serve(http_stop.clone())));
         }
         servers.push((
             "gateway",
@@ -226,6 +247,14 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             Err(_) => tracing::warn!(service = name, "grace period over before http drained"),
         }
     }
+    if let Some(task) = sip_task
+        && tokio::time::timeout_at(deadline, task).await.is_err()
+    {
+        tracing::warn!("grace period over before SIP stopped");
+    }
+    if let Some(task) = sip_reload {
+        task.abort();
+    }
     for task in routing {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
             tracing::warn!("grace period over before routing stopped");
@@ -256,6 +285,33 @@ pub(crate) async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     watchdog.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On SIGHUP, re-reads the configuration file and swaps the SIP users;
+/// registrations stay. A bad file is logged and the old users kept.
+fn spawn_sip_reload(reloader: SipReloader, file: Option<std::path::PathBuf>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot install the SIGHUP handler");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match Config::load(file.as_deref()).map(|c| reloader.reload(&c.sip)) {
+                    Ok(Ok(users)) => tracing::info!(users, "SIP users reloaded"),
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(error = %e, "configuration not reloaded; keeping the previous SIP users");
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (reloader, file);
+        }
+    })
 }
 
 /// On the Kafka backend, owner changes the CRM publishes reach this node

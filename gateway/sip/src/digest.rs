@@ -4,8 +4,6 @@
 //! an expired one is answered `stale=true`), and nonce counts that refuse
 //! replays.
 
-use std::collections::HashMap;
-
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 
@@ -235,6 +233,14 @@ impl Nonces {
         format!("{body}.{tag}")
     }
 
+    /// The serial a nonce was issued with (meaningful once `check` passed).
+    pub fn serial(nonce: &str) -> Option<u64> {
+        nonce
+            .split('.')
+            .nth(1)
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+    }
+
     pub fn check(&self, nonce: &str, now_s: u64) -> NonceCheck {
         let Some((body, tag)) = nonce.rsplit_once('.') else {
             return NonceCheck::Unknown;
@@ -266,48 +272,61 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The highest nonce count seen per nonce, so a replayed request (same or
-/// lower count) is refused. Entries leave when their nonce expires.
-#[derive(Debug, Default)]
+/// What [`NonceCounts::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountCheck {
+    /// A higher count than before: accept.
+    Advanced,
+    /// The same count from the same request (same branch): a UDP
+    /// retransmission, to be answered again.
+    Retransmission,
+    /// The same or a lower count from another request: a replay.
+    Replay,
+    /// The nonce's slot was reused by a newer nonce: ask again, `stale=true`.
+    Forgotten,
+}
+
+/// Nonce counts in a fixed ring indexed by the nonce's serial, so memory
+/// stays constant whatever the request rate: a nonce whose slot a newer
+/// nonce took is simply re-challenged (`stale=true`).
+#[derive(Debug)]
 pub struct NonceCounts {
-    seen: HashMap<String, (u32, u64)>,
-    last_sweep: u64,
+    slots: Vec<(u64, u32, u64)>,
 }
 
 impl NonceCounts {
-    /// Records `nc` for `nonce`; false when it is not higher than before.
-    pub fn advance(
-        &mut self,
-        nonce: &str,
-        nc: u32,
-        issued_at: u64,
-        now_s: u64,
-        lifetime_s: u64,
-    ) -> bool {
-        if now_s >= self.last_sweep + lifetime_s.max(1) {
-            self.seen
-                .retain(|_, (_, issued)| now_s.saturating_sub(*issued) <= lifetime_s);
-            self.last_sweep = now_s;
-        }
-        match self.seen.get_mut(nonce) {
-            Some((last, _)) if nc <= *last => false,
-            Some((last, _)) => {
-                *last = nc;
-                true
-            }
-            None => {
-                self.seen.insert(nonce.to_owned(), (nc, issued_at));
-                true
-            }
+    /// `capacity` slots (rounded up to a power of two).
+    pub fn new(capacity: usize) -> Self {
+        NonceCounts {
+            slots: vec![(u64::MAX, 0, 0); capacity.next_power_of_two()],
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.seen.len()
+    fn slot(&mut self, serial: u64) -> &mut (u64, u32, u64) {
+        let mask = self.slots.len() as u64 - 1;
+        &mut self.slots[(serial & mask) as usize]
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+    /// A nonce with this serial was issued.
+    pub fn issued(&mut self, serial: u64) {
+        *self.slot(serial) = (serial, 0, 0);
+    }
+
+    /// Checks and records count `nc` used by the request with branch hash
+    /// `branch`.
+    pub fn check(&mut self, serial: u64, nc: u32, branch: u64) -> CountCheck {
+        let slot = self.slot(serial);
+        if slot.0 != serial {
+            return CountCheck::Forgotten;
+        }
+        if nc > slot.1 {
+            *slot = (serial, nc, branch);
+            CountCheck::Advanced
+        } else if nc == slot.1 && branch == slot.2 {
+            CountCheck::Retransmission
+        } else {
+            CountCheck::Replay
+        }
     }
 }
 
@@ -382,14 +401,23 @@ mod tests {
     }
 
     #[test]
-    fn nonce_counts_refuse_replays() {
-        let mut counts = NonceCounts::default();
-        assert!(counts.advance("n1", 1, 0, 10, 300));
-        assert!(!counts.advance("n1", 1, 0, 11, 300));
-        assert!(counts.advance("n1", 2, 0, 12, 300));
-        assert!(counts.advance("n2", 1, 0, 12, 300));
-        // Expired nonces are forgotten on a sweep.
-        assert!(counts.advance("n3", 1, 400, 700, 300));
-        assert_eq!(counts.len(), 1);
+    fn nonce_counts_refuse_replays_and_forget_old_slots() {
+        let mut counts = NonceCounts::new(4);
+        counts.issued(1);
+        assert_eq!(counts.check(1, 1, 77), CountCheck::Advanced);
+        assert_eq!(counts.check(1, 1, 77), CountCheck::Retransmission);
+        assert_eq!(counts.check(1, 1, 78), CountCheck::Replay);
+        assert_eq!(counts.check(1, 2, 79), CountCheck::Advanced);
+        assert_eq!(
+            counts.check(2, 1, 80),
+            CountCheck::Forgotten,
+            "never issued"
+        );
+        counts.issued(5); // takes serial 1's slot
+        assert_eq!(counts.check(1, 3, 81), CountCheck::Forgotten);
+        assert_eq!(
+            Nonces::serial(&Nonces::new([1; 32], 60).issue(10, 0xab)),
+            Some(0xab)
+        );
     }
 }

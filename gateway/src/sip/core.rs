@@ -1,0 +1,641 @@
+//! What the gateway answers to each SIP request: the checks every request
+//! goes through (scanners, bans, rate limits, RFC 3261 rules), the
+//! registrar with digest authentication, OPTIONS, and the refusals the
+//! torture tests expect. Replies go back where the request came from (the
+//! source port, as `rport` asks and NATs need).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use switchboard_config::{ConfigError, SipConfig};
+use switchboard_sip::digest::{
+    self, Algorithm, CountCheck, Credentials, NonceCheck, NonceCounts, Nonces,
+};
+use switchboard_sip::message::{self, Message, ParseError, split_list};
+use switchboard_sip::registrar::{self, ExpiryPolicy, RegisterError};
+use switchboard_sip::{ALLOWED_METHODS, Uri, is_known_method};
+use tracing::{debug, info, warn};
+
+use super::guard::{Guard, Verdict};
+use super::location::{Location, LocationError, Secs, Transport, Update};
+use crate::dispatch::Dispatcher;
+use crate::metrics as m;
+
+/// One extension's precomputed secrets.
+#[derive(Debug, Clone)]
+struct User {
+    ha1_md5: String,
+    ha1_sha256: String,
+    manager: String,
+}
+
+/// The extensions, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct Users {
+    by_extension: HashMap<String, User>,
+}
+
+impl Users {
+    /// Reads passwords (files included) and precomputes HA1s for `realm`.
+    pub fn from_config(cfg: &SipConfig) -> Result<Self, ConfigError> {
+        let mut by_extension = HashMap::new();
+        for u in &cfg.users {
+            let password = u.resolve_password()?;
+            by_extension.insert(
+                u.extension.clone(),
+                User {
+                    ha1_md5: digest::ha1(Algorithm::Md5, &u.extension, &cfg.realm, &password),
+                    ha1_sha256: digest::ha1(Algorithm::Sha256, &u.extension, &cfg.realm, &password),
+                    manager: u.manager.clone(),
+                },
+            );
+        }
+        Ok(Users { by_extension })
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_extension.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_extension.is_empty()
+    }
+}
+
+const NONCE_SHARDS: usize = 16;
+
+enum Auth {
+    /// Authenticated as this extension.
+    Ok(String),
+    /// Answer with a challenge (no credentials, unknown scheme, stale nonce).
+    Challenge { stale: bool },
+    /// Wrong credentials: counted toward a ban, answered like `Challenge`.
+    Failed,
+}
+
+/// The SIP request handler shared by every transport task.
+pub struct Core<L> {
+    realm: String,
+    domains: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    policy: ExpiryPolicy,
+    users: RwLock<Arc<Users>>,
+    nonces: Nonces,
+    serial: AtomicU64,
+    counts: Box<[Mutex<NonceCounts>]>,
+    guard: Guard,
+    location: L,
+    dispatcher: Option<Dispatcher>,
+    epoch: Instant,
+}
+
+impl<L> std::fmt::Debug for Core<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> Secs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "INVITE" => "INVITE",
+        "ACK" => "ACK",
+        "CANCEL" => "CANCEL",
+        "BYE" => "BYE",
+        "OPTIONS" => "OPTIONS",
+        "REGISTER" => "REGISTER",
+        "UPDATE" => "UPDATE",
+        "INFO" => "INFO",
+        _ => "other",
+    }
+}
+
+/// The reason phrases we send.
+fn reason(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        _ => "Error",
+    }
+}
+
+impl<L: Location> Core<L> {
+    pub fn new(cfg: &SipConfig, users: Users, location: L, dispatcher: Option<Dispatcher>) -> Self {
+        let secret: [u8; 32] = if cfg.nonce_secret.is_empty() {
+            let mut s = [0u8; 32];
+            s[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            s[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            s
+        } else {
+            use sha2::Digest;
+            sha2::Sha256::digest(cfg.nonce_secret.as_bytes()).into()
+        };
+        let algorithms = cfg
+            .algorithms
+            .iter()
+            .filter_map(|a| Algorithm::parse(a))
+            .collect();
+        Core {
+            realm: cfg.realm.clone(),
+            domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            algorithms,
+            policy: ExpiryPolicy {
+                default_s: cfg.default_expires,
+                min_s: cfg.min_expires,
+                max_s: cfg.max_expires,
+            },
+            users: RwLock::new(Arc::new(users)),
+            nonces: Nonces::new(secret, cfg.nonce_lifetime.as_secs()),
+            // A random start keeps a restarted node from reusing serials.
+            serial: AtomicU64::new(u64::from(uuid::Uuid::new_v4().as_u64_pair().0 as u32) << 16),
+            counts: (0..NONCE_SHARDS)
+                .map(|_| Mutex::new(NonceCounts::new(1 << 16)))
+                .collect(),
+            guard: Guard::new(&cfg.security),
+            location,
+            dispatcher,
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn location(&self) -> &L {
+        &self.location
+    }
+
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// Replaces the extensions (SIGHUP). Bindings are kept.
+    pub fn set_users(&self, users: Users) {
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
+    }
+
+    fn users(&self) -> Arc<Users> {
+        Arc::clone(&self.users.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn monotonic_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Handles one message; returns the reply to send back, if any.
+    pub async fn handle(
+        &self,
+        data: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let now_ms = self.monotonic_ms();
+        match self.guard.admit(src.ip(), now_ms) {
+            Verdict::Pass => {}
+            Verdict::Banned => {
+                m::SIP_DROPPED.with_label_values(&["banned"]).inc();
+                return None;
+            }
+            Verdict::RateLimited => {
+                m::SIP_DROPPED.with_label_values(&["rate_limited"]).inc();
+                return None;
+            }
+        }
+        let msg = match message::parse(data) {
+            Ok(msg) => msg,
+            Err(e) => {
+                m::SIP_DROPPED.with_label_values(&["malformed"]).inc();
+                debug!(%src, error = %e, "unanswerable SIP message dropped");
+                return None;
+            }
+        };
+        let Some(method) = msg.method().map(str::to_owned) else {
+            // No client transactions yet: every response is a stray one.
+            m::SIP_DROPPED.with_label_values(&["stray_response"]).inc();
+            return None;
+        };
+        if self.guard.is_scanner(msg.header("user-agent")) {
+            m::SIP_DROPPED.with_label_values(&["scanner"]).inc();
+            return None;
+        }
+        let label = method_label(&method);
+        m::SIP_REQUESTS.with_label_values(&[label]).inc();
+        let reply = self.respond(&msg, &method, src, transport, now_ms).await?;
+        let code = reply.status().unwrap_or(500);
+        m::SIP_RESPONSES
+            .with_label_values(&[
+                label,
+                ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"][usize::from(code / 100).clamp(1, 6) - 1],
+            ])
+            .inc();
+        Some(reply.to_bytes())
+    }
+
+    /// A response with Via, From, To, Call-ID and CSeq copied, a To tag
+    /// that is the same for retransmissions, and the top Via stamped with
+    /// `received`/`rport` (RFC 3581).
+    fn reply(&self, req: &Message, code: u16, src: SocketAddr) -> Message {
+        let tag = format!(
+            "{:012x}",
+            fnv(&[
+                req.call_id().unwrap_or(""),
+                req.header("from").unwrap_or(""),
+                req.via().and_then(|v| v.branch).as_deref().unwrap_or(""),
+            ]) & 0xffff_ffff_ffff
+        );
+        let mut resp = req.response(code, reason(code), Some(&tag));
+        stamp_via(&mut resp, src);
+        resp.push_header("server", "Switchboard");
+        resp
+    }
+
+    async fn respond(
+        &self,
+        req: &Message,
+        method: &str,
+        src: SocketAddr,
+        transport: Transport,
+        now_ms: u64,
+    ) -> Option<Message> {
+        if method == "ACK" {
+            return None;
+        }
+        if !is_known_method(method) {
+            let mut r = self.reply(req, 501, src);
+            r.push_header("allow", ALLOWED_METHODS);
+            return Some(r);
+        }
+        if let Err(e) = req.validate() {
+            let (code, why) = match e {
+                ParseError::Invalid { code, reason } => (code, reason),
+                other => (400, other.to_string()),
+            };
+            debug!(%src, code, reason = %why, "SIP request refused");
+            let mut r = self.reply(req, code, src);
+            r.push_header(
+                "warning",
+                format!("399 switchboard \"{}\"", why.replace('"', "'")),
+            );
+            return Some(r);
+        }
+        let unsupported: Vec<&str> = req
+            .header_values("require")
+            .chain(req.header_values("proxy-require"))
+            .filter(|opt| !opt.eq_ignore_ascii_case("path"))
+            .collect();
+        if !unsupported.is_empty() && method != "CANCEL" {
+            let mut r = self.reply(req, 420, src);
+            r.push_header("unsupported", unsupported.join(", "));
+            return Some(r);
+        }
+        let uri = Uri::parse(req.request_uri().unwrap_or("")).ok()?;
+        if !uri.is_sip() && uri.scheme != switchboard_sip::uri::Scheme::Tel {
+            return Some(self.reply(req, 416, src));
+        }
+        match method {
+            "REGISTER" => Some(self.register(req, src, transport, now_ms).await),
+            "OPTIONS" => {
+                let mut r = self.reply(req, 200, src);
+                r.push_header("allow", ALLOWED_METHODS);
+                r.push_header("accept", "application/sdp");
+                r.push_header("supported", "path");
+                Some(r)
+            }
+            "INVITE" => Some(self.invite(req, src, now_ms)),
+            // No dialogs or transactions exist yet to match these.
+            _ => Some(self.reply(req, 481, src)),
+        }
+    }
+
+    fn invite(&self, req: &Message, src: SocketAddr, now_ms: u64) -> Message {
+        if !req.body.is_empty() {
+            let ct = req.header("content-type").unwrap_or("");
+            let media = ct.split(';').next().unwrap_or("").trim();
+            if !media.eq_ignore_ascii_case("application/sdp") {
+                let mut r = self.reply(req, 415, src);
+                r.push_header("accept", "application/sdp");
+                return r;
+            }
+        }
+        if req.count("accept") > 0
+            && !req.header_values("accept").any(|a| {
+                let a = a.split(';').next().unwrap_or("").trim();
+                a.eq_ignore_ascii_case("application/sdp")
+                    || a == "*/*"
+                    || a.eq_ignore_ascii_case("application/*")
+            })
+        {
+            let mut r = self.reply(req, 406, src);
+            r.push_header("accept", "application/sdp");
+            r.push_header(
+                "warning",
+                "399 switchboard \"only application/sdp is supported\"",
+            );
+            return r;
+        }
+        match self.authenticate(req, "proxy-authorization", src, now_ms) {
+            Auth::Ok(_) => {
+                // Calls are routed by the B2BUA, which is not built yet.
+                let mut r = self.reply(req, 480, src);
+                r.push_header(
+                    "warning",
+                    "399 switchboard \"call routing is not available yet\"",
+                );
+                r
+            }
+            Auth::Challenge { stale } => self.challenge(req, 407, stale, src),
+            Auth::Failed => self.challenge(req, 407, false, src),
+        }
+    }
+
+    fn challenge(&self, req: &Message, code: u16, stale: bool, src: SocketAddr) -> Message {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let nonce = self.nonces.issue(unix_now(), serial);
+        self.counts[(serial % NONCE_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .issued(serial / NONCE_SHARDS as u64);
+        let mut r = self.reply(req, code, src);
+        let header = if code == 407 {
+            "proxy-authenticate"
+        } else {
+            "www-authenticate"
+        };
+        for alg in &self.algorithms {
+            r.push_header(header, digest::challenge(*alg, &self.realm, &nonce, stale));
+        }
+        r
+    }
+
+    fn authenticate(&self, req: &Message, header: &str, src: SocketAddr, now_ms: u64) -> Auth {
+        let mut offered = None;
+        for value in req
+            .headers
+            .iter()
+            .filter(|(n, _)| n == header)
+            .map(|(_, v)| v)
+        {
+            match Credentials::parse(value) {
+                Ok(Some(c)) if c.realm == self.realm => {
+                    offered = Some(c);
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => return self.failed(src, now_ms, "malformed credentials"),
+            }
+        }
+        let Some(c) = offered else {
+            return Auth::Challenge { stale: false };
+        };
+        let Some(alg) = c.algorithm().filter(|a| self.algorithms.contains(a)) else {
+            return Auth::Challenge { stale: false };
+        };
+        let now = unix_now();
+        match self.nonces.check(&c.nonce, now) {
+            NonceCheck::Fresh { .. } => {}
+            NonceCheck::Stale => return Auth::Challenge { stale: true },
+            NonceCheck::Unknown => return Auth::Challenge { stale: false },
+        }
+        let Some(nc) = c.nonce_count() else {
+            return Auth::Challenge { stale: false };
+        };
+        let users = self.users();
+        let Some(user) = users.by_extension.get(&c.username) else {
+            // Same work as for a known user, then the same answer.
+            let _ = digest::response(alg, "0", &c, req.method().unwrap_or(""));
+            return self.failed(src, now_ms, "unknown user");
+        };
+        let ha1 = match alg {
+            Algorithm::Md5 => &user.ha1_md5,
+            Algorithm::Sha256 => &user.ha1_sha256,
+        };
+        let expected = digest::response(alg, ha1, &c, req.method().unwrap_or(""));
+        if !digest::constant_time_eq(expected.as_bytes(), c.response.as_bytes()) {
+            return self.failed(src, now_ms, "wrong password");
+        }
+        let Some(serial) = Nonces::serial(&c.nonce) else {
+            return Auth::Challenge { stale: false };
+        };
+        let branch = fnv(&[
+            req.via().and_then(|v| v.branch).as_deref().unwrap_or(""),
+            req.call_id().unwrap_or(""),
+        ]);
+        let check = self.counts[(serial % NONCE_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(serial / NONCE_SHARDS as u64, nc, branch);
+        match check {
+            CountCheck::Advanced | CountCheck::Retransmission => Auth::Ok(c.username),
+            CountCheck::Forgotten => Auth::Challenge { stale: true },
+            CountCheck::Replay => {
+                m::SIP_AUTH_FAILURES.with_label_values(&["replay"]).inc();
+                Auth::Challenge { stale: false }
+            }
+        }
+    }
+
+    fn failed(&self, src: SocketAddr, now_ms: u64, why: &'static str) -> Auth {
+        m::SIP_AUTH_FAILURES.with_label_values(&[why]).inc();
+        if self.guard.auth_failed(src.ip(), now_ms) {
+            m::SIP_BANS.inc();
+            warn!(source = %src.ip(), "banned after repeated SIP authentication failures");
+        }
+        Auth::Failed
+    }
+
+    async fn register(
+        &self,
+        req: &Message,
+        src: SocketAddr,
+        transport: Transport,
+        now_ms: u64,
+    ) -> Message {
+        let reg = match registrar::interpret(req, &self.policy) {
+            Ok(r) => r,
+            Err(RegisterError::Bad(why)) => {
+                let mut r = self.reply(req, 400, src);
+                r.push_header(
+                    "warning",
+                    format!("399 switchboard \"{}\"", why.replace('"', "'")),
+                );
+                return r;
+            }
+            Err(RegisterError::TooBrief { min_s }) => {
+                let mut r = self.reply(req, 423, src);
+                r.push_header("min-expires", min_s.to_string());
+                return r;
+            }
+        };
+        if !self.domains.is_empty() && !self.domains.contains(&reg.domain) {
+            return self.reply(req, 403, src);
+        }
+        let username = match self.authenticate(req, "authorization", src, now_ms) {
+            Auth::Ok(u) => u,
+            Auth::Challenge { stale } => return self.challenge(req, 401, stale, src),
+            Auth::Failed => return self.challenge(req, 401, false, src),
+        };
+        if username != reg.user {
+            // Authenticated, but for another extension's address of record.
+            return self.reply(req, 403, src);
+        }
+        let now = unix_now();
+        let update = Update {
+            aor: &reg.user,
+            call_id: &reg.call_id,
+            cseq: reg.cseq,
+            change: &reg.change,
+            received: src,
+            transport,
+            path: &reg.path,
+            now,
+        };
+        let updated = match self.location.update(&update).await {
+            Ok(u) => u,
+            Err(LocationError::OutOfOrder) => {
+                let mut r = self.reply(req, 500, src);
+                r.push_header("warning", "399 switchboard \"out-of-order REGISTER\"");
+                return r;
+            }
+            Err(e) => {
+                warn!(error = %e, "location service unavailable");
+                let mut r = self.reply(req, 503, src);
+                r.push_header("retry-after", "5");
+                return r;
+            }
+        };
+        let registered = !updated.bindings.is_empty();
+        if registered != updated.was_registered {
+            m::SIP_REGISTRATIONS.set(i64::try_from(self.location.count()).unwrap_or(i64::MAX));
+            info!(extension = %reg.user, registered, source = %src, "SIP registration changed");
+            if let Some(d) = &self.dispatcher
+                && let Some(user) = self.users().by_extension.get(&reg.user)
+                && !user.manager.is_empty()
+                && let Err(e) = d.set_registered(&user.manager, registered).await
+            {
+                warn!(error = %e, "could not record the manager's registration for routing");
+            }
+        }
+        let mut r = self.reply(req, 200, src);
+        for b in &updated.bindings {
+            r.push_header(
+                "contact",
+                format!(
+                    "<{}>;expires={}",
+                    b.contact,
+                    b.expires_at.saturating_sub(now)
+                ),
+            );
+        }
+        for p in &reg.path {
+            r.push_header("path", p.clone());
+        }
+        r.push_header("date", httpdate(now));
+        r
+    }
+
+    /// Registration changes for managers whose bindings expired.
+    pub async fn expire(&self) {
+        let emptied = self.location.expire(unix_now()).await;
+        m::SIP_REGISTRATIONS.set(i64::try_from(self.location.count()).unwrap_or(i64::MAX));
+        m::SIP_BANNED.set(i64::try_from(self.guard.banned(self.monotonic_ms())).unwrap_or(0));
+        self.guard.sweep(self.monotonic_ms());
+        let Some(d) = &self.dispatcher else { return };
+        let users = self.users();
+        for aor in emptied {
+            if let Some(u) = users.by_extension.get(&aor)
+                && !u.manager.is_empty()
+            {
+                let _ = d.set_registered(&u.manager, false).await;
+            }
+        }
+    }
+}
+
+/// Adds `received` (and fills `rport`) on the response's top Via.
+fn stamp_via(resp: &mut Message, src: SocketAddr) {
+    let Some((_, value)) = resp.headers.iter_mut().find(|(n, _)| n == "via") else {
+        return;
+    };
+    let mut parts = split_list(value);
+    let Some(top) = parts.next() else { return };
+    let rest: Vec<&str> = parts.collect();
+    let Ok(via) = message::Via::parse(top) else {
+        return;
+    };
+    let ip = src.ip().to_string();
+    let mut params: Vec<String> = Vec::new();
+    let (sent_by, existing) = top.split_once(';').unwrap_or((top, ""));
+    for p in existing.split(';').filter(|p| !p.trim().is_empty()) {
+        let key = p
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if key == "rport" || key == "received" {
+            continue;
+        }
+        params.push(p.trim().to_owned());
+    }
+    let received = if via.host.trim_matches(['[', ']']) == ip && via.rport.is_none() {
+        None
+    } else {
+        Some(format!("received={ip}"))
+    };
+    params.extend(received);
+    if via.rport.is_some() {
+        params.push(format!("rport={}", src.port()));
+    }
+    let mut top = sent_by.trim_end().to_owned();
+    for p in params {
+        top.push(';');
+        top.push_str(&p);
+    }
+    *value = std::iter::once(top.as_str())
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join(", ");
+}
+
+/// RFC 7231 date (SIP's Date header, RFC 3261 §20.17).
+fn httpdate(unix: Secs) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap_or(0))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
