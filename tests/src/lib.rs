@@ -3,6 +3,8 @@
 //! loopback ports the OS picks, talk to them as a user would, and stop only
 //! the processes started here.
 
+pub mod sip;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -331,6 +333,51 @@ impl Switchboard {
                     self.logs()
                 )
             })??)
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hangup(&self) -> Result<()> {
+        if let Some(pid) = self.pid() {
+            kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGHUP)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the log has a line containing `text`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> Result<()> {
+        let started = Instant::now();
+        while !self.logs().contains(text) {
+            if started.elapsed() > within {
+                bail!(
+                    "no log line with {text:?} after {within:?}; log:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// The value of the gateway's Prometheus sample `name` with (at least)
+    /// these labels, 0 when absent.
+    pub async fn gateway_metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        let (_, text) = self.get_text("gateway", "/metrics").await?;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((sample, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (metric, rest) = sample.split_once('{').unwrap_or((sample, ""));
+            if metric != name {
+                continue;
+            }
+            if labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            {
+                return Ok(value.parse()?);
+            }
+        }
+        Ok(0.0)
     }
 
     /// SIGKILL: a crash.

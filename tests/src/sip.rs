@@ -1,0 +1,202 @@
+//! A small SIP user agent for the end-to-end tests: sends requests over UDP
+//! from a loopback address of the test's choosing, answers digest
+//! challenges, and reads replies with a timeout (a dropped request is
+//! `None`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use switchboard_sip::digest::{self, Algorithm, Credentials};
+use switchboard_sip::message::{Message, param_value, parse};
+use tokio::net::UdpSocket;
+
+/// Where the checked-in peer files live (`tests/peers`).
+pub fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
+}
+
+#[derive(Debug)]
+pub struct SipClient {
+    socket: UdpSocket,
+    pub server: SocketAddr,
+    counter: u64,
+}
+
+impl SipClient {
+    /// A client on an ephemeral port of `ip` (any 127.0.0.0/8 address works
+    /// on Linux, so tests can play several sources).
+    pub async fn bind(ip: IpAddr, server: SocketAddr) -> Result<Self> {
+        let socket = UdpSocket::bind((ip, 0))
+            .await
+            .context("binding the SIP test client")?;
+        Ok(Self {
+            socket,
+            server,
+            counter: 0,
+        })
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Sends raw bytes and waits up to `wait` for one reply.
+    pub async fn exchange(&self, bytes: &[u8], wait: Duration) -> Result<Option<Message>> {
+        self.socket.send_to(bytes, self.server).await?;
+        self.recv(wait).await
+    }
+
+    /// Sends raw bytes without waiting.
+    pub async fn send(&self, bytes: &[u8]) -> Result<()> {
+        self.socket.send_to(bytes, self.server).await?;
+        Ok(())
+    }
+
+    pub async fn recv(&self, wait: Duration) -> Result<Option<Message>> {
+        let mut buf = vec![0u8; 65536];
+        match tokio::time::timeout(wait, self.socket.recv_from(&mut buf)).await {
+            Err(_) => Ok(None),
+            Ok(r) => {
+                let (n, _) = r?;
+                Ok(Some(
+                    parse(&buf[..n]).map_err(|e| anyhow!("unparseable reply: {e}"))?,
+                ))
+            }
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
+    }
+
+    /// A request from this client, with fresh branch and the given headers.
+    pub fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        user: &str,
+        call_id: &str,
+        cseq: u32,
+        extra: &str,
+    ) -> String {
+        let n = self.next();
+        let local = self.local();
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-t{n}-{cseq};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:{user}@switchboard.test>;tag=t{n}\r\nTo: <sip:{user}@switchboard.test>\r\nCall-ID: {call_id}\r\n\
+CSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// REGISTER `user` with `password` (answering the challenge with the
+    /// first algorithm offered); returns the final reply.
+    pub async fn register(&mut self, user: &str, password: &str, extra: &str) -> Result<Message> {
+        let call_id = format!("reg-{user}-{}", self.local().port());
+        self.register_in(user, password, &call_id, 1, extra).await
+    }
+
+    pub async fn register_in(
+        &mut self,
+        user: &str,
+        password: &str,
+        call_id: &str,
+        cseq: u32,
+        extra: &str,
+    ) -> Result<Message> {
+        let uri = format!("sip:{}", self.server);
+        let first = self.request("REGISTER", &uri, user, call_id, cseq, extra);
+        let challenge = self
+            .exchange(first.as_bytes(), Duration::from_secs(2))
+            .await?
+            .ok_or_else(|| anyhow!("no answer to REGISTER"))?;
+        if challenge.status() != Some(401) {
+            return Ok(challenge);
+        }
+        let auth = authorization(
+            &challenge,
+            "www-authenticate",
+            "REGISTER",
+            &uri,
+            user,
+            password,
+        )?;
+        let second = self.request(
+            "REGISTER",
+            &uri,
+            user,
+            call_id,
+            cseq + 1,
+            &format!("{extra}Authorization: {auth}\r\n"),
+        );
+        self.exchange(second.as_bytes(), Duration::from_secs(2))
+            .await?
+            .ok_or_else(|| anyhow!("no answer to the authenticated REGISTER"))
+    }
+}
+
+/// An Authorization value answering the first challenge in `header`.
+pub fn authorization(
+    challenge: &Message,
+    header: &str,
+    method: &str,
+    uri: &str,
+    user: &str,
+    password: &str,
+) -> Result<String> {
+    let value = challenge
+        .header(header)
+        .ok_or_else(|| anyhow!("no {header} in the challenge"))?;
+    let field = |name: &str| -> String {
+        value
+            .split(',')
+            .find_map(|p| {
+                let (k, v) = p.trim().trim_start_matches("Digest ").split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let alg = Algorithm::parse(&field("algorithm")).unwrap_or(Algorithm::Md5);
+    let realm = field("realm");
+    let creds = Credentials {
+        username: user.into(),
+        realm: realm.clone(),
+        nonce: field("nonce"),
+        uri: uri.into(),
+        response: String::new(),
+        algorithm: Some(alg.name().into()),
+        qop: Some("auth".into()),
+        nc: "00000001".into(),
+        cnonce: "0a4f113b".into(),
+    };
+    let ha1 = digest::ha1(alg, user, &realm, password);
+    let response = digest::response(alg, &ha1, &creds, method);
+    Ok(format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"0a4f113b\"",
+        creds.nonce,
+        alg.name()
+    ))
+}
+
+/// The `expires` parameter of each Contact in a REGISTER's 200.
+pub fn contact_expiries(reply: &Message) -> Vec<(String, u32)> {
+    reply
+        .header_values("contact")
+        .map(|c| {
+            let uri = c
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            let exp = param_value(c, "expires")
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            (uri, exp)
+        })
+        .collect()
+}
