@@ -10,6 +10,7 @@ pub mod addr;
 pub mod digest;
 pub mod message;
 pub mod registrar;
+pub mod transaction;
 pub mod uri;
 
 pub use addr::NameAddr;

@@ -1,0 +1,236 @@
+//! REGISTER with digest authentication: Switchboard beside Kamailio, in
+//! the same run, with the same SIPp scenario, users and load (closed loop:
+//! each SIPp process keeps a fixed number of registrations in flight), then
+//! the memory one binding costs, measured at 100,000 bindings or more.
+//!
+//! Needs `sipp` (Debian `sip-tester`), `kamailio`, and the release binary:
+//! `cargo build --release -p switchboard && cargo bench -p switchboard-tests
+//! --bench sip`. Sizes: `SIP_BENCH_USERS` (10000), `SIP_BENCH_SIPP`
+//! (processes, 3), `SIP_BENCH_REGISTERS` (per round, 60000),
+//! `SIP_BENCH_IN_FLIGHT` (per process, 40), `SIP_BENCH_ROUNDS` (2),
+//! `SIP_BENCH_BINDINGS` (100000).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use switchboard_tests::sip::{SipClient, peers_dir};
+use switchboard_tests::{Launch, free_port};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Round {
+    per_s: f64,
+    ok: u64,
+    failed: u64,
+    p99_ms: f64,
+}
+
+/// One load round: `procs` SIPp processes, `total` registrations in all.
+async fn load(target: SocketAddr, work: &Path, scenario: &str, users: &Path, procs: usize, total: usize, in_flight: usize) -> Round {
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for i in 0..procs {
+        let dir = work.join(format!("sipp-{i}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = tokio::process::Command::new("sipp")
+            .arg(target.to_string())
+            .arg("-sf")
+            .arg(peers_dir().join("sipp").join(scenario))
+            .arg("-inf")
+            .arg(users)
+            .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
+            .arg(free_port().unwrap().to_string())
+            .args(["-r", "100000", "-l"])
+            .arg(in_flight.to_string())
+            .arg("-m")
+            .arg((total / procs).to_string())
+            .args(["-nostdin", "-timeout", "120s", "-trace_stat", "-stf", "stat.csv", "-fd", "1"])
+            .args(["-trace_rtt", "-rtt_freq", "100000"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        children.push((dir, child));
+    }
+    let mut round = Round::default();
+    let mut rtts: Vec<f64> = Vec::new();
+    for (dir, mut child) in children {
+        child.wait().await.unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat.csv")).unwrap_or_default();
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
+        let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .and_then(|i| last.get(i))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        round.ok += col("SuccessfulCall(C)");
+        round.failed += col("FailedCall(C)");
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().ends_with("_rtt.csv") {
+                let text = std::fs::read_to_string(entry.path()).unwrap();
+                rtts.extend(text.lines().skip(1).filter_map(|l| l.split(';').nth(1)?.parse::<f64>().ok()));
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    round.per_s = round.ok as f64 / elapsed;
+    rtts.sort_by(f64::total_cmp);
+    round.p99_ms = rtts.get(rtts.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(f64::NAN);
+    round
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+async fn answers_options(addr: SocketAddr) -> bool {
+    let Ok(mut c) = SipClient::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), addr).await else {
+        return false;
+    };
+    let req = c.request("OPTIONS", &format!("sip:{addr}"), "bench", "ping", 1, "");
+    matches!(c.exchange(req.as_bytes(), Duration::from_millis(200)).await, Ok(Some(_)))
+}
+
+struct Kamailio(tokio::process::Child);
+
+impl Kamailio {
+    async fn start(work: &Path) -> (Self, SocketAddr) {
+        let port = free_port().unwrap();
+        let cfg = std::fs::read_to_string(peers_dir().join("kamailio/registrar.cfg"))
+            .unwrap()
+            .replace("127.0.0.1:5070", &format!("127.0.0.1:{port}"));
+        let file: PathBuf = work.join("kamailio.cfg");
+        std::fs::write(&file, cfg).unwrap();
+        let child = tokio::process::Command::new("kamailio")
+            .arg("-f")
+            .arg(&file)
+            .args(["-A", "WITH_AUTH", "-DD", "-E", "-m", "1024", "-M", "16"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kamailio (apt-get install kamailio)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !answers_options(addr).await {
+            assert!(Instant::now() < deadline, "kamailio did not answer on {addr}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (Kamailio(child), addr)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let users_n = env_usize("SIP_BENCH_USERS", 10_000);
+    let procs = env_usize("SIP_BENCH_SIPP", 3);
+    let total = env_usize("SIP_BENCH_REGISTERS", 60_000);
+    let in_flight = env_usize("SIP_BENCH_IN_FLIGHT", 40);
+    let rounds = env_usize("SIP_BENCH_ROUNDS", 2);
+    let bindings = env_usize("SIP_BENCH_BINDINGS", 100_000);
+
+    let work = tempfile::tempdir().unwrap();
+    let users = work.path().join("users.csv");
+    let out = std::process::Command::new("sh")
+        .arg(peers_dir().join("sipp/make-users.sh"))
+        .arg(users_n.to_string())
+        .arg("secret")
+        .output()
+        .unwrap();
+    std::fs::write(&users, out.stdout).unwrap();
+
+    let mut config = String::from(
+        "[log]\nlevel = \"warn\"\n[sip]\nalgorithms = [\"MD5\", \"SHA-256\"]\n[sip.security]\nrequests_per_second = 0\n",
+    );
+    for i in 1..=users_n {
+        config.push_str(&format!("[[sip.users]]\nextension = \"user{i:05}\"\npassword = \"secret\"\n"));
+    }
+    let file = work.path().join("switchboard.toml");
+    std::fs::write(&file, config).unwrap();
+    let sb = Launch::new(&work.path().join("data"))
+        .config(&file)
+        .command("gateway")
+        .env("SWITCHBOARD_LOG__LEVEL", "warn,switchboard=info")
+        .start()
+        .await
+        .unwrap();
+    let ours = sb.sip_udp.unwrap();
+    let (kamailio, theirs) = Kamailio::start(work.path()).await;
+    println!("switchboard on {ours}, kamailio on {theirs}; {procs} SIPp processes x {in_flight} in flight, {total} REGISTERs a round");
+
+    // Warm both up (users' first bindings, caches, allocator).
+    load(ours, work.path(), "register_auth.xml", &users, procs, users_n, in_flight).await;
+    load(theirs, work.path(), "register_auth.xml", &users, procs, users_n, in_flight).await;
+
+    let (mut best_ours, mut best_theirs) = (Round::default(), Round::default());
+    let (mut failed_ours, mut failed_theirs) = (0, 0);
+    for r in 0..rounds {
+        let t = load(theirs, work.path(), "register_auth.xml", &users, procs, total, in_flight).await;
+        let o = load(ours, work.path(), "register_auth.xml", &users, procs, total, in_flight).await;
+        println!(
+            "round {r}: kamailio {:.0}/s (p99 {} ms, {} failed)   switchboard {:.0}/s (p99 {} ms, {} failed)   ({:.2})",
+            t.per_s,
+            t.p99_ms,
+            t.failed,
+            o.per_s,
+            o.p99_ms,
+            o.failed,
+            o.per_s / t.per_s
+        );
+        failed_ours += o.failed;
+        failed_theirs += t.failed;
+        if o.per_s > best_ours.per_s {
+            best_ours = o;
+        }
+        if t.per_s > best_theirs.per_s {
+            best_theirs = t;
+        }
+    }
+    drop(kamailio);
+
+    // Memory per binding: add `bindings` new contacts and compare RSS.
+    let pid = sb.pid().unwrap();
+    let before_n = sb.gateway_metric("switchboard_sip_registrations", &[]).await.unwrap();
+    let before = rss_bytes(pid);
+    let added = load(ours, work.path(), "register_auth_unique.xml", &users, procs, bindings, in_flight).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_n = sb.gateway_metric("switchboard_sip_registrations", &[]).await.unwrap();
+    let after = rss_bytes(pid);
+    let per_binding = (after.saturating_sub(before)) as f64 / (after_n - before_n).max(1.0);
+    println!(
+        "bindings {before_n} -> {after_n} ({} registrations, {} failed); RSS {} -> {} MiB",
+        added.ok,
+        added.failed,
+        before / (1 << 20),
+        after / (1 << 20)
+    );
+    println!("failures: switchboard {failed_ours}, kamailio {failed_theirs}");
+    println!(
+        "BENCH sip_register_per_s={:.0} kamailio_register_per_s={:.0} register_ratio={:.2} p99_ms={} bytes_per_binding={:.0}",
+        best_ours.per_s,
+        best_theirs.per_s,
+        best_ours.per_s / best_theirs.per_s,
+        best_ours.p99_ms,
+        per_binding
+    );
+}
