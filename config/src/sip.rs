@@ -42,8 +42,58 @@ pub struct SipConfig {
     #[serde(with = "crate::model::humantime_serde")]
     pub tcp_idle_timeout: Duration,
     pub security: SipSecurityConfig,
+    /// Host (name or address) put in our Via and Contact headers; empty:
+    /// the UDP listener's address.
+    pub advertised_host: String,
+    /// A call ringing this long without an answer moves to the next
+    /// candidate (or ends as missed).
+    #[serde(with = "crate::model::humantime_serde")]
+    pub ring_timeout: Duration,
     /// The managers' extensions.
     pub users: Vec<SipUser>,
+    /// PBXs and SIP trunks calls come from (and external calls go to).
+    pub trunks: Vec<SipTrunk>,
+    /// Company numbers and the manager each rings when routing has no
+    /// better answer.
+    pub numbers: Vec<SipNumber>,
+}
+
+/// A PBX or carrier trunk.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipTrunk {
+    pub name: String,
+    /// Source IP addresses whose requests are this trunk's, without
+    /// authentication.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Digest credentials the trunk may authenticate with instead.
+    pub username: String,
+    pub password: String,
+    /// Where calls from managers to external numbers are sent, e.g.
+    /// "127.0.0.1:5080"; empty: this trunk takes no outgoing calls.
+    pub outbound: String,
+}
+
+impl fmt::Debug for SipTrunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SipTrunk")
+            .field("name", &self.name)
+            .field("addresses", &self.addresses)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("outbound", &self.outbound)
+            .finish()
+    }
+}
+
+/// A company number customers call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipNumber {
+    /// E.164, e.g. "+74950000000".
+    pub number: String,
+    /// The manager (routing.managers[].id or a sip.users[].manager) it rings.
+    pub manager: String,
 }
 
 impl Default for SipConfig {
@@ -65,7 +115,11 @@ impl Default for SipConfig {
             redis_prefix: "switchboard:".into(),
             tcp_idle_timeout: Duration::from_secs(600),
             security: SipSecurityConfig::default(),
+            advertised_host: String::new(),
+            ring_timeout: Duration::from_secs(30),
             users: Vec::new(),
+            trunks: Vec::new(),
+            numbers: Vec::new(),
         }
     }
 }
@@ -214,6 +268,71 @@ pub(crate) fn validate_sip(s: &SipConfig) -> Result<(), ConfigError> {
             crate::redact_url(&s.redis_url),
             "redis://HOST:PORT or rediss://HOST:PORT",
         ));
+    }
+    if s.ring_timeout < Duration::from_secs(1) || s.ring_timeout > Duration::from_secs(600) {
+        return Err(ConfigError::invalid(
+            "sip.ring_timeout",
+            humantime::format_duration(s.ring_timeout),
+            "a duration between 1s and 10m",
+        ));
+    }
+    for (i, t) in s.trunks.iter().enumerate() {
+        let key = format!("sip.trunks[{i}]");
+        if t.name.is_empty() {
+            return Err(ConfigError::invalid(
+                &format!("{key}.name"),
+                &t.name,
+                "a name for logs and events",
+            ));
+        }
+        if t.addresses.is_empty() && t.username.is_empty() {
+            return Err(ConfigError::invalid(
+                &format!("{key}.addresses"),
+                "[]",
+                "source addresses, or a username and password to authenticate the trunk",
+            ));
+        }
+        if !t.username.is_empty() && t.password.len() < 6 {
+            return Err(ConfigError::invalid(
+                &format!("{key}.password"),
+                "<redacted>",
+                "a password of 6 characters or more",
+            ));
+        }
+        if !t.outbound.is_empty() && t.outbound.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                &format!("{key}.outbound"),
+                &t.outbound,
+                "IP:PORT such as \"192.0.2.10:5060\"",
+            ));
+        }
+    }
+    for (i, n) in s.numbers.iter().enumerate() {
+        let key = format!("sip.numbers[{i}]");
+        let ok = n.number.len() > 4
+            && n.number.starts_with('+')
+            && n.number[1..].bytes().all(|b| b.is_ascii_digit());
+        if !ok {
+            return Err(ConfigError::invalid(
+                &format!("{key}.number"),
+                &n.number,
+                "an E.164 number such as \"+74950000000\"",
+            ));
+        }
+        if n.manager.is_empty() {
+            return Err(ConfigError::invalid(
+                &format!("{key}.manager"),
+                &n.manager,
+                "the manager this number rings",
+            ));
+        }
+        if !s.users.iter().any(|u| u.manager == n.manager) {
+            return Err(ConfigError::invalid(
+                &format!("{key}.manager"),
+                &n.manager,
+                "a manager named by one of sip.users[].manager",
+            ));
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, u) in s.users.iter().enumerate() {

@@ -170,7 +170,11 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_routing(&config.routing)?;
     crate::sip::validate_sip(&config.sip)?;
     for (i, u) in config.sip.users.iter().enumerate() {
-        if !u.manager.is_empty() && !config.routing.managers.iter().any(|m| m.id == u.manager) {
+        // Without routing, manager ids are labels for events.
+        if !u.manager.is_empty()
+            && !config.routing.managers.is_empty()
+            && !config.routing.managers.iter().any(|m| m.id == u.manager)
+        {
             return Err(ConfigError::invalid(
                 &format!("sip.users[{i}].manager"),
                 &u.manager,

@@ -113,3 +113,13 @@ gauge!(
     "switchboard_sip_tcp_connections",
     "Open SIP TCP connections."
 );
+gauge!(
+    SIP_CALLS,
+    "switchboard_sip_active_calls",
+    "Calls being set up or in progress through the B2BUA."
+);
+gauge!(
+    SIP_TRANSACTIONS,
+    "switchboard_sip_transactions",
+    "SIP transactions of calls in progress."
+);

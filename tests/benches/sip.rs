@@ -21,7 +21,10 @@ use switchboard_tests::sip::{SipClient, peers_dir};
 use switchboard_tests::{Launch, free_port};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,7 +36,15 @@ struct Round {
 }
 
 /// One load round: `procs` SIPp processes, `total` registrations in all.
-async fn load(target: SocketAddr, work: &Path, scenario: &str, users: &Path, procs: usize, total: usize, in_flight: usize) -> Round {
+async fn load(
+    target: SocketAddr,
+    work: &Path,
+    scenario: &str,
+    users: &Path,
+    procs: usize,
+    total: usize,
+    in_flight: usize,
+) -> Round {
     let started = Instant::now();
     let mut children = Vec::new();
     for i in 0..procs {
@@ -52,7 +63,16 @@ async fn load(target: SocketAddr, work: &Path, scenario: &str, users: &Path, pro
             .arg(in_flight.to_string())
             .arg("-m")
             .arg((total / procs).to_string())
-            .args(["-nostdin", "-timeout", "120s", "-trace_stat", "-stf", "stat.csv", "-fd", "1"])
+            .args([
+                "-nostdin",
+                "-timeout",
+                "120s",
+                "-trace_stat",
+                "-stf",
+                "stat.csv",
+                "-fd",
+                "1",
+            ])
             .args(["-trace_rtt", "-rtt_freq", "100000"])
             .current_dir(&dir)
             .stdout(Stdio::null())
@@ -82,14 +102,21 @@ async fn load(target: SocketAddr, work: &Path, scenario: &str, users: &Path, pro
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             if entry.file_name().to_string_lossy().ends_with("_rtt.csv") {
                 let text = std::fs::read_to_string(entry.path()).unwrap();
-                rtts.extend(text.lines().skip(1).filter_map(|l| l.split(';').nth(1)?.parse::<f64>().ok()));
+                rtts.extend(
+                    text.lines()
+                        .skip(1)
+                        .filter_map(|l| l.split(';').nth(1)?.parse::<f64>().ok()),
+                );
             }
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     round.per_s = round.ok as f64 / elapsed;
     rtts.sort_by(f64::total_cmp);
-    round.p99_ms = rtts.get(rtts.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(f64::NAN);
+    round.p99_ms = rtts
+        .get(rtts.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(f64::NAN);
     round
 }
 
@@ -108,10 +135,26 @@ async fn answers_options(addr: SocketAddr) -> bool {
         return false;
     };
     let req = c.request("OPTIONS", &format!("sip:{addr}"), "bench", "ping", 1, "");
-    matches!(c.exchange(req.as_bytes(), Duration::from_millis(200)).await, Ok(Some(_)))
+    matches!(
+        c.exchange(req.as_bytes(), Duration::from_millis(200)).await,
+        Ok(Some(_))
+    )
 }
 
 struct Kamailio(tokio::process::Child);
+
+impl Drop for Kamailio {
+    /// SIGTERM, so the main process stops its worker children too.
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
 
 impl Kamailio {
     async fn start(work: &Path) -> (Self, SocketAddr) {
@@ -133,7 +176,10 @@ impl Kamailio {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !answers_options(addr).await {
-            assert!(Instant::now() < deadline, "kamailio did not answer on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "kamailio did not answer on {addr}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         (Kamailio(child), addr)
@@ -163,7 +209,9 @@ async fn main() {
         "[log]\nlevel = \"warn\"\n[sip]\nalgorithms = [\"MD5\", \"SHA-256\"]\n[sip.security]\nrequests_per_second = 0\n",
     );
     for i in 1..=users_n {
-        config.push_str(&format!("[[sip.users]]\nextension = \"user{i:05}\"\npassword = \"secret\"\n"));
+        config.push_str(&format!(
+            "[[sip.users]]\nextension = \"user{i:05}\"\npassword = \"secret\"\n"
+        ));
     }
     let file = work.path().join("switchboard.toml");
     std::fs::write(&file, config).unwrap();
@@ -176,17 +224,55 @@ async fn main() {
         .unwrap();
     let ours = sb.sip_udp.unwrap();
     let (kamailio, theirs) = Kamailio::start(work.path()).await;
-    println!("switchboard on {ours}, kamailio on {theirs}; {procs} SIPp processes x {in_flight} in flight, {total} REGISTERs a round");
+    println!(
+        "switchboard on {ours}, kamailio on {theirs}; {procs} SIPp processes x {in_flight} in flight, {total} REGISTERs a round"
+    );
 
     // Warm both up (users' first bindings, caches, allocator).
-    load(ours, work.path(), "register_auth.xml", &users, procs, users_n, in_flight).await;
-    load(theirs, work.path(), "register_auth.xml", &users, procs, users_n, in_flight).await;
+    load(
+        ours,
+        work.path(),
+        "register_auth.xml",
+        &users,
+        procs,
+        users_n,
+        in_flight,
+    )
+    .await;
+    load(
+        theirs,
+        work.path(),
+        "register_auth.xml",
+        &users,
+        procs,
+        users_n,
+        in_flight,
+    )
+    .await;
 
     let (mut best_ours, mut best_theirs) = (Round::default(), Round::default());
     let (mut failed_ours, mut failed_theirs) = (0, 0);
     for r in 0..rounds {
-        let t = load(theirs, work.path(), "register_auth.xml", &users, procs, total, in_flight).await;
-        let o = load(ours, work.path(), "register_auth.xml", &users, procs, total, in_flight).await;
+        let t = load(
+            theirs,
+            work.path(),
+            "register_auth.xml",
+            &users,
+            procs,
+            total,
+            in_flight,
+        )
+        .await;
+        let o = load(
+            ours,
+            work.path(),
+            "register_auth.xml",
+            &users,
+            procs,
+            total,
+            in_flight,
+        )
+        .await;
         println!(
             "round {r}: kamailio {:.0}/s (p99 {} ms, {} failed)   switchboard {:.0}/s (p99 {} ms, {} failed)   ({:.2})",
             t.per_s,
@@ -210,11 +296,26 @@ async fn main() {
 
     // Memory per binding: add `bindings` new contacts and compare RSS.
     let pid = sb.pid().unwrap();
-    let before_n = sb.gateway_metric("switchboard_sip_registrations", &[]).await.unwrap();
+    let before_n = sb
+        .gateway_metric("switchboard_sip_registrations", &[])
+        .await
+        .unwrap();
     let before = rss_bytes(pid);
-    let added = load(ours, work.path(), "register_auth_unique.xml", &users, procs, bindings, in_flight).await;
+    let added = load(
+        ours,
+        work.path(),
+        "register_auth_unique.xml",
+        &users,
+        procs,
+        bindings,
+        in_flight,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after_n = sb.gateway_metric("switchboard_sip_registrations", &[]).await.unwrap();
+    let after_n = sb
+        .gateway_metric("switchboard_sip_registrations", &[])
+        .await
+        .unwrap();
     let after = rss_bytes(pid);
     let per_binding = (after.saturating_sub(before)) as f64 / (after_n - before_n).max(1.0);
     println!(

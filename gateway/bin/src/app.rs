@@ -150,9 +150,16 @@ pub(crate) async fn run(
             gateway = gateway.with_dispatcher(dispatcher);
         }
         if config.sip.enabled {
-            let sip = SipServer::bind(&config.sip, gateway.dispatcher().cloned())
-                .await
-                .context("cannot start SIP (sip.udp_listen, sip.tcp_listen)")?;
+            let country = std::str::FromStr::from_str(&config.gateway.default_country)
+                .unwrap_or(phonenumber::country::Id::RU);
+            let sip = SipServer::bind(
+                &config.sip,
+                gateway.dispatcher().cloned(),
+                Some(feed.clone()),
+                country,
+            )
+            .await
+            .context("cannot start SIP (sip.udp_listen, sip.tcp_listen)")?;
             for addr in sip.udp_addrs() {
                 tracing::info!(service = "sip", transport = "udp", %addr, "listening");
             }

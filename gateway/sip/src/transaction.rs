@@ -101,7 +101,10 @@ impl ClientTx {
 
     /// When `on_timer` must be called next.
     pub fn next_timer(&self) -> Option<u64> {
-        [self.retransmit_at, self.timeout_at, self.end_at].into_iter().flatten().min()
+        [self.retransmit_at, self.timeout_at, self.end_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// A response arrived. `ack` builds the ACK for a failure response to
@@ -246,15 +249,21 @@ impl ServerTx {
     }
 
     pub fn next_timer(&self) -> Option<u64> {
-        [self.retransmit_at, self.timeout_at, self.end_at].into_iter().flatten().min()
+        [self.retransmit_at, self.timeout_at, self.end_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The request came again: what to resend (absorbing it otherwise).
     pub fn on_retransmission(&mut self) -> Vec<Action> {
         match self.state {
-            ServerState::Proceeding | ServerState::Completed => {
-                self.last_response.clone().map(Action::Send).into_iter().collect()
-            }
+            ServerState::Proceeding | ServerState::Completed => self
+                .last_response
+                .clone()
+                .map(Action::Send)
+                .into_iter()
+                .collect(),
             _ => vec![],
         }
     }
@@ -272,7 +281,10 @@ impl ServerTx {
 
     /// The transaction user sends a response.
     pub fn respond(&mut self, code: u16, bytes: Bytes, now: u64) -> Vec<Action> {
-        if matches!(self.state, ServerState::Terminated | ServerState::Confirmed | ServerState::Accepted) {
+        if matches!(
+            self.state,
+            ServerState::Terminated | ServerState::Confirmed | ServerState::Accepted
+        ) {
             return vec![];
         }
         if self.state == ServerState::Completed {
@@ -299,7 +311,13 @@ impl ServerTx {
             }
             Kind::NonInvite => {
                 self.state = ServerState::Completed;
-                self.end_at = Some(now + if self.reliable { 0 } else { 64 * self.timers.t1 });
+                self.end_at = Some(
+                    now + if self.reliable {
+                        0
+                    } else {
+                        64 * self.timers.t1
+                    },
+                );
                 if self.reliable {
                     self.state = ServerState::Terminated;
                     out.push(Action::Terminated);
@@ -344,7 +362,10 @@ mod tests {
     use super::*;
 
     fn sends(actions: &[Action]) -> usize {
-        actions.iter().filter(|a| matches!(a, Action::Send(_))).count()
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send(_)))
+            .count()
     }
 
     /// Runs the clock from `from` to `to` in 1 ms steps at the transaction's
@@ -362,27 +383,62 @@ mod tests {
 
     #[test]
     fn invite_client_retransmits_with_timer_a_and_gives_up_at_timer_b() {
-        let mut tx = ClientTx::new(Kind::Invite, Bytes::from_static(b"INVITE"), false, Timers::default(), 0);
+        let mut tx = ClientTx::new(
+            Kind::Invite,
+            Bytes::from_static(b"INVITE"),
+            false,
+            Timers::default(),
+            0,
+        );
         let events = run_client(&mut tx, 40_000);
-        let resent: Vec<u64> = events.iter().filter(|(_, a)| matches!(a, Action::Send(_))).map(|(t, _)| *t).collect();
+        let resent: Vec<u64> = events
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Send(_)))
+            .map(|(t, _)| *t)
+            .collect();
         // A doubles from T1: 500, 1500, 3500, 7500, 15500, 31500 ms.
         assert_eq!(resent, [500, 1500, 3500, 7500, 15_500, 31_500]);
-        assert_eq!(events.last().map(|(t, a)| (*t, a.clone())), Some((32_000, Action::Terminated)));
-        assert!(events.iter().any(|(t, a)| *t == 32_000 && *a == Action::Timeout));
+        assert_eq!(
+            events.last().map(|(t, a)| (*t, a.clone())),
+            Some((32_000, Action::Terminated))
+        );
+        assert!(
+            events
+                .iter()
+                .any(|(t, a)| *t == 32_000 && *a == Action::Timeout)
+        );
         assert_eq!(tx.state(), ClientState::Terminated);
     }
 
     #[test]
     fn invite_client_acks_failures_and_absorbs_their_retransmissions() {
-        let mut tx = ClientTx::new(Kind::Invite, Bytes::from_static(b"INVITE"), false, Timers::default(), 0);
-        assert_eq!(tx.on_response(180, 100, || unreachable!()), vec![Action::Response(180)]);
+        let mut tx = ClientTx::new(
+            Kind::Invite,
+            Bytes::from_static(b"INVITE"),
+            false,
+            Timers::default(),
+            0,
+        );
+        assert_eq!(
+            tx.on_response(180, 100, || unreachable!()),
+            vec![Action::Response(180)]
+        );
         // Proceeding: no more retransmissions, no timer B.
         assert_eq!(tx.next_timer(), None);
         let acts = tx.on_response(486, 5000, || Bytes::from_static(b"ACK"));
-        assert_eq!(acts, vec![Action::Send(Bytes::from_static(b"ACK")), Action::Response(486)]);
+        assert_eq!(
+            acts,
+            vec![
+                Action::Send(Bytes::from_static(b"ACK")),
+                Action::Response(486)
+            ]
+        );
         assert_eq!(tx.state(), ClientState::Completed);
         // The 486 again: the same ACK again, not passed up.
-        assert_eq!(tx.on_response(486, 6000, || unreachable!()), vec![Action::Send(Bytes::from_static(b"ACK"))]);
+        assert_eq!(
+            tx.on_response(486, 6000, || unreachable!()),
+            vec![Action::Send(Bytes::from_static(b"ACK"))]
+        );
         // Timer D: 32 s.
         assert_eq!(tx.next_timer(), Some(37_000));
         assert_eq!(tx.on_timer(37_000), vec![Action::Terminated]);
@@ -390,26 +446,66 @@ mod tests {
 
     #[test]
     fn invite_client_accepts_2xx_retransmissions_for_the_tu() {
-        let mut tx = ClientTx::new(Kind::Invite, Bytes::from_static(b"INVITE"), true, Timers::default(), 0);
+        let mut tx = ClientTx::new(
+            Kind::Invite,
+            Bytes::from_static(b"INVITE"),
+            true,
+            Timers::default(),
+            0,
+        );
         // Reliable: no timer A.
         assert_eq!(tx.next_timer(), Some(32_000));
-        assert_eq!(tx.on_response(200, 10, || unreachable!()), vec![Action::Response(200)]);
+        assert_eq!(
+            tx.on_response(200, 10, || unreachable!()),
+            vec![Action::Response(200)]
+        );
         assert_eq!(tx.state(), ClientState::Accepted);
-        assert_eq!(tx.on_response(200, 20, || unreachable!()), vec![Action::Response(200)]);
+        assert_eq!(
+            tx.on_response(200, 20, || unreachable!()),
+            vec![Action::Response(200)]
+        );
         assert_eq!(tx.on_timer(10 + 32_000), vec![Action::Terminated]);
     }
 
     #[test]
     fn non_invite_client_caps_timer_e_at_t2() {
-        let mut tx = ClientTx::new(Kind::NonInvite, Bytes::from_static(b"BYE"), false, Timers::default(), 0);
+        let mut tx = ClientTx::new(
+            Kind::NonInvite,
+            Bytes::from_static(b"BYE"),
+            false,
+            Timers::default(),
+            0,
+        );
         let events = run_client(&mut tx, 40_000);
-        let resent: Vec<u64> = events.iter().filter(|(_, a)| matches!(a, Action::Send(_))).map(|(t, _)| *t).collect();
+        let resent: Vec<u64> = events
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Send(_)))
+            .map(|(t, _)| *t)
+            .collect();
         // 500, 1000, 2000, 4000, then every 4000 until F at 32000.
-        assert_eq!(resent, [500, 1500, 3500, 7500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500]);
-        assert!(events.iter().any(|(t, a)| *t == 32_000 && *a == Action::Timeout));
+        assert_eq!(
+            resent,
+            [
+                500, 1500, 3500, 7500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500
+            ]
+        );
+        assert!(
+            events
+                .iter()
+                .any(|(t, a)| *t == 32_000 && *a == Action::Timeout)
+        );
 
-        let mut tx = ClientTx::new(Kind::NonInvite, Bytes::from_static(b"BYE"), false, Timers::default(), 0);
-        assert_eq!(tx.on_response(200, 300, || unreachable!()), vec![Action::Response(200)]);
+        let mut tx = ClientTx::new(
+            Kind::NonInvite,
+            Bytes::from_static(b"BYE"),
+            false,
+            Timers::default(),
+            0,
+        );
+        assert_eq!(
+            tx.on_response(200, 300, || unreachable!()),
+            vec![Action::Response(200)]
+        );
         // Timer K = T4, and later responses are absorbed.
         assert_eq!(tx.next_timer(), Some(5300));
         assert!(tx.on_response(200, 400, || unreachable!()).is_empty());
@@ -421,10 +517,16 @@ mod tests {
         let mut tx = ServerTx::new(Kind::Invite, false, Timers::default());
         assert_eq!(sends(&tx.respond(100, Bytes::from_static(b"100"), 0)), 1);
         // A retransmitted INVITE gets the provisional again.
-        assert_eq!(tx.on_retransmission(), vec![Action::Send(Bytes::from_static(b"100"))]);
+        assert_eq!(
+            tx.on_retransmission(),
+            vec![Action::Send(Bytes::from_static(b"100"))]
+        );
         assert_eq!(sends(&tx.respond(486, Bytes::from_static(b"486"), 1000)), 1);
         // Timer G: 1500, 2500, 4500 (doubling), then ACK.
-        assert_eq!(tx.on_timer(1500), vec![Action::Send(Bytes::from_static(b"486"))]);
+        assert_eq!(
+            tx.on_timer(1500),
+            vec![Action::Send(Bytes::from_static(b"486"))]
+        );
         assert_eq!(tx.next_timer(), Some(2500));
         assert_eq!(sends(&tx.on_timer(2500)), 1);
         assert_eq!(tx.next_timer(), Some(4500));
@@ -442,8 +544,7 @@ mod tests {
         tx.respond(480, Bytes::from_static(b"480"), 0);
         let mut t = 0;
         let mut resent = 0;
-        loop {
-            let Some(next) = tx.next_timer() else { break };
+        while let Some(next) = tx.next_timer() {
             t = next;
             let acts = tx.on_timer(t);
             resent += sends(&acts);
@@ -462,12 +563,18 @@ mod tests {
         // Trying: a retransmission is absorbed silently.
         assert!(tx.on_retransmission().is_empty());
         tx.respond(200, Bytes::from_static(b"200"), 100);
-        assert_eq!(tx.on_retransmission(), vec![Action::Send(Bytes::from_static(b"200"))]);
+        assert_eq!(
+            tx.on_retransmission(),
+            vec![Action::Send(Bytes::from_static(b"200"))]
+        );
         assert_eq!(tx.next_timer(), Some(32_100));
         assert_eq!(tx.on_timer(32_100), vec![Action::Terminated]);
         // Over TCP it ends at once.
         let mut tcp = ServerTx::new(Kind::NonInvite, true, Timers::default());
-        assert_eq!(tcp.respond(200, Bytes::from_static(b"200"), 0).last(), Some(&Action::Terminated));
+        assert_eq!(
+            tcp.respond(200, Bytes::from_static(b"200"), 0).last(),
+            Some(&Action::Terminated)
+        );
     }
 
     #[test]

@@ -7,29 +7,34 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use switchboard_config::{ConfigError, SipConfig};
+use switchboard_config::{ConfigError, SipConfig, SipNumber, SipTrunk};
 use switchboard_sip::digest::{
     self, Algorithm, CountCheck, Credentials, NonceCheck, NonceCounts, Nonces,
 };
-use switchboard_sip::message::{self, Message, ParseError, split_list};
+use switchboard_sip::message::{self, Message, ParseError};
 use switchboard_sip::registrar::{self, ExpiryPolicy, RegisterError};
-use switchboard_sip::{ALLOWED_METHODS, Uri, is_known_method};
+use switchboard_sip::{ALLOWED_METHODS, NameAddr, Uri, is_known_method};
+use switchboard_storage::{Channel, Contact, ContactKey, FeedLog, Interaction};
+use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
+use super::b2bua::{CallEvent, Calls, Candidate, NewCall, Send, stamp_rport, target_addr};
 use super::guard::{Guard, Verdict};
 use super::location::{Location, LocationError, Secs, Transport, Update};
 use crate::dispatch::Dispatcher;
 use crate::metrics as m;
 
-/// One extension's precomputed secrets.
+/// One extension's (or trunk's) precomputed secrets.
 #[derive(Debug, Clone)]
 struct User {
     ha1_md5: String,
     ha1_sha256: String,
     manager: String,
+    /// Set for a trunk's credentials: calls from it are inbound.
+    trunk: Option<String>,
 }
 
 /// The extensions, swapped whole on reload.
@@ -50,6 +55,23 @@ impl Users {
                     ha1_md5: digest::ha1(Algorithm::Md5, &u.extension, &cfg.realm, &password),
                     ha1_sha256: digest::ha1(Algorithm::Sha256, &u.extension, &cfg.realm, &password),
                     manager: u.manager.clone(),
+                    trunk: None,
+                },
+            );
+        }
+        for t in cfg.trunks.iter().filter(|t| !t.username.is_empty()) {
+            by_extension.insert(
+                t.username.clone(),
+                User {
+                    ha1_md5: digest::ha1(Algorithm::Md5, &t.username, &cfg.realm, &t.password),
+                    ha1_sha256: digest::ha1(
+                        Algorithm::Sha256,
+                        &t.username,
+                        &cfg.realm,
+                        &t.password,
+                    ),
+                    manager: String::new(),
+                    trunk: Some(t.name.clone()),
                 },
             );
         }
@@ -57,7 +79,10 @@ impl Users {
     }
 
     pub fn len(&self) -> usize {
-        self.by_extension.len()
+        self.by_extension
+            .values()
+            .filter(|u| u.trunk.is_none())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,6 +115,23 @@ pub struct Core<L> {
     location: L,
     dispatcher: Option<Dispatcher>,
     epoch: Instant,
+    calls: Mutex<Calls>,
+    socket: OnceLock<Arc<UdpSocket>>,
+    trunks: Vec<SipTrunk>,
+    numbers: Vec<SipNumber>,
+    country: phonenumber::country::Id,
+    feed: Option<FeedLog>,
+}
+
+/// What the core needs from the rest of the gateway.
+#[derive(Debug, Clone)]
+pub struct CoreContext {
+    /// Our UDP address, for Via and Contact (the host may be overridden).
+    pub local: SocketAddr,
+    pub host: String,
+    pub dispatcher: Option<Dispatcher>,
+    pub feed: Option<FeedLog>,
+    pub country: phonenumber::country::Id,
 }
 
 impl<L> std::fmt::Debug for Core<L> {
@@ -147,6 +189,8 @@ fn reason(code: u16) -> &'static str {
         423 => "Interval Too Brief",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
         500 => "Server Internal Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
@@ -156,7 +200,7 @@ fn reason(code: u16) -> &'static str {
 }
 
 impl<L: Location> Core<L> {
-    pub fn new(cfg: &SipConfig, users: Users, location: L, dispatcher: Option<Dispatcher>) -> Self {
+    pub fn new(cfg: &SipConfig, users: Users, location: L, ctx: CoreContext) -> Self {
         let secret: [u8; 32] = if cfg.nonce_secret.is_empty() {
             let mut s = [0u8; 32];
             s[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -166,6 +210,7 @@ impl<L: Location> Core<L> {
             use sha2::Digest;
             sha2::Sha256::digest(cfg.nonce_secret.as_bytes()).into()
         };
+        let salt = uuid::Uuid::new_v4().as_u64_pair().1 & 0xffff_ffff;
         let algorithms = cfg
             .algorithms
             .iter()
@@ -189,9 +234,73 @@ impl<L: Location> Core<L> {
                 .collect(),
             guard: Guard::new(&cfg.security),
             location,
-            dispatcher,
+            dispatcher: ctx.dispatcher,
             epoch: Instant::now(),
+            calls: Mutex::new(Calls::new(
+                ctx.local,
+                ctx.host,
+                u64::try_from(cfg.ring_timeout.as_millis()).unwrap_or(30_000),
+                salt,
+            )),
+            socket: OnceLock::new(),
+            trunks: cfg.trunks.clone(),
+            numbers: cfg.numbers.clone(),
+            country: ctx.country,
+            feed: ctx.feed,
         }
+    }
+
+    /// The socket calls' messages leave from.
+    pub fn set_socket(&self, socket: Arc<UdpSocket>) {
+        let _ = self.socket.set(socket);
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends what the B2BUA produced and writes its events to the feed.
+    async fn emit(&self, sends: Vec<Send>, events: Vec<CallEvent>) {
+        if let Some(socket) = self.socket.get() {
+            for s in sends {
+                if let Err(e) = socket.send_to(&s.bytes, s.to).await {
+                    debug!(to = %s.to, error = %e, "SIP send failed");
+                }
+            }
+        }
+        for ev in events {
+            let mut i = Interaction::new(
+                ev.kind,
+                Channel::Sip,
+                ev.contact,
+                time::OffsetDateTime::now_utc(),
+                ev.payload,
+            );
+            i.manager = ev.manager;
+            i.conversation = Some(ev.conversation);
+            info!(kind = ev.kind.as_str(), conversation = ?i.conversation, "call event");
+            match &self.feed {
+                Some(feed) => {
+                    if let Err(e) = feed.publish(&i).await {
+                        warn!(error = %e, "call event not written to the feed");
+                    }
+                }
+                None => debug!("no feed: call event dropped"),
+            }
+        }
+    }
+
+    /// Timers of calls in progress; call every few tens of milliseconds.
+    pub async fn tick(&self) {
+        let now = self.monotonic_ms();
+        let (sends, events, active, txs) = {
+            let mut calls = self.calls();
+            let (s, e) = calls.tick(now);
+            (s, e, calls.active(), calls.transactions())
+        };
+        m::SIP_CALLS.set(i64::try_from(active).unwrap_or(i64::MAX));
+        m::SIP_TRANSACTIONS.set(i64::try_from(txs).unwrap_or(i64::MAX));
+        self.emit(sends, events).await;
     }
 
     pub fn location(&self) -> &L {
@@ -243,8 +352,11 @@ impl<L: Location> Core<L> {
             }
         };
         let Some(method) = msg.method().map(str::to_owned) else {
-            // No client transactions yet: every response is a stray one.
-            m::SIP_DROPPED.with_label_values(&["stray_response"]).inc();
+            let handled = self.calls().on_response(&msg, now_ms);
+            match handled {
+                Some((sends, events)) => self.emit(sends, events).await,
+                None => m::SIP_DROPPED.with_label_values(&["stray_response"]).inc(),
+            }
             return None;
         };
         if self.guard.is_scanner(msg.header("user-agent")) {
@@ -267,17 +379,21 @@ impl<L: Location> Core<L> {
     /// A response with Via, From, To, Call-ID and CSeq copied, a To tag
     /// that is the same for retransmissions, and the top Via stamped with
     /// `received`/`rport` (RFC 3581).
-    fn reply(&self, req: &Message, code: u16, src: SocketAddr) -> Message {
-        let tag = format!(
+    fn to_tag(&self, req: &Message) -> String {
+        format!(
             "{:012x}",
             fnv(&[
                 req.call_id().unwrap_or(""),
                 req.header("from").unwrap_or(""),
                 req.via().and_then(|v| v.branch).as_deref().unwrap_or(""),
             ]) & 0xffff_ffff_ffff
-        );
+        )
+    }
+
+    fn reply(&self, req: &Message, code: u16, src: SocketAddr) -> Message {
+        let tag = self.to_tag(req);
         let mut resp = req.response(code, reason(code), Some(&tag));
-        stamp_via(&mut resp, src);
+        stamp_rport(&mut resp, src);
         resp.push_header("server", "Switchboard");
         resp
     }
@@ -291,6 +407,9 @@ impl<L: Location> Core<L> {
         now_ms: u64,
     ) -> Option<Message> {
         if method == "ACK" {
+            // Ends a failed INVITE's transaction, or confirms an answered
+            // call; either way nothing is sent back.
+            self.calls().on_ack(req, now_ms);
             return None;
         }
         if !is_known_method(method) {
@@ -325,7 +444,30 @@ impl<L: Location> Core<L> {
         if !uri.is_sip() && uri.scheme != switchboard_sip::uri::Scheme::Tel {
             return Some(self.reply(req, 416, src));
         }
+        let has_to_tag = req
+            .header("to")
+            .is_some_and(|t| message::has_param(t, "tag"));
         match method {
+            "INVITE" if has_to_tag => self.in_dialog(req, src, now_ms).await,
+            "INVITE" => {
+                let retransmission = self.calls().on_invite_retransmission(req);
+                if let Some(sends) = retransmission {
+                    self.emit(sends, Vec::new()).await;
+                    return None;
+                }
+                self.invite(req, src, transport, now_ms).await
+            }
+            "CANCEL" => {
+                let cancelled = self.calls().on_cancel(req, src, now_ms);
+                match cancelled {
+                    Some((sends, events)) => {
+                        self.emit(sends, events).await;
+                        None
+                    }
+                    None => Some(self.reply(req, 481, src)),
+                }
+            }
+            "BYE" | "UPDATE" | "INFO" => self.in_dialog(req, src, now_ms).await,
             "REGISTER" => Some(self.register(req, src, transport, now_ms).await),
             "OPTIONS" => {
                 let mut r = self.reply(req, 200, src);
@@ -334,20 +476,35 @@ impl<L: Location> Core<L> {
                 r.push_header("supported", "path");
                 Some(r)
             }
-            "INVITE" => Some(self.invite(req, src, now_ms)),
-            // No dialogs or transactions exist yet to match these.
             _ => Some(self.reply(req, 481, src)),
         }
     }
 
-    fn invite(&self, req: &Message, src: SocketAddr, now_ms: u64) -> Message {
+    async fn in_dialog(&self, req: &Message, src: SocketAddr, now_ms: u64) -> Option<Message> {
+        let handled = self.calls().on_in_dialog(req, src, now_ms);
+        match handled {
+            Some((sends, events)) => {
+                self.emit(sends, events).await;
+                None
+            }
+            None => Some(self.reply(req, 481, src)),
+        }
+    }
+
+    async fn invite(
+        &self,
+        req: &Message,
+        src: SocketAddr,
+        transport: Transport,
+        now_ms: u64,
+    ) -> Option<Message> {
         if !req.body.is_empty() {
             let ct = req.header("content-type").unwrap_or("");
             let media = ct.split(';').next().unwrap_or("").trim();
             if !media.eq_ignore_ascii_case("application/sdp") {
                 let mut r = self.reply(req, 415, src);
                 r.push_header("accept", "application/sdp");
-                return r;
+                return Some(r);
             }
         }
         if req.count("accept") > 0
@@ -364,20 +521,224 @@ impl<L: Location> Core<L> {
                 "warning",
                 "399 switchboard \"only application/sdp is supported\"",
             );
-            return r;
+            return Some(r);
         }
-        match self.authenticate(req, "proxy-authorization", src, now_ms) {
-            Auth::Ok(_) => {
-                // Calls are routed by the B2BUA, which is not built yet.
-                let mut r = self.reply(req, 480, src);
-                r.push_header(
-                    "warning",
-                    "399 switchboard \"call routing is not available yet\"",
-                );
-                r
+        let trunk = self
+            .trunks
+            .iter()
+            .find(|t| t.addresses.contains(&src.ip()))
+            .map(|t| t.name.clone());
+        let (trunk, extension) = match trunk {
+            Some(t) => (Some(t), None),
+            None => match self.authenticate(req, "proxy-authorization", src, now_ms) {
+                Auth::Ok(user) => {
+                    let trunk = self
+                        .users()
+                        .by_extension
+                        .get(&user)
+                        .and_then(|u| u.trunk.clone());
+                    if trunk.is_some() {
+                        (trunk, None)
+                    } else {
+                        (None, Some(user))
+                    }
+                }
+                Auth::Challenge { stale } => return Some(self.challenge(req, 407, stale, src)),
+                // Wrong credentials: refused outright, never routed (no
+                // toll fraud through a guessed password).
+                Auth::Failed => return Some(self.reply(req, 403, src)),
+            },
+        };
+        if transport == Transport::Tcp {
+            let mut r = self.reply(req, 503, src);
+            r.push_header(
+                "warning",
+                "399 switchboard \"calls are taken over UDP only for now\"",
+            );
+            return Some(r);
+        }
+        if req
+            .header("max-forwards")
+            .is_some_and(|m| m.trim().parse::<u32>().is_ok_and(|n| n == 0))
+        {
+            return Some(self.reply(req, 483, src));
+        }
+        if self.calls().is_loop(req) {
+            return Some(self.reply(req, 482, src));
+        }
+        let uri = Uri::parse(req.request_uri().unwrap_or("")).ok()?;
+        let dialled = uri.user_unescaped().unwrap_or_default();
+        let Some(call) = self.plan(req, &dialled, trunk, extension).await else {
+            return Some(self.reply(req, 404, src));
+        };
+        let tag = self.to_tag(req);
+        let (sends, events) = self.calls().start(req.clone(), src, call, tag, now_ms);
+        self.emit(sends, events).await;
+        None
+    }
+
+    /// Who a new call rings, by where it came from and what was dialled.
+    async fn plan(
+        &self,
+        req: &Message,
+        dialled: &str,
+        trunk: Option<String>,
+        extension: Option<String>,
+    ) -> Option<NewCall> {
+        let users = self.users();
+        let caller_user = NameAddr::parse(req.header("from").unwrap_or(""), false)
+            .ok()
+            .and_then(|a| a.uri.user_unescaped())
+            .unwrap_or_default();
+        if let Some(trunk) = trunk {
+            // Inbound: the caller is the customer, the number a company line.
+            let number =
+                switchboard_adapters::contact::normalize_phone(dialled, self.country).ok()?;
+            let contact = self.contact_for(&caller_user);
+            let mut managers = Vec::new();
+            if let Some(d) = &self.dispatcher {
+                let key = switchboard_routing::RouteKey {
+                    channel: Some(Channel::Sip),
+                    line: Some(&number),
+                    campaign_source: None,
+                    language: None,
+                };
+                match d
+                    .plan_call(
+                        &contact.key,
+                        &key,
+                        crate::dispatch::now_ms(),
+                        &[],
+                        crate::dispatch::now_ms(),
+                    )
+                    .await
+                {
+                    Ok((_, ids)) => managers = ids,
+                    Err(e) => {
+                        warn!(error = %e, "routing state unavailable; using the number's manager")
+                    }
+                }
             }
-            Auth::Challenge { stale } => self.challenge(req, 407, stale, src),
-            Auth::Failed => self.challenge(req, 407, false, src),
+            let configured = self.numbers.iter().find(|n| n.number == number);
+            if let Some(n) = configured
+                && !managers.contains(&n.manager)
+            {
+                managers.push(n.manager.clone());
+            }
+            if managers.is_empty() {
+                return None;
+            }
+            let mut candidates = Vec::new();
+            for m in managers {
+                for (ext, _) in users
+                    .by_extension
+                    .iter()
+                    .filter(|(_, u)| u.manager == m && u.trunk.is_none())
+                {
+                    candidates.push(self.candidate(Some(m.clone()), ext).await);
+                }
+            }
+            return Some(NewCall {
+                direction: "inbound",
+                trunk: Some(trunk),
+                contact,
+                dialled: number,
+                from_extension: None,
+                candidates,
+            });
+        }
+        let from = extension?;
+        if let Some(target) = users
+            .by_extension
+            .get(dialled)
+            .filter(|u| u.trunk.is_none())
+        {
+            let manager = (!target.manager.is_empty()).then(|| target.manager.clone());
+            return Some(NewCall {
+                direction: "internal",
+                trunk: None,
+                contact: Contact {
+                    key: ContactKey::account(Channel::Sip, &from).into_string(),
+                    phone: None,
+                    email: None,
+                    user_id: Some(from.clone()),
+                    name: None,
+                },
+                dialled: dialled.to_owned(),
+                from_extension: Some(from),
+                candidates: vec![self.candidate(manager, dialled).await],
+            });
+        }
+        // A manager calling out: through the first trunk that takes calls.
+        let number = switchboard_adapters::contact::normalize_phone(dialled, self.country).ok()?;
+        let trunk = self.trunks.iter().find(|t| !t.outbound.is_empty())?;
+        let addr: SocketAddr = trunk.outbound.parse().ok()?;
+        let manager = users
+            .by_extension
+            .get(&from)
+            .map(|u| u.manager.clone())
+            .filter(|m| !m.is_empty());
+        let mut call = NewCall {
+            direction: "outbound",
+            trunk: Some(trunk.name.clone()),
+            contact: self.contact_for(&number),
+            dialled: number.clone(),
+            from_extension: Some(from),
+            candidates: vec![Candidate {
+                manager: None,
+                extension: None,
+                targets: vec![(format!("sip:{number}@{addr}"), addr)],
+            }],
+        };
+        call.candidates[0].manager = manager;
+        Some(call)
+    }
+
+    /// An extension's registered contacts, each with where to send to: the
+    /// contact's own address unless it is behind NAT (its IP differs from
+    /// the one the REGISTER came from), then the REGISTER's source.
+    async fn candidate(&self, manager: Option<String>, extension: &str) -> Candidate {
+        let bindings = self
+            .location
+            .lookup(extension, unix_now())
+            .await
+            .unwrap_or_default();
+        let targets = bindings
+            .iter()
+            .map(|b| {
+                let addr = Uri::parse(&b.contact)
+                    .ok()
+                    .and_then(|u| target_addr(&u))
+                    .filter(|a| a.ip() == b.received.ip())
+                    .unwrap_or(b.received);
+                (b.contact.to_string(), addr)
+            })
+            .collect();
+        Candidate {
+            manager,
+            extension: Some(extension.to_owned()),
+            targets,
+        }
+    }
+
+    /// The customer as the feed knows them: E.164 when the caller id is a
+    /// number, else the SIP user.
+    fn contact_for(&self, user: &str) -> Contact {
+        match switchboard_adapters::contact::normalize_phone(user, self.country) {
+            Ok(e164) => Contact {
+                key: ContactKey::phone(&e164).into_string(),
+                phone: Some(e164),
+                email: None,
+                user_id: None,
+                name: None,
+            },
+            Err(_) => Contact {
+                key: ContactKey::account(Channel::Sip, user).into_string(),
+                phone: None,
+                email: None,
+                user_id: Some(user.to_owned()),
+                name: None,
+            },
         }
     }
 
@@ -582,52 +943,6 @@ impl<L: Location> Core<L> {
             }
         }
     }
-}
-
-/// Adds `received` (and fills `rport`) on the response's top Via.
-fn stamp_via(resp: &mut Message, src: SocketAddr) {
-    let Some((_, value)) = resp.headers.iter_mut().find(|(n, _)| n == "via") else {
-        return;
-    };
-    let mut parts = split_list(value);
-    let Some(top) = parts.next() else { return };
-    let rest: Vec<&str> = parts.collect();
-    let Ok(via) = message::Via::parse(top) else {
-        return;
-    };
-    let ip = src.ip().to_string();
-    let mut params: Vec<String> = Vec::new();
-    let (sent_by, existing) = top.split_once(';').unwrap_or((top, ""));
-    for p in existing.split(';').filter(|p| !p.trim().is_empty()) {
-        let key = p
-            .split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if key == "rport" || key == "received" {
-            continue;
-        }
-        params.push(p.trim().to_owned());
-    }
-    let received = if via.host.trim_matches(['[', ']']) == ip && via.rport.is_none() {
-        None
-    } else {
-        Some(format!("received={ip}"))
-    };
-    params.extend(received);
-    if via.rport.is_some() {
-        params.push(format!("rport={}", src.port()));
-    }
-    let mut top = sent_by.trim_end().to_owned();
-    for p in params {
-        top.push(';');
-        top.push_str(&p);
-    }
-    *value = std::iter::once(top.as_str())
-        .chain(rest)
-        .collect::<Vec<_>>()
-        .join(", ");
 }
 
 /// RFC 7231 date (SIP's Date header, RFC 3261 §20.17).

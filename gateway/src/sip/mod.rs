@@ -2,6 +2,7 @@
 //! limits. The protocol rules live in the sans-IO `switchboard-sip` crate;
 //! this module owns sockets, time and shared state.
 
+pub mod b2bua;
 pub mod core;
 pub mod guard;
 pub mod location;
@@ -15,10 +16,11 @@ use switchboard_config::{ConfigError, LocationBackend, SipConfig};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-pub use self::core::{Core, Users};
+pub use self::core::{Core, CoreContext, Users};
 pub use location::{Location, MemoryLocation, Transport};
 
 use crate::dispatch::Dispatcher;
+use switchboard_storage::FeedLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SipError {
@@ -45,7 +47,12 @@ pub struct SipServer {
 
 impl SipServer {
     /// Binds every configured listener.
-    pub async fn bind(cfg: &SipConfig, dispatcher: Option<Dispatcher>) -> Result<Self, SipError> {
+    pub async fn bind(
+        cfg: &SipConfig,
+        dispatcher: Option<Dispatcher>,
+        feed: Option<FeedLog>,
+        country: phonenumber::country::Id,
+    ) -> Result<Self, SipError> {
         if cfg.location == LocationBackend::Redis {
             return Err(SipError::RedisLocation);
         }
@@ -81,7 +88,26 @@ impl SipServer {
                 })?;
             tcp.push(listener);
         }
-        let core = Arc::new(Core::new(cfg, users, MemoryLocation::default(), dispatcher));
+        let local = udp
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let host = if cfg.advertised_host.is_empty() {
+            local.ip().to_string()
+        } else {
+            cfg.advertised_host.clone()
+        };
+        let ctx = CoreContext {
+            local,
+            host,
+            dispatcher,
+            feed,
+            country,
+        };
+        let core = Arc::new(Core::new(cfg, users, MemoryLocation::default(), ctx));
+        if let Some(socket) = udp.first() {
+            core.set_socket(Arc::clone(socket));
+        }
         Ok(Self {
             core,
             udp,
@@ -135,10 +161,18 @@ impl SipServer {
         let core = Arc::clone(&self.core);
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut n = 0u32;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => core.expire().await,
+                    _ = tick.tick() => {
+                        core.tick().await;
+                        n = n.wrapping_add(1);
+                        if n.is_multiple_of(50) {
+                            core.expire().await;
+                        }
+                    }
                     () = stop.cancelled() => return,
                 }
             }

@@ -1,0 +1,1225 @@
+//! The back-to-back user agent: a call from a trunk or a manager's phone
+//! (the A leg) rings every registered contact of the chosen candidate at
+//! once (B legs); the first to answer is bridged, the others are
+//! cancelled; no answer within the ring timeout, or busy everywhere, moves
+//! to the next candidate. CANCEL, BYE from either side, re-INVITE/UPDATE
+//! relayed across, 3xx followed, Max-Forwards and loops checked. Every call
+//! ends in events: `call.ringing`, `call.answered`, `call.ended`,
+//! `call.missed`.
+//!
+//! Pure state: the caller passes messages and the time in, gets messages to
+//! send and events out. SDP passes through untouched (media anchoring is
+//! the media issue's).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use switchboard_sip::message::{Message, param_value, split_list};
+use switchboard_sip::transaction::{Action, ClientTx, Kind as TxKind, ServerTx, Timers};
+use switchboard_sip::{NameAddr, Uri};
+use switchboard_storage::{Contact, Kind};
+
+/// Something to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Send {
+    pub to: SocketAddr,
+    pub bytes: Bytes,
+}
+
+/// A call event for the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallEvent {
+    pub kind: Kind,
+    pub contact: Contact,
+    pub manager: Option<String>,
+    /// The caller's Call-ID: one conversation per call.
+    pub conversation: String,
+    pub payload: Value,
+}
+
+/// Who a call may ring next: one manager's (or extension's) contacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub manager: Option<String>,
+    pub extension: Option<String>,
+    /// (Request-URI, where to send it).
+    pub targets: Vec<(String, SocketAddr)>,
+}
+
+/// What the caller knows about a new call.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    /// `inbound` (from a trunk), `internal` (extension to extension),
+    /// `outbound` (a manager to an external number).
+    pub direction: &'static str,
+    pub trunk: Option<String>,
+    /// The customer: the caller for inbound calls, the callee for outbound.
+    pub contact: Contact,
+    /// The number or extension dialled.
+    pub dialled: String,
+    /// The extension that placed it (internal and outbound calls).
+    pub from_extension: Option<String>,
+    pub candidates: Vec<Candidate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkState {
+    Trying,
+    Ringing,
+    Failed(u16),
+    Answered,
+    Cancelled,
+}
+
+#[derive(Debug)]
+struct Fork {
+    uri: String,
+    addr: SocketAddr,
+    branch: String,
+    call_id: String,
+    from_tag: String,
+    invite: Bytes,
+    tx: ClientTx,
+    state: ForkState,
+    redirects: u8,
+}
+
+/// One side of an established call, from our point of view.
+#[derive(Debug, Clone)]
+struct Leg {
+    call_id: String,
+    /// Our From/To value for requests we send on this leg (with our tag).
+    local: String,
+    /// Theirs (with their tag).
+    remote: String,
+    target: String,
+    addr: SocketAddr,
+    cseq: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Setup,
+    Answered,
+    Ended,
+}
+
+#[derive(Debug)]
+struct Call {
+    invite: Message,
+    src: SocketAddr,
+    a_tx: ServerTx,
+    a_branch: String,
+    a_tag: String,
+    info: NewCall,
+    queue: VecDeque<Candidate>,
+    current: Option<Candidate>,
+    forks: Vec<Fork>,
+    ring_deadline: Option<u64>,
+    phase: Phase,
+    busy_seen: bool,
+    ringing_reported: bool,
+    started_ms: u64,
+    answered_ms: Option<u64>,
+    a_leg: Option<Leg>,
+    b_leg: Option<Leg>,
+    manager: Option<String>,
+    extension: Option<String>,
+}
+
+/// A request relayed from one leg to the other (BYE, re-INVITE, UPDATE).
+#[derive(Debug)]
+struct Relay {
+    call: u64,
+    tx: ClientTx,
+    /// The request as it arrived, and from where: the answer goes back.
+    original: Option<(Message, SocketAddr)>,
+    to: SocketAddr,
+    method: String,
+}
+
+/// Every call in progress.
+#[derive(Debug)]
+pub struct Calls {
+    local: SocketAddr,
+    host: String,
+    ring_timeout_ms: u64,
+    timers: Timers,
+    next_id: u64,
+    salt: u64,
+    calls: HashMap<u64, Call>,
+    /// A leg: (Call-ID, From tag).
+    by_a: HashMap<(String, String), u64>,
+    /// B legs and relays: our branch → call.
+    by_branch: HashMap<String, (u64, usize)>,
+    /// B leg Call-ID → call.
+    by_b_call: HashMap<String, u64>,
+    relays: HashMap<String, Relay>,
+}
+
+/// Our branch prefix: a Via with it and our address is a loop.
+const BRANCH_PREFIX: &str = "z9hG4bKsb";
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        500 => "Server Internal Error",
+        _ => "Status",
+    }
+}
+
+fn tag_of(value: &str) -> Option<String> {
+    param_value(value, "tag").map(str::to_owned)
+}
+
+impl Calls {
+    pub fn new(local: SocketAddr, host: String, ring_timeout_ms: u64, salt: u64) -> Self {
+        Calls {
+            local,
+            host,
+            ring_timeout_ms,
+            timers: Timers::default(),
+            next_id: 1,
+            salt,
+            calls: HashMap::new(),
+            by_a: HashMap::new(),
+            by_branch: HashMap::new(),
+            by_b_call: HashMap::new(),
+            relays: HashMap::new(),
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.phase != Phase::Ended)
+            .count()
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.calls
+            .values()
+            .map(|c| 1 + c.forks.len())
+            .sum::<usize>()
+            + self.relays.len()
+    }
+
+    fn unique(&mut self, what: &str) -> String {
+        self.next_id += 1;
+        format!("{what}{:x}{:x}", self.salt, self.next_id)
+    }
+
+    fn via(&self, branch: &str) -> String {
+        format!(
+            "SIP/2.0/UDP {}:{};branch={branch};rport",
+            self.host,
+            self.local.port()
+        )
+    }
+
+    fn contact(&self) -> String {
+        format!("<sip:switchboard@{}:{}>", self.host, self.local.port())
+    }
+
+    /// Whether a request already passed through us (our branch on a Via
+    /// with our address): a loop.
+    pub fn is_loop(&self, req: &Message) -> bool {
+        let port = self.local.port();
+        req.header_values("via").any(|v| {
+            switchboard_sip::Via::parse(v).is_ok_and(|via| {
+                via.branch
+                    .as_deref()
+                    .is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+                    && via.host == self.host
+                    && via.port.unwrap_or(5060) == port
+            })
+        })
+    }
+
+    /// The A leg's response with our tag, Contact and body.
+    fn a_response(contact: &str, call: &Call, code: u16, body: Option<(&str, &Bytes)>) -> Bytes {
+        let mut r = call.invite.response(code, reason(code), Some(&call.a_tag));
+        stamp_rport(&mut r, call.src);
+        if (101..300).contains(&code) {
+            r.push_header("contact", contact);
+        }
+        if let Some((ct, body)) = body {
+            r.push_header("content-type", ct);
+            r.body = body.clone();
+        }
+        Bytes::from(r.to_bytes())
+    }
+
+    /// A new call: answers 100 Trying and rings the first candidate.
+    pub fn start(
+        &mut self,
+        req: Message,
+        src: SocketAddr,
+        info: NewCall,
+        a_tag: String,
+        now: u64,
+    ) -> (Vec<Send>, Vec<CallEvent>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let key = (
+            req.call_id().unwrap_or("").to_owned(),
+            req.header("from").and_then(tag_of).unwrap_or_default(),
+        );
+        let a_branch = req.via().and_then(|v| v.branch).unwrap_or_default();
+        let mut call = Call {
+            src,
+            a_tx: ServerTx::new(TxKind::Invite, false, self.timers),
+            a_branch,
+            a_tag,
+            queue: info.candidates.clone().into(),
+            info,
+            invite: req,
+            current: None,
+            forks: Vec::new(),
+            ring_deadline: None,
+            phase: Phase::Setup,
+            busy_seen: false,
+            ringing_reported: false,
+            started_ms: now,
+            answered_ms: None,
+            a_leg: None,
+            b_leg: None,
+            manager: None,
+            extension: None,
+        };
+        let trying = Self::a_response(&self.contact(), &call, 100, None);
+        let mut out = Vec::new();
+        for a in call.a_tx.respond(100, trying, now) {
+            if let Action::Send(b) = a {
+                out.push(Send { to: src, bytes: b });
+            }
+        }
+        self.by_a.insert(key, id);
+        self.calls.insert(id, call);
+        let mut events = Vec::new();
+        self.ring_next(id, now, &mut out, &mut events);
+        (out, events)
+    }
+
+    /// Rings the next candidate, or ends the call as missed.
+    fn ring_next(&mut self, id: u64, now: u64, out: &mut Vec<Send>, events: &mut Vec<CallEvent>) {
+        loop {
+            let Some(call) = self.calls.get_mut(&id) else {
+                return;
+            };
+            let Some(cand) = call.queue.pop_front() else {
+                let code = if call.busy_seen {
+                    486
+                } else if call.current.is_none() {
+                    404
+                } else {
+                    480
+                };
+                let why = if call.busy_seen {
+                    "busy"
+                } else if call.current.is_none() {
+                    "no_one_available"
+                } else {
+                    "no_answer"
+                };
+                self.fail(id, code, why, now, out, events);
+                return;
+            };
+            if cand.targets.is_empty() {
+                call.current = Some(cand);
+                continue;
+            }
+            call.current = Some(cand.clone());
+            call.ring_deadline = Some(now + self.ring_timeout_ms);
+            for (uri, addr) in cand.targets {
+                self.add_fork(id, uri, addr, 0, now, out);
+            }
+            return;
+        }
+    }
+
+    fn add_fork(
+        &mut self,
+        id: u64,
+        uri: String,
+        addr: SocketAddr,
+        redirects: u8,
+        now: u64,
+        out: &mut Vec<Send>,
+    ) {
+        let branch = format!("{BRANCH_PREFIX}{}", self.unique("b"));
+        let call_id = self.unique("sbcall-");
+        let from_tag = self.unique("t");
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let inv = &call.invite;
+        let max_forwards = inv
+            .header("max-forwards")
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let caller = NameAddr::parse(inv.header("from").unwrap_or(""), false).ok();
+        let display = caller.as_ref().and_then(|c| c.display.clone());
+        let caller_user = caller
+            .as_ref()
+            .and_then(|c| c.uri.user.clone())
+            .unwrap_or_else(|| "anonymous".into());
+        let mut text = format!(
+            "INVITE {uri} SIP/2.0\r\nVia: {}\r\nMax-Forwards: {max_forwards}\r\nFrom: {}<sip:{caller_user}@{}>;tag={from_tag}\r\n\
+To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\r\n",
+            self.via(&branch),
+            display.map(|d| format!("\"{d}\" ")).unwrap_or_default(),
+            self.host,
+            self.contact(),
+            switchboard_sip::ALLOWED_METHODS,
+        );
+        if !inv.body.is_empty() {
+            text.push_str(&format!(
+                "Content-Type: {}\r\n",
+                inv.header("content-type").unwrap_or("application/sdp")
+            ));
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n", inv.body.len()));
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(&inv.body);
+        let invite = Bytes::from(bytes);
+        out.push(Send {
+            to: addr,
+            bytes: invite.clone(),
+        });
+        let fork = Fork {
+            uri,
+            addr,
+            branch: branch.clone(),
+            call_id: call_id.clone(),
+            from_tag,
+            tx: ClientTx::new(TxKind::Invite, invite.clone(), false, self.timers, now),
+            invite,
+            state: ForkState::Trying,
+            redirects,
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.forks.push(fork);
+        let ix = call.forks.len() - 1;
+        self.by_branch.insert(branch, (id, ix));
+        self.by_b_call.insert(call_id, id);
+    }
+
+    /// The INVITE came again (same branch): resend what the A leg last got.
+    pub fn on_invite_retransmission(&mut self, req: &Message) -> Option<Vec<Send>> {
+        let id = self.a_call(req)?;
+        let call = self.calls.get_mut(&id)?;
+        if req.via().and_then(|v| v.branch).as_deref() != Some(call.a_branch.as_str()) {
+            return None;
+        }
+        let src = call.src;
+        Some(
+            call.a_tx
+                .on_retransmission()
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Send(b) => Some(Send { to: src, bytes: b }),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    fn a_call(&self, req: &Message) -> Option<u64> {
+        let key = (
+            req.call_id()?.to_owned(),
+            req.header("from").and_then(tag_of)?,
+        );
+        self.by_a.get(&key).copied()
+    }
+
+    /// An ACK from the caller.
+    pub fn on_ack(&mut self, req: &Message, now: u64) -> bool {
+        let Some(id) = self.a_call(req) else {
+            return false;
+        };
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.a_tx.on_ack(now);
+        }
+        true
+    }
+
+    /// CANCEL from the caller: 200 to it, 487 to the INVITE, CANCEL to
+    /// every fork; `None` when it matches no call.
+    pub fn on_cancel(
+        &mut self,
+        req: &Message,
+        src: SocketAddr,
+        now: u64,
+    ) -> Option<(Vec<Send>, Vec<CallEvent>)> {
+        let id = self.a_call(req)?;
+        let branch = req.via().and_then(|v| v.branch)?;
+        let call = self.calls.get(&id)?;
+        if branch != call.a_branch {
+            return None;
+        }
+        let mut ok = req.response(200, "OK", Some(&call.a_tag));
+        stamp_rport(&mut ok, src);
+        let mut out = vec![Send {
+            to: src,
+            bytes: Bytes::from(ok.to_bytes()),
+        }];
+        let mut events = Vec::new();
+        if call.phase == Phase::Setup {
+            self.fail(id, 487, "abandoned", now, &mut out, &mut events);
+        }
+        Some((out, events))
+    }
+
+    /// Ends a call that never got answered: the final answer to the
+    /// caller, CANCEL to ringing forks, `call.missed`.
+    fn fail(
+        &mut self,
+        id: u64,
+        code: u16,
+        why: &str,
+        now: u64,
+        out: &mut Vec<Send>,
+        events: &mut Vec<CallEvent>,
+    ) {
+        self.cancel_forks(id, None, out);
+        let contact = self.contact();
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let resp = Self::a_response(&contact, call, code, None);
+        let src = call.src;
+        let call = self.calls.get_mut(&id).unwrap_or_else(|| unreachable!());
+        for a in call.a_tx.respond(code, resp, now) {
+            if let Action::Send(b) = a {
+                out.push(Send { to: src, bytes: b });
+            }
+        }
+        call.phase = Phase::Ended;
+        call.ring_deadline = None;
+        let payload = json!({
+            "reason": why,
+            "status": code,
+            "ring_ms": now.saturating_sub(call.started_ms),
+        });
+        events.push(event(call, Kind::CallMissed, payload));
+    }
+
+    fn cancel_forks(&mut self, id: u64, except: Option<usize>, out: &mut Vec<Send>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        for (i, f) in call.forks.iter_mut().enumerate() {
+            if Some(i) == except || !matches!(f.state, ForkState::Trying | ForkState::Ringing) {
+                continue;
+            }
+            // CANCEL only after a provisional response (RFC 3261 §9.1);
+            // a fork still Trying is cancelled when its 1xx arrives.
+            f.state = ForkState::Cancelled;
+            if f.tx.state() == switchboard_sip::transaction::ClientState::Proceeding {
+                out.push(Send {
+                    to: f.addr,
+                    bytes: cancel_for(&f.invite),
+                });
+            }
+        }
+    }
+
+    /// A response from a B leg or a relayed request's far end.
+    pub fn on_response(&mut self, resp: &Message, now: u64) -> Option<(Vec<Send>, Vec<CallEvent>)> {
+        let branch = resp.via().and_then(|v| v.branch)?;
+        let code = resp.status()?;
+        let (_, method) = resp.cseq()?;
+        if method == "CANCEL" {
+            return Some((Vec::new(), Vec::new()));
+        }
+        if let Some(relay) = self.relays.get_mut(&branch) {
+            let actions = relay.tx.on_response(code, now, Bytes::new);
+            let mut out = Vec::new();
+            if actions.contains(&Action::Response(code)) {
+                out.extend(self.finish_relay(&branch, resp));
+            }
+            return Some((out, Vec::new()));
+        }
+        let (id, ix) = *self.by_branch.get(&branch)?;
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let call = self.calls.get_mut(&id)?;
+        let fork = call.forks.get_mut(ix)?;
+        let to_value = resp.header("to").unwrap_or("").to_owned();
+        let ack_target = fork.uri.clone();
+        let invite_bytes = fork.invite.clone();
+        let actions = fork.tx.on_response(code, now, || {
+            ack_for_failure(&invite_bytes, &ack_target, &to_value)
+        });
+        let addr = fork.addr;
+        for a in actions {
+            match a {
+                Action::Send(b) => out.push(Send { to: addr, bytes: b }),
+                Action::Response(c) => {
+                    self.fork_response(id, ix, c, resp, now, &mut out, &mut events)
+                }
+                _ => {}
+            }
+        }
+        Some((out, events))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fork_response(
+        &mut self,
+        id: u64,
+        ix: usize,
+        code: u16,
+        resp: &Message,
+        now: u64,
+        out: &mut Vec<Send>,
+        events: &mut Vec<CallEvent>,
+    ) {
+        let contact = self.contact();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let fork_state = call.forks[ix].state;
+        if code < 200 {
+            if fork_state == ForkState::Cancelled {
+                // Cancelled before it rang: cancel it now that we may.
+                out.push(Send {
+                    to: call.forks[ix].addr,
+                    bytes: cancel_for(&call.forks[ix].invite),
+                });
+                return;
+            }
+            if code == 100 {
+                return;
+            }
+            call.forks[ix].state = ForkState::Ringing;
+            if call.phase == Phase::Setup && !call.ringing_reported {
+                call.ringing_reported = true;
+                let ringing = Self::a_response(&contact, call, 180, None);
+                let src = call.src;
+                for a in call.a_tx.respond(180, ringing, now) {
+                    if let Action::Send(b) = a {
+                        out.push(Send { to: src, bytes: b });
+                    }
+                }
+                let cand = call.current.clone();
+                let payload = json!({
+                    "extension": cand.as_ref().and_then(|c| c.extension.clone()),
+                });
+                let mut ev = event(call, Kind::CallRinging, payload);
+                ev.manager = cand.and_then(|c| c.manager);
+                events.push(ev);
+            }
+            return;
+        }
+        if code < 300 {
+            self.fork_answered(id, ix, resp, now, out, events);
+            return;
+        }
+        let call = self.calls.get_mut(&id).unwrap_or_else(|| unreachable!());
+        if (300..400).contains(&code)
+            && fork_state != ForkState::Cancelled
+            && call.forks[ix].redirects < 3
+        {
+            // Follow the redirect's contacts (RFC 3261 §8.1.3.4).
+            call.forks[ix].state = ForkState::Failed(code);
+            let redirects = call.forks[ix].redirects + 1;
+            let targets: Vec<(String, SocketAddr)> = resp
+                .header_values("contact")
+                .filter_map(|c| NameAddr::parse(c, true).ok())
+                .filter_map(|c| target_addr(&c.uri).map(|a| (c.uri_text.clone(), a)))
+                .collect();
+            for (uri, addr) in targets {
+                self.add_fork(id, uri, addr, redirects, now, out);
+            }
+            self.after_fork_failure(id, now, out, events);
+            return;
+        }
+        if matches!(code, 486 | 600) {
+            call.busy_seen = true;
+        }
+        if fork_state != ForkState::Cancelled {
+            call.forks[ix].state = ForkState::Failed(code);
+        }
+        self.after_fork_failure(id, now, out, events);
+    }
+
+    fn after_fork_failure(
+        &mut self,
+        id: u64,
+        now: u64,
+        out: &mut Vec<Send>,
+        events: &mut Vec<CallEvent>,
+    ) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.phase != Phase::Setup {
+            return;
+        }
+        let pending = call
+            .forks
+            .iter()
+            .any(|f| matches!(f.state, ForkState::Trying | ForkState::Ringing));
+        if !pending {
+            self.ring_next(id, now, out, events);
+        }
+    }
+
+    fn fork_answered(
+        &mut self,
+        id: u64,
+        ix: usize,
+        resp: &Message,
+        now: u64,
+        out: &mut Vec<Send>,
+        events: &mut Vec<CallEvent>,
+    ) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let fork = &call.forks[ix];
+        let remote_target = resp
+            .header("contact")
+            .and_then(|c| NameAddr::parse(c, true).ok())
+            .map_or_else(|| fork.uri.clone(), |c| c.uri_text);
+        let remote = resp.header("to").unwrap_or("").to_owned();
+        let local = format!(
+            "<sip:{}@{}>;tag={}",
+            "switchboard", self.host, fork.from_tag
+        );
+        let b_leg = Leg {
+            call_id: fork.call_id.clone(),
+            local: local.clone(),
+            remote: remote.clone(),
+            target: remote_target.clone(),
+            addr: fork.addr,
+            cseq: 1,
+        };
+        // ACK the 2xx ourselves (it is end to end, not the transaction's).
+        let ack_branch = format!("{BRANCH_PREFIX}{}", self.unique("a"));
+        let ack = in_dialog(&self.via(&ack_branch), &b_leg, "ACK", 1, None);
+        let call = self.calls.get_mut(&id).unwrap_or_else(|| unreachable!());
+        out.push(Send {
+            to: b_leg.addr,
+            bytes: ack,
+        });
+        if call.phase != Phase::Setup || call.forks[ix].state == ForkState::Cancelled {
+            // Another fork won (or the caller gave up): hang this one up.
+            let mut leg = b_leg;
+            leg.cseq = 2;
+            let bye_branch = format!("{BRANCH_PREFIX}{}", self.unique("y"));
+            let bye = in_dialog(&self.via(&bye_branch), &leg, "BYE", 2, None);
+            out.push(Send {
+                to: leg.addr,
+                bytes: bye,
+            });
+            return;
+        }
+        call.forks[ix].state = ForkState::Answered;
+        call.phase = Phase::Answered;
+        call.answered_ms = Some(now);
+        call.ring_deadline = None;
+        call.manager = call.current.as_ref().and_then(|c| c.manager.clone());
+        call.extension = call.current.as_ref().and_then(|c| c.extension.clone());
+        call.b_leg = Some(b_leg);
+        let a_remote = call.invite.header("from").unwrap_or("").to_owned();
+        let a_local = format!(
+            "{};tag={}",
+            call.invite.header("to").unwrap_or(""),
+            call.a_tag
+        );
+        let a_target = call
+            .invite
+            .header("contact")
+            .and_then(|c| NameAddr::parse(c, true).ok())
+            .map_or_else(|| format!("sip:{}", call.src), |c| c.uri_text);
+        call.a_leg = Some(Leg {
+            call_id: call.invite.call_id().unwrap_or("").to_owned(),
+            local: a_local,
+            remote: a_remote,
+            target: a_target,
+            addr: call.src,
+            cseq: 1,
+        });
+        self.cancel_forks(id, Some(ix), out);
+        let contact = self.contact();
+        let call = self.calls.get(&id).unwrap_or_else(|| unreachable!());
+        let ct = resp
+            .header("content-type")
+            .unwrap_or("application/sdp")
+            .to_owned();
+        let ok = Self::a_response(
+            &contact,
+            call,
+            200,
+            (!resp.body.is_empty()).then_some((ct.as_str(), &resp.body)),
+        );
+        let call = self.calls.get_mut(&id).unwrap_or_else(|| unreachable!());
+        let src = call.src;
+        for a in call.a_tx.respond(200, ok.clone(), now) {
+            if let Action::Send(b) = a {
+                out.push(Send { to: src, bytes: b });
+            }
+        }
+        let payload = json!({
+            "extension": call.extension,
+            "ring_ms": now.saturating_sub(call.started_ms),
+        });
+        events.push(event(call, Kind::CallAnswered, payload));
+    }
+
+    /// A request inside an established call (BYE, re-INVITE, UPDATE,
+    /// INFO): answered or relayed to the other leg. `None`: no such dialog.
+    pub fn on_in_dialog(
+        &mut self,
+        req: &Message,
+        src: SocketAddr,
+        now: u64,
+    ) -> Option<(Vec<Send>, Vec<CallEvent>)> {
+        let method = req.method()?.to_owned();
+        let call_id = req.call_id()?.to_owned();
+        let (id, from_a) = match self.a_call(req) {
+            Some(id) => (id, true),
+            None => (*self.by_b_call.get(&call_id)?, false),
+        };
+        let call = self.calls.get_mut(&id)?;
+        if call.phase != Phase::Answered {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let own_tag = if from_a {
+            call.a_tag.clone()
+        } else {
+            tag_of(&call.b_leg.as_ref()?.local).unwrap_or_default()
+        };
+        if method == "BYE" {
+            let mut ok = req.response(200, "OK", Some(&own_tag));
+            stamp_rport(&mut ok, src);
+            out.push(Send {
+                to: src,
+                bytes: Bytes::from(ok.to_bytes()),
+            });
+            call.phase = Phase::Ended;
+            let duration_ms = now.saturating_sub(call.answered_ms.unwrap_or(now));
+            let hung_up = match (from_a, call.info.direction) {
+                (true, "inbound") | (false, "outbound") => "customer",
+                (false, "inbound") | (true, "outbound") => "manager",
+                (true, _) => "caller",
+                (false, _) => "callee",
+            };
+            let payload = json!({
+                "duration_s": (duration_ms as f64 / 1000.0),
+                "cause": "normal",
+                "hung_up_by": hung_up,
+                "extension": call.extension,
+            });
+            events.push(event(call, Kind::CallEnded, payload));
+            let other = if from_a {
+                call.b_leg.clone()
+            } else {
+                call.a_leg.clone()
+            }?;
+            self.relay(id, None, other, "BYE", None, now, &mut out);
+            return Some((out, events));
+        }
+        // re-INVITE, UPDATE, INFO: relay across, answer with what comes back.
+        let other = if from_a {
+            call.b_leg.clone()
+        } else {
+            call.a_leg.clone()
+        }?;
+        let body = (!req.body.is_empty()).then(|| {
+            (
+                req.header("content-type")
+                    .unwrap_or("application/sdp")
+                    .to_owned(),
+                req.body.clone(),
+            )
+        });
+        if method == "INVITE" {
+            let mut trying = req.response(100, "Trying", None);
+            stamp_rport(&mut trying, src);
+            out.push(Send {
+                to: src,
+                bytes: Bytes::from(trying.to_bytes()),
+            });
+        }
+        self.relay(
+            id,
+            Some((req.clone(), src)),
+            other,
+            &method,
+            body,
+            now,
+            &mut out,
+        );
+        Some((out, events))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &mut self,
+        id: u64,
+        original: Option<(Message, SocketAddr)>,
+        mut leg: Leg,
+        method: &str,
+        body: Option<(String, Bytes)>,
+        now: u64,
+        out: &mut Vec<Send>,
+    ) {
+        let branch = format!("{BRANCH_PREFIX}{}", self.unique("r"));
+        leg.cseq += 1;
+        let cseq = leg.cseq;
+        // Remember the CSeq on the call's leg.
+        if let Some(call) = self.calls.get_mut(&id) {
+            for l in [call.a_leg.as_mut(), call.b_leg.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if l.call_id == leg.call_id {
+                    l.cseq = cseq;
+                }
+            }
+        }
+        let bytes = in_dialog(
+            &self.via(&branch),
+            &leg,
+            method,
+            cseq,
+            body.as_ref().map(|(ct, b)| (ct.as_str(), b)),
+        );
+        out.push(Send {
+            to: leg.addr,
+            bytes: bytes.clone(),
+        });
+        let kind = if method == "INVITE" {
+            TxKind::Invite
+        } else {
+            TxKind::NonInvite
+        };
+        self.relays.insert(
+            branch,
+            Relay {
+                call: id,
+                tx: ClientTx::new(kind, bytes, false, self.timers, now),
+                original,
+                to: leg.addr,
+                method: method.to_owned(),
+            },
+        );
+    }
+
+    /// The far end answered a relayed request: pass the final answer back.
+    fn finish_relay(&mut self, branch: &str, resp: &Message) -> Vec<Send> {
+        let Some(relay) = self.relays.get(branch) else {
+            return Vec::new();
+        };
+        let code = resp.status().unwrap_or(500);
+        let mut out = Vec::new();
+        if code < 200 {
+            return out;
+        }
+        let call_id = self.calls.get(&relay.call).map(|c| c.phase);
+        if relay.method == "INVITE" && (200..300).contains(&code) {
+            // ACK the relayed re-INVITE's 2xx on that leg.
+            if let Some(call) = self.calls.get(&relay.call)
+                && let Some(leg) = [call.a_leg.as_ref(), call.b_leg.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|l| l.addr == relay.to)
+            {
+                let mut leg = leg.clone();
+                leg.remote = resp.header("to").map_or(leg.remote, str::to_owned);
+                let ack = in_dialog(
+                    &self.via(&format!("{BRANCH_PREFIX}{}", self.next_id + 1)),
+                    &leg,
+                    "ACK",
+                    leg.cseq,
+                    None,
+                );
+                out.push(Send {
+                    to: relay.to,
+                    bytes: ack,
+                });
+            }
+        }
+        if let (Some((orig, src)), Some(_)) = (&relay.original, call_id)
+            && let Some(call) = self.calls.get(&relay.call)
+        {
+            let own_tag = if orig.call_id() == call.invite.call_id() {
+                call.a_tag.clone()
+            } else {
+                call.b_leg
+                    .as_ref()
+                    .and_then(|l| tag_of(&l.local))
+                    .unwrap_or_default()
+            };
+            let mut r = orig.response(code, resp_reason(resp), Some(&own_tag));
+            stamp_rport(&mut r, *src);
+            if !resp.body.is_empty() {
+                r.push_header(
+                    "content-type",
+                    resp.header("content-type").unwrap_or("application/sdp"),
+                );
+                r.body = resp.body.clone();
+            }
+            if (200..300).contains(&code) {
+                r.push_header("contact", self.contact());
+            }
+            out.push(Send {
+                to: *src,
+                bytes: Bytes::from(r.to_bytes()),
+            });
+        }
+        out
+    }
+
+    /// Runs due timers: retransmissions, ring timeouts, transaction ends.
+    pub fn tick(&mut self, now: u64) -> (Vec<Send>, Vec<CallEvent>) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        for id in ids {
+            let Some(call) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            let src = call.src;
+            for a in call.a_tx.on_timer(now) {
+                if let Action::Send(b) = a {
+                    out.push(Send { to: src, bytes: b });
+                }
+            }
+            let mut failed_fork = false;
+            for f in &mut call.forks {
+                for a in f.tx.on_timer(now) {
+                    match a {
+                        Action::Send(b) => out.push(Send {
+                            to: f.addr,
+                            bytes: b,
+                        }),
+                        Action::Timeout
+                            if matches!(f.state, ForkState::Trying | ForkState::Ringing) =>
+                        {
+                            f.state = ForkState::Failed(408);
+                            failed_fork = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let ring_over =
+                call.phase == Phase::Setup && call.ring_deadline.is_some_and(|d| now >= d);
+            if ring_over {
+                // Nobody answered in time: cancel and try the next one.
+                call.ring_deadline = None;
+                self.cancel_forks(id, None, &mut out);
+                self.ring_next(id, now, &mut out, &mut events);
+            } else if failed_fork {
+                self.after_fork_failure(id, now, &mut out, &mut events);
+            }
+            // Forget calls that ended once their transactions are done.
+            if let Some(call) = self.calls.get(&id)
+                && call.phase == Phase::Ended
+                && call
+                    .a_tx
+                    .next_timer()
+                    .is_none_or(|t| t > now + 64 * self.timers.t1)
+                && call.forks.iter().all(|f| f.tx.next_timer().is_none())
+                && !self.relays.values().any(|r| r.call == id)
+            {
+                self.forget(id);
+            }
+        }
+        let mut done = Vec::new();
+        for (branch, relay) in &mut self.relays {
+            for a in relay.tx.on_timer(now) {
+                match a {
+                    Action::Send(b) => out.push(Send {
+                        to: relay.to,
+                        bytes: b,
+                    }),
+                    Action::Terminated => done.push(branch.clone()),
+                    _ => {}
+                }
+            }
+        }
+        for b in done {
+            self.relays.remove(&b);
+        }
+        (out, events)
+    }
+
+    fn forget(&mut self, id: u64) {
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
+        if let (Some(cid), Some(tag)) = (
+            call.invite.call_id(),
+            call.invite.header("from").and_then(tag_of),
+        ) {
+            self.by_a.remove(&(cid.to_owned(), tag));
+        }
+        for f in &call.forks {
+            self.by_branch.remove(&f.branch);
+            self.by_b_call.remove(&f.call_id);
+        }
+    }
+}
+
+fn resp_reason(resp: &Message) -> &str {
+    match &resp.start {
+        switchboard_sip::StartLine::Response { reason, .. } => reason,
+        switchboard_sip::StartLine::Request { .. } => "",
+    }
+}
+
+fn event(call: &Call, kind: Kind, mut payload: Value) -> CallEvent {
+    payload["direction"] = json!(call.info.direction);
+    payload["trunk"] = json!(call.info.trunk);
+    payload["dialled"] = json!(call.info.dialled);
+    if let Some(ext) = &call.info.from_extension {
+        payload["from_extension"] = json!(ext);
+    }
+    CallEvent {
+        kind,
+        contact: call.info.contact.clone(),
+        manager: call.manager.clone(),
+        conversation: call.invite.call_id().unwrap_or("").to_owned(),
+        payload,
+    }
+}
+
+/// Where to send requests for a URI whose host is an IP address.
+pub fn target_addr(uri: &Uri) -> Option<SocketAddr> {
+    let ip: std::net::IpAddr = uri.host.trim_matches(['[', ']']).parse().ok()?;
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}
+
+/// A request inside a dialog on `leg`.
+fn in_dialog(via: &str, leg: &Leg, method: &str, cseq: u32, body: Option<(&str, &Bytes)>) -> Bytes {
+    let mut text = format!(
+        "{method} {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n",
+        leg.target, leg.local, leg.remote, leg.call_id
+    );
+    if let Some((ct, _)) = body {
+        text.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    text.push_str(&format!(
+        "Content-Length: {}\r\n\r\n",
+        body.map_or(0, |(_, b)| b.len())
+    ));
+    let mut bytes = text.into_bytes();
+    if let Some((_, b)) = body {
+        bytes.extend_from_slice(b);
+    }
+    Bytes::from(bytes)
+}
+
+/// CANCEL for a fork's INVITE: same branch, Request-URI, From, To, Call-ID
+/// (RFC 3261 §9.1).
+fn cancel_for(invite: &Bytes) -> Bytes {
+    let Ok(inv) = switchboard_sip::parse(invite) else {
+        return Bytes::new();
+    };
+    let mut text = format!("CANCEL {} SIP/2.0\r\n", inv.request_uri().unwrap_or(""));
+    for name in ["via", "max-forwards", "from", "to", "call-id"] {
+        if let Some(v) = inv.header(name) {
+            text.push_str(&format!("{}: {v}\r\n", header_name(name)));
+        }
+    }
+    text.push_str("CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
+    Bytes::from(text)
+}
+
+/// ACK for a failure response (same branch; To from the response).
+fn ack_for_failure(invite: &Bytes, uri: &str, to: &str) -> Bytes {
+    let Ok(inv) = switchboard_sip::parse(invite) else {
+        return Bytes::new();
+    };
+    let mut text = format!("ACK {uri} SIP/2.0\r\n");
+    for name in ["via", "max-forwards", "from"] {
+        if let Some(v) = inv.header(name) {
+            text.push_str(&format!("{}: {v}\r\n", header_name(name)));
+        }
+    }
+    text.push_str(&format!(
+        "To: {to}\r\nCall-ID: {}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        inv.call_id().unwrap_or("")
+    ));
+    Bytes::from(text)
+}
+
+fn header_name(n: &str) -> &str {
+    match n {
+        "via" => "Via",
+        "max-forwards" => "Max-Forwards",
+        "from" => "From",
+        "to" => "To",
+        "call-id" => "Call-ID",
+        _ => n,
+    }
+}
+
+/// `received`/`rport` on a response's top Via, as the registrar does.
+pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
+    let Some((_, value)) = resp.headers.iter_mut().find(|(n, _)| n == "via") else {
+        return;
+    };
+    let mut parts = split_list(value);
+    let Some(top) = parts.next() else { return };
+    let rest: Vec<&str> = parts.collect();
+    let Ok(via) = switchboard_sip::Via::parse(top) else {
+        return;
+    };
+    let ip = src.ip().to_string();
+    let (sent_by, existing) = top.split_once(';').unwrap_or((top, ""));
+    let mut params: Vec<String> = existing
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let key = p
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            key != "rport" && key != "received"
+        })
+        .map(str::to_owned)
+        .collect();
+    if via.host.trim_matches(['[', ']']) != ip || via.rport.is_some() {
+        params.push(format!("received={ip}"));
+    }
+    if via.rport.is_some() {
+        params.push(format!("rport={}", src.port()));
+    }
+    let mut top = sent_by.trim_end().to_owned();
+    for p in params {
+        top.push(';');
+        top.push_str(&p);
+    }
+    *value = std::iter::once(top.as_str())
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join(", ");
+}

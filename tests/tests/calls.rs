@@ -1,0 +1,382 @@
+//! Calls through the B2BUA with SIPp on both sides: a trunk (SIPp uac on
+//! 127.0.0.1) calls the company number, which rings manager 1001's
+//! registered phones (SIPp uas). Answered calls, BYE from either side,
+//! CANCEL, busy, no answer and parallel ringing, each with its events in
+//! the CRM timeline; and a manager's call out through the trunk, which an
+//! unauthenticated caller cannot make.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_tests::sip::{SipClient, authorization, peers_dir};
+use switchboard_tests::{Launch, Switchboard, free_port};
+use tokio::net::UdpSocket;
+use tokio::process::Child;
+
+const CALLER: &str = "+79161234567";
+const COMPANY: &str = "+74950000000";
+
+fn config(outbound: Option<SocketAddr>) -> String {
+    format!(
+        r#"
+[sip]
+algorithms = ["MD5", "SHA-256"]
+ring_timeout = "2s"
+
+[sip.security]
+requests_per_second = 0
+
+[[sip.users]]
+extension = "1001"
+password = "demo1001"
+manager = "m1"
+
+[[sip.users]]
+extension = "1002"
+password = "demo1002"
+manager = "m2"
+
+[[sip.trunks]]
+name = "pbx"
+addresses = ["127.0.0.1"]
+outbound = "{}"
+
+[[sip.numbers]]
+number = "{COMPANY}"
+manager = "m1"
+"#,
+        outbound.map(|a| a.to_string()).unwrap_or_default()
+    )
+}
+
+async fn start(dir: &std::path::Path, outbound: Option<SocketAddr>) -> Switchboard {
+    let file = dir.join("switchboard.toml");
+    std::fs::write(&file, config(outbound)).unwrap();
+    Launch::new(&dir.join("data"))
+        .config(&file)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A SIPp UAS for extension 1001 on its own port, registered by a
+/// third-party REGISTER (the test signs it with 1001's password).
+async fn phone(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> Child {
+    let port = free_port().unwrap();
+    let work = dir.join(format!("uas-{port}"));
+    std::fs::create_dir_all(&work).unwrap();
+    let mut cmd = tokio::process::Command::new("sipp");
+    cmd.arg("-sf")
+        .arg(peers_dir().join("sipp").join(scenario))
+        .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
+        .arg(free_port().unwrap().to_string())
+        .args([
+            "-p",
+            &port.to_string(),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+        ]);
+    let child = cmd
+        .current_dir(&work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut reg = SipClient::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), sb.sip_udp.unwrap())
+        .await
+        .unwrap();
+    let contact = format!("Contact: <sip:1001@127.0.0.1:{port}>\r\n");
+    let ok = reg.register("1001", "demo1001", &contact).await.unwrap();
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    child
+}
+
+/// The trunk's side: a SIPp UAC calling the company number.
+async fn call(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> std::process::ExitStatus {
+    let work = dir.join(format!("uac-{scenario}"));
+    std::fs::create_dir_all(&work).unwrap();
+    tokio::process::Command::new("sipp")
+        .arg(sb.sip_udp.unwrap().to_string())
+        .arg("-sf")
+        .arg(peers_dir().join("sipp").join(scenario))
+        .args(["-s", COMPANY, "-set", "caller", CALLER])
+        .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
+        .arg(free_port().unwrap().to_string())
+        .args(["-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error"])
+        .current_dir(&work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap()
+}
+
+async fn finished(mut child: Child) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Call events in the caller's timeline, oldest first, once `last` is there.
+async fn call_events(sb: &Switchboard, last: &str) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let (_, body) = sb
+            .crm_get(&format!("/v1/contacts/tel:{CALLER}/timeline"))
+            .await
+            .unwrap();
+        let mut items: Vec<Value> = body["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i["kind"].as_str().is_some_and(|k| k.starts_with("call.")))
+            .collect();
+        if items.iter().any(|i| i["kind"] == last) {
+            items.reverse();
+            return items;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no {last} after 10 s: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or(""))
+        .collect()
+}
+
+fn payload(e: &Value) -> &Value {
+    if e["payload"].is_null() {
+        &e["body"]["payload"]
+    } else {
+        &e["payload"]
+    }
+}
+
+#[tokio::test]
+async fn answered_call_hung_up_by_the_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), None).await;
+    let uas = phone(&sb, dir.path(), "uas_answer.xml").await;
+    let status = call(&sb, dir.path(), "uac_call.xml").await;
+    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
+    assert!(finished(uas).await.success());
+    let events = call_events(&sb, "call.ended").await;
+    assert_eq!(
+        kinds(&events),
+        ["call.ringing", "call.answered", "call.ended"],
+        "{events:#?}"
+    );
+    let ended = payload(&events[2]);
+    assert_eq!(ended["hung_up_by"], "customer", "{events:#?}");
+    assert_eq!(ended["direction"], "inbound");
+    assert_eq!(ended["trunk"], "pbx");
+    assert_eq!(ended["dialled"], COMPANY);
+    assert!(ended["duration_s"].as_f64().unwrap() >= 0.25, "{ended}");
+    assert_eq!(events[1]["manager"], "m1", "{events:#?}");
+}
+
+#[tokio::test]
+async fn answered_call_hung_up_by_the_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), None).await;
+    let uas = phone(&sb, dir.path(), "uas_answer_hangup.xml").await;
+    let status = call(&sb, dir.path(), "uac_hangup_by_callee.xml").await;
+    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
+    assert!(finished(uas).await.success());
+    let events = call_events(&sb, "call.ended").await;
+    assert_eq!(
+        payload(events.last().unwrap())["hung_up_by"],
+        "manager",
+        "{events:#?}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_busy_and_no_answer_are_missed_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), None).await;
+
+    // The caller gives up while it rings.
+    let uas = phone(&sb, dir.path(), "uas_ring.xml").await;
+    let status = call(&sb, dir.path(), "uac_cancel.xml").await;
+    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
+    assert!(finished(uas).await.success(), "the phone got its CANCEL");
+    let events = call_events(&sb, "call.missed").await;
+    assert_eq!(
+        payload(events.last().unwrap())["reason"],
+        "abandoned",
+        "{events:#?}"
+    );
+
+    // Busy: 486 back to the caller.
+    let uas = phone(&sb, dir.path(), "uas_busy.xml").await;
+    let status = call(&sb, dir.path(), "uac_unanswered.xml").await;
+    assert!(status.success(), "uac: {status}");
+    assert!(finished(uas).await.success());
+    let started = Instant::now();
+    loop {
+        let events = call_events(&sb, "call.missed").await;
+        let reasons: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "call.missed")
+            .map(|e| &payload(e)["reason"])
+            .collect();
+        if reasons.iter().any(|r| *r == "busy") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{events:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Nobody answers within ring_timeout (2 s): the phone is cancelled and
+    // the caller gets 480.
+    let uas = phone(&sb, dir.path(), "uas_ring.xml").await;
+    let t = Instant::now();
+    let status = call(&sb, dir.path(), "uac_unanswered.xml").await;
+    assert!(status.success(), "uac: {status}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "answered before the ring timeout"
+    );
+    assert!(finished(uas).await.success(), "the phone got its CANCEL");
+    let started = Instant::now();
+    loop {
+        let events = call_events(&sb, "call.missed").await;
+        if events.iter().any(|e| payload(e)["reason"] == "no_answer") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{events:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_registered_phone_rings_and_the_first_to_answer_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), None).await;
+    // 1001 has a desk phone that only rings and a softphone that answers.
+    let ringing = phone(&sb, dir.path(), "uas_ring.xml").await;
+    let answering = phone(&sb, dir.path(), "uas_answer.xml").await;
+    let status = call(&sb, dir.path(), "uac_call.xml").await;
+    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
+    assert!(finished(answering).await.success());
+    assert!(
+        finished(ringing).await.success(),
+        "the other phone was cancelled"
+    );
+    let events = call_events(&sb, "call.ended").await;
+    assert_eq!(
+        kinds(&events),
+        ["call.ringing", "call.answered", "call.ended"]
+    );
+}
+
+#[tokio::test]
+async fn only_authenticated_managers_call_out_through_the_trunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let trunk = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sb = start(dir.path(), Some(trunk.local_addr().unwrap())).await;
+    let server = sb.sip_udp.unwrap();
+    // Not from the trunk's address: an unknown source.
+    let mut stranger = SipClient::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), server)
+        .await
+        .unwrap();
+    let uri = format!("sip:+79998887766@{server}");
+    let invite = stranger.request("INVITE", &uri, "1001", "fraud-1", 1, "");
+    let challenge = stranger
+        .exchange(invite.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(challenge.status(), Some(407));
+    let auth = authorization(
+        &challenge,
+        "proxy-authenticate",
+        "INVITE",
+        &uri,
+        "1001",
+        "guessed-password",
+    )
+    .unwrap();
+    let invite = stranger.request(
+        "INVITE",
+        &uri,
+        "1001",
+        "fraud-1",
+        2,
+        &format!("Proxy-Authorization: {auth}\r\n"),
+    );
+    let refused = stranger
+        .exchange(invite.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refused.status(), Some(403));
+    let mut buf = [0u8; 4096];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), trunk.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "nothing may reach the trunk"
+    );
+
+    // The manager with the right password: the INVITE goes to the trunk.
+    let mut manager = SipClient::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10)), server)
+        .await
+        .unwrap();
+    let invite = manager.request("INVITE", &uri, "1001", "out-1", 1, "");
+    let challenge = manager
+        .exchange(invite.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let auth = authorization(
+        &challenge,
+        "proxy-authenticate",
+        "INVITE",
+        &uri,
+        "1001",
+        "demo1001",
+    )
+    .unwrap();
+    let invite = manager.request(
+        "INVITE",
+        &uri,
+        "1001",
+        "out-1",
+        2,
+        &format!("Proxy-Authorization: {auth}\r\n"),
+    );
+    manager.send(invite.as_bytes()).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), trunk.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let sent = switchboard_sip::parse(&buf[..n]).unwrap();
+    assert_eq!(sent.method(), Some("INVITE"));
+    assert_eq!(
+        sent.request_uri(),
+        Some(format!("sip:+79998887766@{}", trunk.local_addr().unwrap()).as_str())
+    );
+    assert!(
+        sent.header("proxy-authorization").is_none(),
+        "credentials never leave"
+    );
+}
