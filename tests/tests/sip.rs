@@ -70,10 +70,9 @@ fn expected(file: &str) -> Option<u16> {
     Some(match file {
         // Valid requests, processed: INVITEs need proxy authentication,
         // REGISTERs a challenge, OPTIONS are answered, unknown methods 501.
-        "rfc4475/wsinv.dat"
-        | "rfc4475/esc01.dat"
-        | "rfc4475/longreq.dat"
-        | "rfc4475/inv2543.dat" => 407,
+        "rfc4475/esc01.dat" | "rfc4475/longreq.dat" | "rfc4475/inv2543.dat" => 407,
+        // Its To has a tag: a re-INVITE in a dialog that does not exist.
+        "rfc4475/wsinv.dat" => 481,
         "rfc4475/intmeth.dat" | "rfc4475/esc02.dat" => 501,
         "rfc4475/escnull.dat" | "rfc4475/dblreq.dat" => 401,
         "rfc4475/lwsdisp.dat" | "rfc4475/semiuri.dat" | "rfc4475/transports.dat" => 200,
