@@ -369,3 +369,15 @@ fn weekly_hours_parse() {
         assert!(WeeklyHours::parse(&[bad.into()]).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_demo_configuration_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.toml");
+    let config = crate::Config::load(Some(&path)).unwrap();
+    assert_eq!(config.sip.users.len(), 2);
+    assert_eq!(config.sip.numbers[0].number, "+74950000000");
+    assert_eq!(
+        config.sip.trunks[0].addresses,
+        [std::net::IpAddr::from([127, 0, 0, 1])]
+    );
+}

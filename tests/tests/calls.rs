@@ -337,6 +337,26 @@ async fn only_authenticated_managers_call_out_through_the_trunk() {
         "nothing may reach the trunk"
     );
 
+    // From the trunk's own address, a call to an extension (not a company
+    // number) is a phone's call: it must authenticate too.
+    let mut local = SipClient::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), server)
+        .await
+        .unwrap();
+    let invite = local.request(
+        "INVITE",
+        &format!("sip:1002@{server}"),
+        "1001",
+        "ext-1",
+        1,
+        "",
+    );
+    let challenge = local
+        .exchange(invite.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(challenge.status(), Some(407));
+
     // The manager with the right password: the INVITE goes to the trunk.
     let mut manager = SipClient::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10)), server)
         .await

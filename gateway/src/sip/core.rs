@@ -523,10 +523,21 @@ impl<L: Location> Core<L> {
             );
             return Some(r);
         }
+        // A trunk's address makes a call inbound only when it dials a
+        // company number; anything else from there (a softphone on the same
+        // host calling an extension) must authenticate like any phone.
+        let dialled_number = Uri::parse(req.request_uri().unwrap_or(""))
+            .ok()
+            .and_then(|u| u.user_unescaped())
+            .and_then(|d| switchboard_adapters::contact::normalize_phone(&d, self.country).ok());
+        let company = dialled_number
+            .as_ref()
+            .is_some_and(|n| self.numbers.iter().any(|c| &c.number == n))
+            || (self.dispatcher.is_some() && dialled_number.is_some());
         let trunk = self
             .trunks
             .iter()
-            .find(|t| t.addresses.contains(&src.ip()))
+            .find(|t| company && t.addresses.contains(&src.ip()))
             .map(|t| t.name.clone());
         let (trunk, extension) = match trunk {
             Some(t) => (Some(t), None),
