@@ -33,11 +33,37 @@ struct Round {
     ok: u64,
     failed: u64,
     p99_ms: f64,
+    /// Server CPU seconds spent during the round.
+    cpu_s: f64,
+}
+
+/// CPU seconds (user + system) used so far by `pid` and its children
+/// processes (Kamailio's workers are processes).
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let this: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+        let ppid: u32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if this == pid || ppid == pid {
+            let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += utime + stime;
+        }
+    }
+    total as f64 / ticks
 }
 
 /// One load round: `procs` SIPp processes, `total` registrations in all.
 async fn load(
-    target: SocketAddr,
+    (target, server_pid): (SocketAddr, u32),
     work: &Path,
     scenario: &str,
     users: &Path,
@@ -45,6 +71,7 @@ async fn load(
     total: usize,
     in_flight: usize,
 ) -> Round {
+    let cpu_before = cpu_seconds(server_pid);
     let started = Instant::now();
     let mut children = Vec::new();
     for i in 0..procs {
@@ -73,7 +100,7 @@ async fn load(
                 "-fd",
                 "1",
             ])
-            .args(["-trace_rtt", "-rtt_freq", "100000"])
+            .args(["-trace_rtt", "-rtt_freq", "1000"])
             .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -112,6 +139,7 @@ async fn load(
     }
     let elapsed = started.elapsed().as_secs_f64();
     round.per_s = round.ok as f64 / elapsed;
+    round.cpu_s = cpu_seconds(server_pid) - cpu_before;
     rtts.sort_by(f64::total_cmp);
     round.p99_ms = rtts
         .get(rtts.len().saturating_sub(1) * 99 / 100)
@@ -157,6 +185,10 @@ impl Drop for Kamailio {
 }
 
 impl Kamailio {
+    fn pid(&self) -> u32 {
+        self.0.id().unwrap_or(0)
+    }
+
     async fn start(work: &Path) -> (Self, SocketAddr) {
         let port = free_port().unwrap();
         let cfg = std::fs::read_to_string(peers_dir().join("kamailio/registrar.cfg"))
@@ -222,10 +254,13 @@ async fn main() {
         .start()
         .await
         .unwrap();
-    let ours = sb.sip_udp.unwrap();
-    let (kamailio, theirs) = Kamailio::start(work.path()).await;
+    let our_pid = sb.pid().unwrap();
+    let ours = (sb.sip_udp.unwrap(), our_pid);
+    let (kamailio, their_addr) = Kamailio::start(work.path()).await;
+    let theirs = (their_addr, kamailio.pid());
     println!(
-        "switchboard on {ours}, kamailio on {theirs}; {procs} SIPp processes x {in_flight} in flight, {total} REGISTERs a round"
+        "switchboard on {}, kamailio on {}; {procs} SIPp processes x {in_flight} in flight, {total} REGISTERs a round",
+        ours.0, theirs.0
     );
 
     // Warm both up (users' first bindings, caches, allocator).
@@ -251,6 +286,7 @@ async fn main() {
     .await;
 
     let (mut best_ours, mut best_theirs) = (Round::default(), Round::default());
+    let (mut cpu_ours, mut cpu_theirs) = ((0u64, 0.0f64), (0u64, 0.0f64));
     let (mut failed_ours, mut failed_theirs) = (0, 0);
     for r in 0..rounds {
         let t = load(
@@ -274,15 +310,20 @@ async fn main() {
         )
         .await;
         println!(
-            "round {r}: kamailio {:.0}/s (p99 {} ms, {} failed)   switchboard {:.0}/s (p99 {} ms, {} failed)   ({:.2})",
+            "round {r}: kamailio {:.0}/s (p99 {} ms, {} failed, {:.1} us CPU each)   \
+             switchboard {:.0}/s (p99 {} ms, {} failed, {:.1} us CPU each)   ({:.2})",
             t.per_s,
             t.p99_ms,
             t.failed,
+            t.cpu_s / t.ok.max(1) as f64 * 1e6,
             o.per_s,
             o.p99_ms,
             o.failed,
+            o.cpu_s / o.ok.max(1) as f64 * 1e6,
             o.per_s / t.per_s
         );
+        cpu_ours = (cpu_ours.0 + o.ok, cpu_ours.1 + o.cpu_s);
+        cpu_theirs = (cpu_theirs.0 + t.ok, cpu_theirs.1 + t.cpu_s);
         failed_ours += o.failed;
         failed_theirs += t.failed;
         if o.per_s > best_ours.per_s {
@@ -295,7 +336,7 @@ async fn main() {
     drop(kamailio);
 
     // Memory per binding: add `bindings` new contacts and compare RSS.
-    let pid = sb.pid().unwrap();
+    let pid = our_pid;
     let before_n = sb
         .gateway_metric("switchboard_sip_registrations", &[])
         .await
@@ -326,6 +367,12 @@ async fn main() {
         after / (1 << 20)
     );
     println!("failures: switchboard {failed_ours}, kamailio {failed_theirs}");
+    println!(
+        "server CPU per REGISTER: switchboard {:.1} us, kamailio {:.1} us (REGISTERs per CPU-second ratio {:.2})",
+        cpu_ours.1 / cpu_ours.0.max(1) as f64 * 1e6,
+        cpu_theirs.1 / cpu_theirs.0.max(1) as f64 * 1e6,
+        (cpu_ours.0 as f64 / cpu_ours.1.max(0.01)) / (cpu_theirs.0 as f64 / cpu_theirs.1.max(0.01))
+    );
     println!(
         "BENCH sip_register_per_s={:.0} kamailio_register_per_s={:.0} register_ratio={:.2} p99_ms={} bytes_per_binding={:.0}",
         best_ours.per_s,
