@@ -709,3 +709,50 @@ async fn sighup_reloads_users_and_keeps_registrations() {
         Some(200)
     );
 }
+
+/// Two gateway nodes sharing the location service in Redis: a phone
+/// registered through one is known to the other.
+#[tokio::test]
+async fn bindings_in_redis_are_shared_by_gateway_nodes() {
+    let redis =
+        std::env::var("SWITCHBOARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("sbtest:{}:", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("SWITCHBOARD_SIP__LOCATION", "redis"),
+        ("SWITCHBOARD_SIP__REDIS_URL", redis.as_str()),
+        ("SWITCHBOARD_SIP__REDIS_PREFIX", prefix.as_str()),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(dir_a.path(), USERS, &env).await;
+    let b = start(dir_b.path(), USERS, &env).await;
+    let mut phone = SipClient::bind(LOCAL, a.sip_udp.unwrap()).await.unwrap();
+    let ok = phone
+        .register("1001", "demo1001", "Contact: <sip:1001@10.1.1.1:5060>\r\n")
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), Some(200));
+
+    let mut other = SipClient::bind(LOCAL, b.sip_udp.unwrap()).await.unwrap();
+    let fetch = other.register("1001", "demo1001", "").await.unwrap();
+    let listed = contact_expiries(&fetch);
+    assert_eq!(listed.len(), 1, "{fetch:?}");
+    assert_eq!(listed[0].0, "sip:1001@10.1.1.1:5060");
+    assert!((3590..=3600).contains(&listed[0].1), "{listed:?}");
+    // Removing it through B removes it for A too.
+    let gone = other
+        .register_in(
+            "1001",
+            "demo1001",
+            "other-1",
+            5,
+            "Contact: <sip:1001@10.1.1.1:5060>;expires=0\r\n",
+        )
+        .await
+        .unwrap();
+    assert!(contact_expiries(&gone).is_empty(), "{gone:?}");
+    let fetch = phone
+        .register_in("1001", "demo1001", "again-1", 1, "")
+        .await
+        .unwrap();
+    assert!(contact_expiries(&fetch).is_empty(), "{fetch:?}");
+}

@@ -118,9 +118,49 @@ pub fn apply(bindings: &mut Vec<Binding>, u: &Update<'_>) -> Result<(), Location
 }
 
 fn same_contact(b: &Binding, c: &ContactUpdate) -> bool {
-    match (&b.instance, &c.instance) {
-        (Some(x), Some(y)) => **x == **y,
-        _ => b.contact.eq_ignore_ascii_case(&c.uri),
+    contact_key(&b.contact, b.instance.as_deref()) == contact_key(&c.uri, c.instance.as_deref())
+}
+
+/// A binding's identity within its AOR: the device instance (RFC 5626)
+/// when given, else the contact URI, case-insensitively.
+pub fn contact_key(uri: &str, instance: Option<&str>) -> String {
+    match instance {
+        Some(i) => format!("instance:{i}"),
+        None => uri.to_ascii_lowercase(),
+    }
+}
+
+/// The backend chosen by `sip.location`.
+#[derive(Debug)]
+pub enum AnyLocation {
+    Memory(MemoryLocation),
+    Redis(super::redis_location::RedisLocation),
+}
+
+impl Location for AnyLocation {
+    async fn update(&self, u: &Update<'_>) -> Result<Updated, LocationError> {
+        match self {
+            Self::Memory(l) => l.update(u).await,
+            Self::Redis(l) => l.update(u).await,
+        }
+    }
+    async fn lookup(&self, aor: &str, now: Secs) -> Result<Vec<Binding>, LocationError> {
+        match self {
+            Self::Memory(l) => l.lookup(aor, now).await,
+            Self::Redis(l) => l.lookup(aor, now).await,
+        }
+    }
+    fn count(&self) -> usize {
+        match self {
+            Self::Memory(l) => l.count(),
+            Self::Redis(l) => l.count(),
+        }
+    }
+    async fn expire(&self, now: Secs) -> Vec<String> {
+        match self {
+            Self::Memory(l) => l.expire(now).await,
+            Self::Redis(l) => l.expire(now).await,
+        }
     }
 }
 
@@ -245,8 +285,10 @@ impl Location for MemoryLocation {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// The rules every backend keeps, run by each backend's tests.
+#[doc(hidden)]
+#[allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+pub mod conformance {
     use super::*;
 
     fn contact(uri: &str, expires_s: u32) -> ContactUpdate {
@@ -258,58 +300,104 @@ mod tests {
         }
     }
 
-    fn update<'a>(change: &'a Change, call_id: &'a str, cseq: u32, now: Secs) -> Update<'a> {
+    fn update<'a>(
+        aor: &'a str,
+        change: &'a Change,
+        call_id: &'a str,
+        cseq: u32,
+        now: Secs,
+    ) -> Update<'a> {
         Update {
-            aor: "1001",
+            aor,
             call_id,
             cseq,
             change,
-            received: "127.0.0.1:5070".parse().unwrap_or_else(|_| unreachable!()),
+            received: SocketAddr::from(([127, 0, 0, 1], 5070)),
             transport: Transport::Udp,
             path: &[],
             now,
         }
     }
 
-    #[tokio::test]
-    async fn bindings_add_refresh_expire_and_remove() -> Result<(), LocationError> {
-        let loc = MemoryLocation::default();
+    /// Panics on the first rule broken. `aor` must be unused in `loc`.
+    pub async fn run(loc: &impl Location, aor: &str) {
         let two = Change::Update(vec![
             contact("sip:a@10.0.0.1", 60),
             contact("sip:a@10.0.0.2", 120),
         ]);
-        let r = loc.update(&update(&two, "c1", 1, 1000)).await?;
+        let r = loc.update(&update(aor, &two, "c1", 1, 1000)).await.unwrap();
         assert_eq!((r.bindings.len(), r.was_registered), (2, false));
+        assert_eq!(r.bindings.iter().map(|b| b.expires_at).min(), Some(1060));
+        assert!(loc.expire(1000).await.is_empty());
         assert_eq!(loc.count(), 2);
         // A late, older request from the same Call-ID is refused.
         assert_eq!(
-            loc.update(&update(&two, "c1", 0, 1001)).await,
+            loc.update(&update(aor, &two, "c1", 0, 1001)).await,
             Err(LocationError::OutOfOrder)
         );
-        // Another phone (another Call-ID) adds its own.
+        // Another phone (another Call-ID) adds its own; the AOR was registered.
         let third = Change::Update(vec![contact("sip:a@10.0.0.3", 60)]);
+        let r = loc
+            .update(&update(aor, &third, "c2", 1, 1001))
+            .await
+            .unwrap();
+        assert_eq!((r.bindings.len(), r.was_registered), (3, true));
+        // A query changes nothing.
         assert_eq!(
-            loc.update(&update(&third, "c2", 1, 1001))
-                .await?
+            loc.update(&update(aor, &Change::Fetch, "c3", 1, 1001))
+                .await
+                .unwrap()
                 .bindings
                 .len(),
             3
         );
-        // After 61 s the 60 s bindings are gone.
-        assert_eq!(loc.lookup("1001", 1061).await?.len(), 1);
+        // At 1061 s the 60 s bindings (until 1060 and 1061) are gone.
+        assert_eq!(loc.lookup(aor, 1061).await.unwrap().len(), 1);
         assert!(loc.expire(1061).await.is_empty());
         assert_eq!(loc.count(), 1);
-        // Expires 0 removes one; * removes all.
-        let remove = Change::Update(vec![contact("sip:a@10.0.0.2", 0)]);
-        let r = loc.update(&update(&remove, "c1", 2, 1062)).await?;
-        assert!(r.bindings.is_empty() && r.was_registered);
-        assert_eq!(loc.count(), 0);
-        loc.update(&update(&two, "c1", 3, 1063)).await?;
+        // Expires 0 removes one (URIs compare case-insensitively)...
+        let remove = Change::Update(vec![contact("sip:A@10.0.0.2", 0)]);
         let r = loc
-            .update(&update(&Change::RemoveAll, "c1", 4, 1064))
-            .await?;
-        assert!(r.bindings.is_empty());
-        assert_eq!(loc.lookup("1001", 1064).await?, vec![]);
-        Ok(())
+            .update(&update(aor, &remove, "c1", 2, 1062))
+            .await
+            .unwrap();
+        assert!(r.bindings.is_empty() && r.was_registered);
+        // ...and * removes all.
+        loc.update(&update(aor, &two, "c1", 3, 1063)).await.unwrap();
+        let r = loc
+            .update(&update(aor, &Change::RemoveAll, "c1", 4, 1064))
+            .await
+            .unwrap();
+        assert!(r.bindings.is_empty() && r.was_registered);
+        assert_eq!(loc.lookup(aor, 1064).await.unwrap(), vec![]);
+        loc.expire(1064).await;
+        assert_eq!(loc.count(), 0);
+        // Bindings that simply expire leave the AOR empty, and the sweep says so.
+        let one = Change::Update(vec![contact("sip:a@10.0.0.4", 60)]);
+        loc.update(&update(aor, &one, "c4", 1, 2000)).await.unwrap();
+        assert_eq!(loc.expire(2061).await, vec![aor.to_owned()]);
+        assert_eq!(loc.count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_location_passes_the_conformance_suite() {
+        conformance::run(&MemoryLocation::default(), "1001").await;
+    }
+
+    /// Against the Redis on 127.0.0.1:6379 (`SWITCHBOARD_TEST_REDIS`).
+    #[tokio::test]
+    async fn redis_location_passes_the_conformance_suite() {
+        let url = std::env::var("SWITCHBOARD_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("sbtest:{}:", uuid::Uuid::new_v4().simple());
+        let loc = super::super::redis_location::RedisLocation::connect(&url, &prefix)
+            .await
+            .expect("Redis must be running for these tests (scripts/test starts it)");
+        conformance::run(&loc, "1001").await;
     }
 }

@@ -6,6 +6,7 @@ pub mod b2bua;
 pub mod core;
 pub mod guard;
 pub mod location;
+mod redis_location;
 mod transport;
 
 use std::net::SocketAddr;
@@ -17,7 +18,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 pub use self::core::{Core, CoreContext, Users};
-pub use location::{Location, MemoryLocation, Transport};
+pub use location::{AnyLocation, Location, MemoryLocation, Transport};
+pub use redis_location::RedisLocation;
 
 use crate::dispatch::Dispatcher;
 use switchboard_storage::FeedLog;
@@ -32,14 +34,14 @@ pub enum SipError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("sip.location = \"redis\" is not available yet; use \"memory\"")]
-    RedisLocation,
+    #[error("cannot reach the SIP location store (sip.redis_url): {0}")]
+    Location(String),
 }
 
 /// The bound SIP listeners and the handler they share.
 #[derive(Debug)]
 pub struct SipServer {
-    core: Arc<Core<MemoryLocation>>,
+    core: Arc<Core<AnyLocation>>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: Vec<TcpListener>,
     tcp_idle: Duration,
@@ -53,9 +55,6 @@ impl SipServer {
         feed: Option<FeedLog>,
         country: phonenumber::country::Id,
     ) -> Result<Self, SipError> {
-        if cfg.location == LocationBackend::Redis {
-            return Err(SipError::RedisLocation);
-        }
         let users = Users::from_config(cfg)?;
         let mut udp = Vec::new();
         for addr in &cfg.udp_listen {
@@ -104,7 +103,15 @@ impl SipServer {
             feed,
             country,
         };
-        let core = Arc::new(Core::new(cfg, users, MemoryLocation::default(), ctx));
+        let location = match cfg.location {
+            LocationBackend::Memory => AnyLocation::Memory(MemoryLocation::default()),
+            LocationBackend::Redis => AnyLocation::Redis(
+                RedisLocation::connect(&cfg.redis_url, &cfg.redis_prefix)
+                    .await
+                    .map_err(|e| SipError::Location(e.to_string()))?,
+            ),
+        };
+        let core = Arc::new(Core::new(cfg, users, location, ctx));
         if let Some(socket) = udp.first() {
             core.set_socket(Arc::clone(socket));
         }
@@ -184,7 +191,7 @@ impl SipServer {
 /// Swaps the user list of a running server (SIGHUP).
 #[derive(Debug, Clone)]
 pub struct SipReloader {
-    core: Arc<Core<MemoryLocation>>,
+    core: Arc<Core<AnyLocation>>,
 }
 
 impl SipReloader {
