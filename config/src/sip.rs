@@ -19,6 +19,13 @@ pub struct SipConfig {
     pub udp_listen: Vec<SocketAddr>,
     #[serde(with = "crate::model::socket_addrs")]
     pub tcp_listen: Vec<SocketAddr>,
+    /// SIP over TLS (1.2 and 1.3), used when both files below are set.
+    #[serde(with = "crate::model::socket_addrs")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS; empty: no TLS listener.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub tls_key_file: Option<PathBuf>,
     /// Digest realm shown to phones.
     pub realm: String,
     /// Domains (host part of the To URI) this registrar serves; empty: any.
@@ -102,6 +109,9 @@ impl Default for SipConfig {
             enabled: true,
             udp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
             tcp_listen: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+            tls_listen: vec![SocketAddr::from(([127, 0, 0, 1], 5061))],
+            tls_cert_file: None,
+            tls_key_file: None,
             realm: "switchboard".into(),
             domains: Vec::new(),
             algorithms: vec!["SHA-256".into(), "MD5".into()],
@@ -268,6 +278,34 @@ pub(crate) fn validate_sip(s: &SipConfig) -> Result<(), ConfigError> {
             crate::redact_url(&s.redis_url),
             "redis://HOST:PORT or rediss://HOST:PORT",
         ));
+    }
+    match (&s.tls_cert_file, &s.tls_key_file) {
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "sip.tls_key_file",
+                "(unset)",
+                "the private key for sip.tls_cert_file",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "sip.tls_cert_file",
+                "(unset)",
+                "the certificate chain for sip.tls_key_file",
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            for (name, path) in [("sip.tls_cert_file", cert), ("sip.tls_key_file", key)] {
+                if std::fs::metadata(path).is_err() {
+                    return Err(ConfigError::invalid(
+                        name,
+                        path.display(),
+                        "a readable PEM file",
+                    ));
+                }
+            }
+        }
+        (None, None) => {}
     }
     if s.ring_timeout < Duration::from_secs(1) || s.ring_timeout > Duration::from_secs(600) {
         return Err(ConfigError::invalid(

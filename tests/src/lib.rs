@@ -53,6 +53,7 @@ pub struct Switchboard {
     /// SIP over UDP and TCP, when this process runs the gateway with SIP.
     pub sip_udp: Option<SocketAddr>,
     pub sip_tcp: Option<SocketAddr>,
+    pub sip_tls: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
     /// An administrator's CRM API token, made with `crm-admin token`.
@@ -108,6 +109,7 @@ impl Launch {
             .env("SWITCHBOARD_CRM__HTTP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_SIP__UDP_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_SIP__TCP_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_SIP__TLS_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_LOG__FORMAT", "json")
             .env("SWITCHBOARD_LOG__LEVEL", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -166,7 +168,7 @@ impl Launch {
         });
         let mut gateway = None;
         let mut crm = None;
-        let (mut sip_udp, mut sip_tcp) = (None, None);
+        let (mut sip_udp, mut sip_tcp, mut sip_tls) = (None, None, None);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let line = tokio::time::timeout_at(deadline, rx.recv()).await;
@@ -186,6 +188,7 @@ impl Launch {
                         (Some("crm-api"), _) => crm = Some(addr),
                         (Some("sip"), Some("udp")) => sip_udp = Some(addr),
                         (Some("sip"), Some("tcp")) => sip_tcp = Some(addr),
+                        (Some("sip"), Some("tls")) => sip_tls = Some(addr),
                         other => bail!("unknown listener {other:?}"),
                     }
                 }
@@ -199,6 +202,7 @@ impl Launch {
             crm,
             sip_udp,
             sip_tcp,
+            sip_tls,
             logs,
             http: reqwest::Client::builder().no_proxy().build()?,
             token,

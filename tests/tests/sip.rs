@@ -756,3 +756,92 @@ async fn bindings_in_redis_are_shared_by_gateway_nodes() {
         .unwrap();
     assert!(contact_expiries(&fetch).is_empty(), "{fetch:?}");
 }
+
+/// `openssl s_client` sends a REGISTER over TLS with the given protocol
+/// flags; returns what came back (empty when the handshake failed).
+async fn over_tls(addr: std::net::SocketAddr, flags: &[&str], request: &str) -> String {
+    let mut child = tokio::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+        .args(flags)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl (Debian package openssl)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(request.as_bytes()).await.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    drop(stdin);
+    let _ = child.kill().await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn sip_over_tls_1_2_and_1_3_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let sb = start(
+        dir.path(),
+        USERS,
+        &[
+            ("SWITCHBOARD_SIP__TLS_CERT_FILE", cert.to_str().unwrap()),
+            ("SWITCHBOARD_SIP__TLS_KEY_FILE", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let addr = sb.sip_tls.expect("a TLS listener");
+    let register = "REGISTER sip:switchboard SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bK-tls1\r\n\
+From: <sip:1001@switchboard>;tag=1\r\nTo: <sip:1001@switchboard>\r\nCall-ID: tls-1\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:1001@127.0.0.1:5999;transport=tls>\r\nContent-Length: 0\r\n\r\n";
+    for version in ["-tls1_2", "-tls1_3"] {
+        let reply = over_tls(addr, &[version], register).await;
+        assert!(reply.starts_with("SIP/2.0 401 "), "{version}: {reply:?}");
+    }
+    // The client allows TLS 1.1 (security level 0); the server refuses it.
+    let old = over_tls(
+        addr,
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
+        register,
+    )
+    .await;
+    assert!(old.is_empty(), "TLS 1.1 must not be accepted: {old:?}");
+    assert!(
+        sb.gateway_metric(
+            "switchboard_sip_dropped_total",
+            &[("reason", "tls_handshake")]
+        )
+        .await
+        .unwrap()
+            >= 1.0
+    );
+}

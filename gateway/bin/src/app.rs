@@ -166,6 +166,9 @@ pub(crate) async fn run(
             for addr in sip.tcp_addrs() {
                 tracing::info!(service = "sip", transport = "tcp", %addr, "listening");
             }
+            for addr in sip.tls_addrs() {
+                tracing::info!(service = "sip", transport = "tls", %addr, "listening");
+            }
             tracing::info!(users = config.sip.users.len(), realm = %config.sip.realm, "SIP registrar up");
             sip_reload = Some(spawn_sip_reload(sip.reloader(), config_file.clone()));
             sip_task = Some(tokio::spawn(sip.serve(http_stop.clone())));

@@ -14,6 +14,7 @@ pub type Secs = u64;
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -21,6 +22,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 }

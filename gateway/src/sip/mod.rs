@@ -34,17 +34,34 @@ pub enum SipError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("{key} = {path:?}: {why}")]
+    Tls {
+        key: &'static str,
+        path: String,
+        why: String,
+    },
     #[error("cannot reach the SIP location store (sip.redis_url): {0}")]
     Location(String),
 }
 
 /// The bound SIP listeners and the handler they share.
-#[derive(Debug)]
 pub struct SipServer {
     core: Arc<Core<AnyLocation>>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     tcp_idle: Duration,
+}
+
+impl std::fmt::Debug for SipServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipServer")
+            .field("udp", &self.udp_addrs())
+            .field("tcp", &self.tcp_addrs())
+            .field("tls", &self.tls_addrs())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SipServer {
@@ -87,6 +104,25 @@ impl SipServer {
                 })?;
             tcp.push(listener);
         }
+        let mut tls = Vec::new();
+        let acceptor = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let acceptor = tls_acceptor(cert, key)?;
+                for addr in &cfg.tls_listen {
+                    let listener =
+                        TcpListener::bind(addr)
+                            .await
+                            .map_err(|source| SipError::Bind {
+                                transport: "TLS",
+                                addr: *addr,
+                                source,
+                            })?;
+                    tls.push(listener);
+                }
+                Some(acceptor)
+            }
+            _ => None,
+        };
         let local = udp
             .first()
             .and_then(|s| s.local_addr().ok())
@@ -119,12 +155,21 @@ impl SipServer {
             core,
             udp,
             tcp,
+            tls,
+            acceptor,
             tcp_idle: cfg.tcp_idle_timeout,
         })
     }
 
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect()
@@ -165,6 +210,17 @@ impl SipServer {
                 shutdown.clone(),
             ));
         }
+        if let Some(acceptor) = &self.acceptor {
+            for listener in self.tls {
+                tasks.spawn(transport::serve_tls(
+                    Arc::clone(&self.core),
+                    listener,
+                    acceptor.clone(),
+                    self.tcp_idle,
+                    shutdown.clone(),
+                ));
+            }
+        }
         let core = Arc::clone(&self.core);
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -186,6 +242,43 @@ impl SipServer {
         });
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// A TLS 1.2/1.3 server configuration from PEM files (rustls speaks no
+/// older version).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, SipError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |key: &'static str, path: &std::path::Path, why: String| SipError::Tls {
+        key,
+        path: path.display().to_string(),
+        why,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad("sip.tls_cert_file", cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("sip.tls_cert_file", cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(
+            "sip.tls_cert_file",
+            cert,
+            "no certificate in the file".into(),
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad("sip.tls_key_file", key, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| bad("sip.tls_cert_file", cert, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, private)
+    .map_err(|e| bad("sip.tls_key_file", key, e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 /// Swaps the user list of a running server (SIGHUP).

@@ -96,7 +96,7 @@ return emptied
 struct Stored {
     contact: String,
     received: SocketAddr,
-    tcp: bool,
+    transport: String,
     expires_at: Secs,
     call_id: String,
     cseq: u32,
@@ -113,10 +113,10 @@ impl From<Stored> for Binding {
         Binding {
             contact: s.contact.into(),
             received: s.received,
-            transport: if s.tcp {
-                Transport::Tcp
-            } else {
-                Transport::Udp
+            transport: match s.transport.as_str() {
+                "TCP" => Transport::Tcp,
+                "TLS" => Transport::Tls,
+                _ => Transport::Udp,
             },
             expires_at: s.expires_at,
             call_id: s.call_id.into(),
@@ -193,7 +193,7 @@ impl Location for RedisLocation {
                 let stored = Stored {
                     contact: c.uri.clone(),
                     received: u.received,
-                    tcp: u.transport == Transport::Tcp,
+                    transport: u.transport.as_str().to_owned(),
                     expires_at,
                     call_id: u.call_id.to_owned(),
                     cseq: u.cseq,

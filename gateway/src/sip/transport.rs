@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_sip::message::{self, MAX_MESSAGE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -75,17 +75,18 @@ pub(super) async fn serve_tcp<L: Location>(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             m::SIP_TCP_CONNECTIONS.inc();
-            let why = connection(core, stream, peer, idle, shutdown).await;
+            let why = connection(core, stream, peer, Transport::Tcp, idle, shutdown).await;
             m::SIP_TCP_CONNECTIONS.dec();
             debug!(%peer, reason = why, "SIP TCP connection closed");
         });
     }
 }
 
-async fn connection<L: Location>(
+async fn connection<L: Location, S: AsyncRead + AsyncWrite + Unpin>(
     core: Arc<Core<L>>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
+    transport: Transport,
     idle: Duration,
     shutdown: CancellationToken,
 ) -> &'static str {
@@ -122,7 +123,7 @@ async fn connection<L: Location>(
             if buf.len() < total {
                 break;
             }
-            let reply = core.handle(&buf[..total], peer, Transport::Tcp).await;
+            let reply = core.handle(&buf[..total], peer, transport).await;
             buf.drain(..total);
             if let Some(reply) = reply
                 && stream.write_all(&reply).await.is_err()
@@ -144,5 +145,50 @@ async fn connection<L: Location>(
             return "message too large";
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Accepts TLS connections until `shutdown`; the handshake has 10 s.
+pub(super) async fn serve_tls<L: Location>(
+    core: Arc<Core<L>>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    idle: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(error = %e, "TLS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (core, acceptor, shutdown) = (Arc::clone(&core), acceptor.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    m::SIP_DROPPED.with_label_values(&["tls_handshake"]).inc();
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    m::SIP_DROPPED.with_label_values(&["tls_handshake"]).inc();
+                    return;
+                }
+            };
+            m::SIP_TCP_CONNECTIONS.inc();
+            let why = connection(core, tls, peer, Transport::Tls, idle, shutdown).await;
+            m::SIP_TCP_CONNECTIONS.dec();
+            debug!(%peer, reason = why, "SIP TLS connection closed");
+        });
     }
 }
