@@ -998,6 +998,8 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         let mut out = Vec::new();
         let mut events = Vec::new();
         let ids: Vec<u64> = self.calls.keys().copied().collect();
+        let relaying: std::collections::HashSet<u64> =
+            self.relays.values().map(|r| r.call).collect();
         for id in ids {
             let Some(call) = self.calls.get_mut(&id) else {
                 continue;
@@ -1044,7 +1046,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
                     .next_timer()
                     .is_none_or(|t| t > now + 64 * self.timers.t1)
                 && call.forks.iter().all(|f| f.tx.next_timer().is_none())
-                && !self.relays.values().any(|r| r.call == id)
+                && !relaying.contains(&id)
             {
                 self.forget(id);
             }

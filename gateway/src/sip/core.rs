@@ -17,8 +17,10 @@ use switchboard_sip::digest::{
 use switchboard_sip::message::{self, Message, ParseError};
 use switchboard_sip::registrar::{self, ExpiryPolicy, RegisterError};
 use switchboard_sip::{ALLOWED_METHODS, NameAddr, Uri, is_known_method};
-use switchboard_storage::{Channel, Contact, ContactKey, FeedLog, Interaction};
+use switchboard_storage::{Channel, Contact, ContactKey, FeedLog, Interaction, NewRecord};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::b2bua::{CallEvent, Calls, Candidate, NewCall, Send, stamp_rport, target_addr};
@@ -120,7 +122,37 @@ pub struct Core<L> {
     trunks: Vec<SipTrunk>,
     numbers: Vec<SipNumber>,
     country: phonenumber::country::Id,
-    feed: Option<FeedLog>,
+    events: mpsc::UnboundedSender<Interaction>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<Interaction>>>,
+}
+
+/// Writes call events to the feed in order, a batch per commit, until
+/// `done`; then closes the queue and writes whatever is left in it.
+pub async fn publish_events(
+    mut rx: mpsc::UnboundedReceiver<Interaction>,
+    feed: FeedLog,
+    done: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => n,
+            () = done.cancelled(), if !rx.is_closed() => {
+                rx.close();
+                continue;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let records: Vec<NewRecord> = batch
+            .drain(..)
+            .filter_map(|ev| NewRecord::interaction(&ev).ok())
+            .collect();
+        if let Err(e) = feed.append_batch(records).await {
+            warn!(error = %e, "call events not written to the feed");
+        }
+    }
 }
 
 /// What the core needs from the rest of the gateway.
@@ -211,6 +243,7 @@ impl<L: Location> Core<L> {
             sha2::Sha256::digest(cfg.nonce_secret.as_bytes()).into()
         };
         let salt = uuid::Uuid::new_v4().as_u64_pair().1 & 0xffff_ffff;
+        let (events, events_rx) = mpsc::unbounded_channel();
         let algorithms = cfg
             .algorithms
             .iter()
@@ -246,7 +279,8 @@ impl<L: Location> Core<L> {
             trunks: cfg.trunks.clone(),
             numbers: cfg.numbers.clone(),
             country: ctx.country,
-            feed: ctx.feed,
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
         }
     }
 
@@ -259,11 +293,22 @@ impl<L: Location> Core<L> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends what the B2BUA produced and writes its events to the feed.
-    async fn emit(&self, sends: Vec<Send>, events: Vec<CallEvent>) {
+    /// Runs `f` on the calls and, still holding the lock (so two workers
+    /// never reorder one call's messages or events), sends what it produced
+    /// and queues its events for the feed. False when `f` found nothing.
+    fn with_calls(
+        &self,
+        f: impl FnOnce(&mut Calls) -> Option<(Vec<Send>, Vec<CallEvent>)>,
+    ) -> bool {
+        let mut calls = self.calls();
+        let Some((sends, events)) = f(&mut calls) else {
+            return false;
+        };
         if let Some(socket) = self.socket.get() {
             for s in sends {
-                if let Err(e) = socket.send_to(&s.bytes, s.to).await {
+                // UDP sends do not block; a full buffer loses this copy and
+                // the transaction's retransmission recovers it.
+                if let Err(e) = socket.try_send_to(&s.bytes, s.to) {
                     debug!(to = %s.to, error = %e, "SIP send failed");
                 }
             }
@@ -278,29 +323,34 @@ impl<L: Location> Core<L> {
             );
             i.manager = ev.manager;
             i.conversation = Some(ev.conversation);
-            info!(kind = ev.kind.as_str(), conversation = ?i.conversation, "call event");
-            match &self.feed {
-                Some(feed) => {
-                    if let Err(e) = feed.publish(&i).await {
-                        warn!(error = %e, "call event not written to the feed");
-                    }
-                }
-                None => debug!("no feed: call event dropped"),
+            debug!(kind = ev.kind.as_str(), conversation = ?i.conversation, "call event");
+            if self.events.send(i).is_err() {
+                warn!("call event not written: the feed writer stopped");
             }
         }
+        true
+    }
+
+    /// Takes the receiving end of the call events (once), for
+    /// [`publish_events`].
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Interaction>> {
+        self.events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Timers of calls in progress; call every few tens of milliseconds.
     pub async fn tick(&self) {
         let now = self.monotonic_ms();
-        let (sends, events, active, txs) = {
-            let mut calls = self.calls();
-            let (s, e) = calls.tick(now);
-            (s, e, calls.active(), calls.transactions())
-        };
-        m::SIP_CALLS.set(i64::try_from(active).unwrap_or(i64::MAX));
-        m::SIP_TRANSACTIONS.set(i64::try_from(txs).unwrap_or(i64::MAX));
-        self.emit(sends, events).await;
+        let mut counts = (0, 0);
+        self.with_calls(|calls| {
+            let out = calls.tick(now);
+            counts = (calls.active(), calls.transactions());
+            Some(out)
+        });
+        m::SIP_CALLS.set(i64::try_from(counts.0).unwrap_or(i64::MAX));
+        m::SIP_TRANSACTIONS.set(i64::try_from(counts.1).unwrap_or(i64::MAX));
     }
 
     pub fn location(&self) -> &L {
@@ -352,10 +402,8 @@ impl<L: Location> Core<L> {
             }
         };
         let Some(method) = msg.method().map(str::to_owned) else {
-            let handled = self.calls().on_response(&msg, now_ms);
-            match handled {
-                Some((sends, events)) => self.emit(sends, events).await,
-                None => m::SIP_DROPPED.with_label_values(&["stray_response"]).inc(),
+            if !self.with_calls(|calls| calls.on_response(&msg, now_ms)) {
+                m::SIP_DROPPED.with_label_values(&["stray_response"]).inc();
             }
             return None;
         };
@@ -450,21 +498,18 @@ impl<L: Location> Core<L> {
         match method {
             "INVITE" if has_to_tag => self.in_dialog(req, src, now_ms).await,
             "INVITE" => {
-                let retransmission = self.calls().on_invite_retransmission(req);
-                if let Some(sends) = retransmission {
-                    self.emit(sends, Vec::new()).await;
+                if self.with_calls(|calls| {
+                    calls.on_invite_retransmission(req).map(|s| (s, Vec::new()))
+                }) {
                     return None;
                 }
                 self.invite(req, src, transport, now_ms).await
             }
             "CANCEL" => {
-                let cancelled = self.calls().on_cancel(req, src, now_ms);
-                match cancelled {
-                    Some((sends, events)) => {
-                        self.emit(sends, events).await;
-                        None
-                    }
-                    None => Some(self.reply(req, 481, src)),
+                if self.with_calls(|calls| calls.on_cancel(req, src, now_ms)) {
+                    None
+                } else {
+                    Some(self.reply(req, 481, src))
                 }
             }
             "BYE" | "UPDATE" | "INFO" => self.in_dialog(req, src, now_ms).await,
@@ -481,13 +526,10 @@ impl<L: Location> Core<L> {
     }
 
     async fn in_dialog(&self, req: &Message, src: SocketAddr, now_ms: u64) -> Option<Message> {
-        let handled = self.calls().on_in_dialog(req, src, now_ms);
-        match handled {
-            Some((sends, events)) => {
-                self.emit(sends, events).await;
-                None
-            }
-            None => Some(self.reply(req, 481, src)),
+        if self.with_calls(|calls| calls.on_in_dialog(req, src, now_ms)) {
+            None
+        } else {
+            Some(self.reply(req, 481, src))
         }
     }
 
@@ -583,8 +625,7 @@ impl<L: Location> Core<L> {
             return Some(self.reply(req, 404, src));
         };
         let tag = self.to_tag(req);
-        let (sends, events) = self.calls().start(req.clone(), src, call, tag, now_ms);
-        self.emit(sends, events).await;
+        self.with_calls(|calls| Some(calls.start(req.clone(), src, call, tag, now_ms)));
         None
     }
 

@@ -47,6 +47,7 @@ pub enum SipError {
 /// The bound SIP listeners and the handler they share.
 pub struct SipServer {
     core: Arc<Core<AnyLocation>>,
+    feed: Option<FeedLog>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: Vec<TcpListener>,
     tls: Vec<TcpListener>,
@@ -147,11 +148,13 @@ impl SipServer {
                     .map_err(|e| SipError::Location(e.to_string()))?,
             ),
         };
+        let feed = ctx.feed.clone();
         let core = Arc::new(Core::new(cfg, users, location, ctx));
         if let Some(socket) = udp.first() {
             core.set_socket(Arc::clone(socket));
         }
         Ok(Self {
+            feed,
             core,
             udp,
             tcp,
@@ -240,7 +243,23 @@ impl SipServer {
                 }
             }
         });
+        // Call events: written until every worker has stopped, then what
+        // is still queued.
+        let done = CancellationToken::new();
+        let publisher = match (self.core.take_events(), self.feed.clone()) {
+            (Some(rx), Some(feed)) => Some(tokio::spawn(self::core::publish_events(
+                rx,
+                feed,
+                done.clone(),
+            ))),
+            // No feed: the queue is dropped, and each event is logged as lost.
+            _ => None,
+        };
         while tasks.join_next().await.is_some() {}
+        done.cancel();
+        if let Some(p) = publisher {
+            let _ = p.await;
+        }
     }
 }
 
