@@ -1,0 +1,245 @@
+//! Calls per second through the B2BUA beside Kamailio's stateful proxy
+//! (`tests/peers/kamailio/proxy.cfg`), in the same run: SIPp processes
+//! running `tests/peers/sipp/uac_cps.xml` (INVITE, ACK, BYE, following
+//! Record-Route) call a number whose phone is a SIPp `uas` registered with
+//! each server. Switchboard takes the calls from a trunk on 127.0.0.1 to a
+//! company number and writes the call events to its feed; Kamailio relays
+//! them statefully.
+//!
+//! Needs `sipp`, `kamailio` and the release binary: `cargo build --release
+//! -p switchboard && cargo bench -p switchboard-tests --bench sip_calls`.
+//! Sizes: `SIP_CPS_CALLS` (per round, 20000), `SIP_CPS_SIPP` (uac
+//! processes, 2), `SIP_CPS_IN_FLIGHT` (per process, 100), `SIP_CPS_ROUNDS` (2).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use switchboard_tests::sip::{SipClient, peers_dir};
+use switchboard_tests::{Launch, free_port};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Round {
+    per_s: f64,
+    ok: u64,
+    failed: u64,
+}
+
+/// `procs` SIPp processes placing `total` calls to `service` at `target`.
+async fn load(
+    target: SocketAddr,
+    service: &str,
+    work: &Path,
+    procs: usize,
+    total: usize,
+    in_flight: usize,
+) -> Round {
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for i in 0..procs {
+        let dir = work.join(format!("uac-{i}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = tokio::process::Command::new("sipp")
+            .arg(target.to_string())
+            .arg("-sf")
+            .arg(peers_dir().join("sipp/uac_cps.xml"))
+            .args(["-s", service, "-set", "caller", "+79161234567"])
+            .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
+            .arg(free_port().unwrap().to_string())
+            .args(["-r", "100000", "-l"])
+            .arg(in_flight.to_string())
+            .arg("-m")
+            .arg((total / procs).to_string())
+            // A call whose answer is lost fails after 5 s instead of holding the round.
+            .args([
+                "-nostdin",
+                "-recv_timeout",
+                "5000",
+                "-trace_stat",
+                "-stf",
+                "stat.csv",
+                "-fd",
+                "1",
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        children.push((dir, child));
+    }
+    let mut round = Round::default();
+    for (dir, mut child) in children {
+        child.wait().await.unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat.csv")).unwrap_or_default();
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
+        let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .and_then(|i| last.get(i))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        round.ok += col("SuccessfulCall(C)");
+        round.failed += col("FailedCall(C)");
+    }
+    round.per_s = round.ok as f64 / started.elapsed().as_secs_f64();
+    round
+}
+
+/// A SIPp UAS that answers every call, until dropped.
+fn answering_phone(work: &Path, name: &str) -> (tokio::process::Child, u16) {
+    let port = free_port().unwrap();
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = tokio::process::Command::new("sipp")
+        .args(["-sn", "uas", "-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
+        .arg(free_port().unwrap().to_string())
+        .args(["-p", &port.to_string(), "-nostdin"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+async fn register(server: SocketAddr, password: &str, phone_port: u16) {
+    let mut c = SipClient::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), server)
+        .await
+        .unwrap();
+    let ok = c
+        .register(
+            "1001",
+            password,
+            &format!("Contact: <sip:1001@127.0.0.1:{phone_port}>\r\n"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+}
+
+struct Kamailio(tokio::process::Child);
+
+impl Drop for Kamailio {
+    /// SIGTERM, so the main process stops its worker children too.
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let total = env_usize("SIP_CPS_CALLS", 20_000);
+    let procs = env_usize("SIP_CPS_SIPP", 2);
+    let in_flight = env_usize("SIP_CPS_IN_FLIGHT", 100);
+    let rounds = env_usize("SIP_CPS_ROUNDS", 2);
+    let work = tempfile::tempdir().unwrap();
+
+    // Switchboard: a trunk on 127.0.0.1 calling the company number that
+    // rings extension 1001.
+    let config = "[sip]\nalgorithms = [\"MD5\"]\n[sip.security]\nrequests_per_second = 0\n\
+[[sip.users]]\nextension = \"1001\"\npassword = \"secret\"\nmanager = \"m1\"\n\
+[[sip.trunks]]\nname = \"bench\"\naddresses = [\"127.0.0.1\"]\n\
+[[sip.numbers]]\nnumber = \"+74950000000\"\nmanager = \"m1\"\n";
+    let file = work.path().join("switchboard.toml");
+    std::fs::write(&file, config).unwrap();
+    let sb = Launch::new(&work.path().join("data"))
+        .config(&file)
+        .command("gateway")
+        .env("SWITCHBOARD_LOG__LEVEL", "warn,switchboard=info")
+        .start()
+        .await
+        .unwrap();
+    let ours = sb.sip_udp.unwrap();
+    let (_our_phone, our_phone_port) = answering_phone(work.path(), "uas-ours");
+
+    // Kamailio: the same user registered, INVITEs relayed statefully.
+    let port = free_port().unwrap();
+    let cfg = std::fs::read_to_string(peers_dir().join("kamailio/proxy.cfg"))
+        .unwrap()
+        .replace("127.0.0.1:5070", &format!("127.0.0.1:{port}"))
+        // Its per-request INFO log line would slow it down; ours logs none.
+        .replace("debug=2", "debug=1");
+    let cfg_file = work.path().join("proxy.cfg");
+    std::fs::write(&cfg_file, cfg).unwrap();
+    let kamailio = Kamailio(
+        tokio::process::Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg_file)
+            .args(["-DD", "-E", "-m", "512", "-M", "16"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kamailio (apt-get install kamailio)"),
+    );
+    let theirs = SocketAddr::from(([127, 0, 0, 1], port));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_their_phone, their_phone_port) = answering_phone(work.path(), "uas-theirs");
+
+    register(ours, "secret", our_phone_port).await;
+    register(theirs, "secret", their_phone_port).await;
+    println!(
+        "switchboard on {ours}, kamailio on {theirs}; {procs} SIPp x {in_flight} calls in flight, {total} calls a round"
+    );
+
+    let (mut best_ours, mut best_theirs) = (Round::default(), Round::default());
+    let (mut attempted, mut failed) = (0u64, 0u64);
+    for r in 0..rounds {
+        let t = load(theirs, "1001", work.path(), procs, total, in_flight).await;
+        let o = load(ours, "+74950000000", work.path(), procs, total, in_flight).await;
+        println!(
+            "round {r}: kamailio {:.0} calls/s ({} failed)   switchboard {:.0} calls/s ({} failed)   ({:.2})",
+            t.per_s,
+            t.failed,
+            o.per_s,
+            o.failed,
+            o.per_s / t.per_s
+        );
+        attempted += o.ok + o.failed;
+        failed += o.failed;
+        if o.per_s > best_ours.per_s {
+            best_ours = o;
+        }
+        if t.per_s > best_theirs.per_s {
+            best_theirs = t;
+        }
+    }
+    drop(kamailio);
+    println!(
+        "switchboard failures: {failed} of {attempted} ({:.3} %)",
+        failed as f64 * 100.0 / attempted.max(1) as f64
+    );
+    println!(
+        "BENCH sip_cps={:.0} kamailio_cps={:.0} cps_ratio={:.2}",
+        best_ours.per_s,
+        best_theirs.per_s,
+        best_ours.per_s / best_theirs.per_s
+    );
+}
