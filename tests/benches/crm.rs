@@ -14,13 +14,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use switchboard_crm::testing::TestDatabase;
 use switchboard_tests::Launch;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use switchboard_tests::env_usize;
 
 /// Seeds with set-based SQL (PostgreSQL), far faster than the API would.
 async fn seed(url: &str, clients: usize, per_client: usize) {

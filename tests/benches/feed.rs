@@ -27,17 +27,11 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use switchboard_config::{FeedBackend, FeedConfig};
 use switchboard_kafka::{Relay, RelayOptions};
 use switchboard_storage::{FeedLog, LogConsumer, LogOptions, Topic};
+use switchboard_tests::env_usize;
 use switchboard_tests::{Broker, BrokerStorage, sample_lead};
 use tokio_util::sync::CancellationToken;
 
 const PRODUCERS: usize = 256;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Publishes `n` events from `PRODUCERS` concurrent tasks; returns when all
 /// are committed.

@@ -21,16 +21,10 @@ use switchboard_config::{ManagerConfig, Policy, QueueConfig, RoutingConfig, Work
 use switchboard_redis::RedisState;
 use switchboard_routing::{Directory, Request, Snapshot, decide};
 use switchboard_storage::state::{Claim, ManagerStatus, Presence, RoutingState};
+use switchboard_tests::env_usize;
 
 const IN_FLIGHT: usize = 50;
 const MANAGERS: usize = 20;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn decisions(n: usize) -> f64 {
     let config = RoutingConfig {

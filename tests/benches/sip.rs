@@ -12,20 +12,14 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use switchboard_tests::sip::{SipClient, peers_dir};
+use switchboard_tests::env_usize;
+use switchboard_tests::sip::{Kamailio, peers_dir, sipp_totals};
 use switchboard_tests::{Launch, free_port};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Round {
@@ -112,20 +106,9 @@ async fn load(
     let mut rtts: Vec<f64> = Vec::new();
     for (dir, mut child) in children {
         child.wait().await.unwrap();
-        let stat = std::fs::read_to_string(dir.join("stat.csv")).unwrap_or_default();
-        let mut lines = stat.lines();
-        let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
-        let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .and_then(|i| last.get(i))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        round.ok += col("SuccessfulCall(C)");
-        round.failed += col("FailedCall(C)");
+        let (ok, failed) = sipp_totals(&dir.join("stat.csv"));
+        round.ok += ok;
+        round.failed += failed;
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             if entry.file_name().to_string_lossy().ends_with("_rtt.csv") {
                 let text = std::fs::read_to_string(entry.path()).unwrap();
@@ -156,66 +139,6 @@ fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
         * 1024
-}
-
-async fn answers_options(addr: SocketAddr) -> bool {
-    let Ok(mut c) = SipClient::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), addr).await else {
-        return false;
-    };
-    let req = c.request("OPTIONS", &format!("sip:{addr}"), "bench", "ping", 1, "");
-    matches!(
-        c.exchange(req.as_bytes(), Duration::from_millis(200)).await,
-        Ok(Some(_))
-    )
-}
-
-struct Kamailio(tokio::process::Child);
-
-impl Drop for Kamailio {
-    /// SIGTERM, so the main process stops its worker children too.
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-impl Kamailio {
-    fn pid(&self) -> u32 {
-        self.0.id().unwrap_or(0)
-    }
-
-    async fn start(work: &Path) -> (Self, SocketAddr) {
-        let port = free_port().unwrap();
-        let cfg = std::fs::read_to_string(peers_dir().join("kamailio/registrar.cfg"))
-            .unwrap()
-            .replace("127.0.0.1:5070", &format!("127.0.0.1:{port}"));
-        let file: PathBuf = work.join("kamailio.cfg");
-        std::fs::write(&file, cfg).unwrap();
-        let child = tokio::process::Command::new("kamailio")
-            .arg("-f")
-            .arg(&file)
-            .args(["-A", "WITH_AUTH", "-DD", "-E", "-m", "1024", "-M", "16"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kamailio (apt-get install kamailio)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !answers_options(addr).await {
-            assert!(
-                Instant::now() < deadline,
-                "kamailio did not answer on {addr}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        (Kamailio(child), addr)
-    }
 }
 
 #[tokio::main]
@@ -256,8 +179,15 @@ async fn main() {
         .unwrap();
     let our_pid = sb.pid().unwrap();
     let ours = (sb.sip_udp.unwrap(), our_pid);
-    let (kamailio, their_addr) = Kamailio::start(work.path()).await;
-    let theirs = (their_addr, kamailio.pid());
+    let kamailio = Kamailio::start(
+        work.path(),
+        "registrar.cfg",
+        |cfg| cfg,
+        &["-A", "WITH_AUTH", "-DD", "-E", "-m", "1024", "-M", "16"],
+    )
+    .await
+    .unwrap();
+    let theirs = (kamailio.addr, kamailio.pid());
     println!(
         "switchboard on {}, kamailio on {}; {procs} SIPp processes x {in_flight} in flight, {total} REGISTERs a round",
         ours.0, theirs.0

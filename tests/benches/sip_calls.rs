@@ -16,17 +16,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use switchboard_tests::sip::{SipClient, peers_dir};
+use switchboard_tests::env_usize;
+use switchboard_tests::sip::{Kamailio, SipClient, peers_dir, sipp_totals};
 use switchboard_tests::{Launch, free_port};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Round {
@@ -84,20 +78,9 @@ async fn load(
     let mut round = Round::default();
     for (dir, mut child) in children {
         child.wait().await.unwrap();
-        let stat = std::fs::read_to_string(dir.join("stat.csv")).unwrap_or_default();
-        let mut lines = stat.lines();
-        let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
-        let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .and_then(|i| last.get(i))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        round.ok += col("SuccessfulCall(C)");
-        round.failed += col("FailedCall(C)");
+        let (ok, failed) = sipp_totals(&dir.join("stat.csv"));
+        round.ok += ok;
+        round.failed += failed;
     }
     round.per_s = round.ok as f64 / started.elapsed().as_secs_f64();
     round
@@ -137,21 +120,6 @@ async fn register(server: SocketAddr, password: &str, phone_port: u16) {
     assert_eq!(ok.status(), Some(200), "{ok:?}");
 }
 
-struct Kamailio(tokio::process::Child);
-
-impl Drop for Kamailio {
-    /// SIGTERM, so the main process stops its worker children too.
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let total = env_usize("SIP_CPS_CALLS", 20_000);
@@ -178,29 +146,17 @@ async fn main() {
     let ours = sb.sip_udp.unwrap();
     let (_our_phone, our_phone_port) = answering_phone(work.path(), "uas-ours");
 
-    // Kamailio: the same user registered, INVITEs relayed statefully.
-    let port = free_port().unwrap();
-    let cfg = std::fs::read_to_string(peers_dir().join("kamailio/proxy.cfg"))
-        .unwrap()
-        .replace("127.0.0.1:5070", &format!("127.0.0.1:{port}"))
-        // Its per-request INFO log line would slow it down; ours logs none.
-        .replace("debug=2", "debug=1");
-    let cfg_file = work.path().join("proxy.cfg");
-    std::fs::write(&cfg_file, cfg).unwrap();
-    let kamailio = Kamailio(
-        tokio::process::Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg_file)
-            .args(["-DD", "-E", "-m", "512", "-M", "16"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kamailio (apt-get install kamailio)"),
-    );
-    let theirs = SocketAddr::from(([127, 0, 0, 1], port));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kamailio: the same user registered, INVITEs relayed statefully. Its
+    // per-request INFO log line would slow it down; ours logs none.
+    let kamailio = Kamailio::start(
+        work.path(),
+        "proxy.cfg",
+        |cfg| cfg.replace("debug=2", "debug=1"),
+        &["-DD", "-E", "-m", "512", "-M", "16"],
+    )
+    .await
+    .unwrap();
+    let theirs = kamailio.addr;
     let (_their_phone, their_phone_port) = answering_phone(work.path(), "uas-theirs");
 
     register(ours, "secret", our_phone_port).await;

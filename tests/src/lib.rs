@@ -434,6 +434,14 @@ pub fn sample_lead(i: usize) -> switchboard_storage::Interaction {
     ev
 }
 
+/// A size from the environment (benchmarks' knobs), or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A free loopback port (bound and released; the race is acceptable here).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -200,3 +200,97 @@ pub fn contact_expiries(reply: &Message) -> Vec<(String, u32)> {
         })
         .collect()
 }
+
+/// Successful and failed calls in a SIPp `-trace_stat` file (its last line).
+pub fn sipp_totals(stat_csv: &std::path::Path) -> (u64, u64) {
+    let stat = std::fs::read_to_string(stat_csv).unwrap_or_default();
+    let mut lines = stat.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .and_then(|i| last.get(i))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (col("SuccessfulCall(C)"), col("FailedCall(C)"))
+}
+
+/// A Kamailio started from one of `tests/peers/kamailio/*.cfg` on a free
+/// port, stopped with SIGTERM (so its worker processes stop too) on drop.
+#[derive(Debug)]
+pub struct Kamailio {
+    child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Kamailio {
+    /// `edit` adjusts the configuration text; `args` follow `-f FILE`.
+    pub async fn start(
+        work: &std::path::Path,
+        cfg: &str,
+        edit: impl FnOnce(String) -> String,
+        args: &[&str],
+    ) -> Result<Self> {
+        let port = crate::free_port()?;
+        let text = std::fs::read_to_string(peers_dir().join("kamailio").join(cfg))?
+            .replace("127.0.0.1:5070", &format!("127.0.0.1:{port}"));
+        let file = work.join(cfg);
+        std::fs::write(&file, edit(text))?;
+        let child = tokio::process::Command::new("kamailio")
+            .arg("-f")
+            .arg(&file)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("kamailio (apt-get install kamailio)")?;
+        let kamailio = Kamailio {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut probe =
+            SipClient::bind(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), kamailio.addr).await?;
+        loop {
+            let req = probe.request(
+                "OPTIONS",
+                &format!("sip:{}", kamailio.addr),
+                "bench",
+                "ping",
+                1,
+                "",
+            );
+            if probe
+                .exchange(req.as_bytes(), Duration::from_millis(200))
+                .await?
+                .is_some()
+            {
+                return Ok(kamailio);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(anyhow!("kamailio did not answer on {}", kamailio.addr));
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}

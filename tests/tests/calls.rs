@@ -155,6 +155,25 @@ async fn call_events(sb: &Switchboard, last: &str) -> Vec<Value> {
     }
 }
 
+/// Waits (10 s at most) for a `call.missed` with this reason.
+async fn missed_with_reason(sb: &Switchboard, reason: &str) {
+    let started = Instant::now();
+    loop {
+        let events = call_events(sb, "call.missed").await;
+        if events
+            .iter()
+            .any(|e| e["kind"] == "call.missed" && payload(e)["reason"] == reason)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no {reason}: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn kinds(events: &[Value]) -> Vec<&str> {
     events
         .iter()
@@ -231,20 +250,7 @@ async fn cancel_busy_and_no_answer_are_missed_calls() {
     let status = call(&sb, dir.path(), "uac_unanswered.xml").await;
     assert!(status.success(), "uac: {status}");
     assert!(finished(uas).await.success());
-    let started = Instant::now();
-    loop {
-        let events = call_events(&sb, "call.missed").await;
-        let reasons: Vec<&Value> = events
-            .iter()
-            .filter(|e| e["kind"] == "call.missed")
-            .map(|e| &payload(e)["reason"])
-            .collect();
-        if reasons.iter().any(|r| *r == "busy") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{events:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    missed_with_reason(&sb, "busy").await;
 
     // Nobody answers within ring_timeout (2 s): the phone is cancelled and
     // the caller gets 480.
@@ -257,15 +263,7 @@ async fn cancel_busy_and_no_answer_are_missed_calls() {
         "answered before the ring timeout"
     );
     assert!(finished(uas).await.success(), "the phone got its CANCEL");
-    let started = Instant::now();
-    loop {
-        let events = call_events(&sb, "call.missed").await;
-        if events.iter().any(|e| payload(e)["reason"] == "no_answer") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{events:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    missed_with_reason(&sb, "no_answer").await;
 }
 
 #[tokio::test]

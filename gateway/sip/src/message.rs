@@ -621,8 +621,40 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().filter(|p| !p.is_empty())
 }
 
+/// The reason phrase we send with a status code (RFC 3261 §21).
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        _ => "Error",
+    }
+}
+
 /// `call-id` → `Call-ID`, `www-authenticate` → `WWW-Authenticate`.
-fn canonical_name(n: &str) -> String {
+pub fn canonical_name(n: &str) -> String {
     match n {
         "call-id" => "Call-ID".into(),
         "cseq" => "CSeq".into(),

@@ -57,6 +57,62 @@ pub enum ClientState {
     Terminated,
 }
 
+/// The three timers every transaction runs: retransmit (A/E/G, with its
+/// current interval), give up (B/F/H) and leave a waiting state
+/// (D/I/J/K/L/M).
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    retransmit_at: Option<u64>,
+    interval: u64,
+    timeout_at: Option<u64>,
+    end_at: Option<u64>,
+}
+
+/// Which timer [`Deadlines::due`] found due, in the order they win.
+enum Due {
+    Timeout,
+    End,
+    Retransmit,
+}
+
+impl Deadlines {
+    fn next(&self) -> Option<u64> {
+        [self.retransmit_at, self.timeout_at, self.end_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The peer answered: no more retransmissions, no giving up.
+    fn answered(&mut self) {
+        self.retransmit_at = None;
+        self.timeout_at = None;
+    }
+
+    /// The due timer at `now`, if any; the timeout and end timers stop
+    /// every timer, the retransmission one waits for [`Self::again`].
+    fn due(&mut self, now: u64) -> Option<Due> {
+        if self.timeout_at.is_some_and(|t| now >= t) {
+            self.answered();
+            self.end_at = None;
+            return Some(Due::Timeout);
+        }
+        if self.end_at.is_some_and(|t| now >= t) {
+            self.end_at = None;
+            return Some(Due::End);
+        }
+        self.retransmit_at
+            .is_some_and(|t| now >= t)
+            .then_some(Due::Retransmit)
+    }
+
+    /// Schedules the next retransmission `interval` after `now`.
+    fn again(&mut self, now: u64, interval: u64) {
+        self.interval = interval;
+        self.retransmit_at = Some(now + interval);
+    }
+}
+
 /// A client transaction.
 #[derive(Debug, Clone)]
 pub struct ClientTx {
@@ -65,13 +121,8 @@ pub struct ClientTx {
     timers: Timers,
     request: Bytes,
     state: ClientState,
-    /// Timer A/E: next retransmission and its interval.
-    retransmit_at: Option<u64>,
-    interval: u64,
-    /// Timer B/F: give up.
-    timeout_at: Option<u64>,
-    /// Timer D/K/M: leave Completed/Accepted.
-    end_at: Option<u64>,
+    /// A/E retransmit, B/F give up, D/K/M leave Completed/Accepted.
+    t: Deadlines,
     /// The ACK sent for a failure response (INVITE only), resent on its
     /// retransmissions.
     ack: Option<Bytes>,
@@ -87,10 +138,12 @@ impl ClientTx {
             timers,
             request,
             state: ClientState::Calling,
-            retransmit_at: (!reliable).then_some(now + timers.t1),
-            interval: timers.t1,
-            timeout_at: Some(now + 64 * timers.t1),
-            end_at: None,
+            t: Deadlines {
+                retransmit_at: (!reliable).then_some(now + timers.t1),
+                interval: timers.t1,
+                timeout_at: Some(now + 64 * timers.t1),
+                end_at: None,
+            },
             ack: None,
         }
     }
@@ -101,10 +154,7 @@ impl ClientTx {
 
     /// When `on_timer` must be called next.
     pub fn next_timer(&self) -> Option<u64> {
-        [self.retransmit_at, self.timeout_at, self.end_at]
-            .into_iter()
-            .flatten()
-            .min()
+        self.t.next()
     }
 
     /// A response arrived. `ack` builds the ACK for a failure response to
@@ -116,22 +166,19 @@ impl ClientTx {
             (Kind::Invite, ClientState::Calling | ClientState::Proceeding) => {
                 if provisional {
                     self.state = ClientState::Proceeding;
-                    self.retransmit_at = None;
-                    self.timeout_at = None;
+                    self.t.answered();
                     vec![Action::Response(code)]
                 } else if code < 300 {
                     self.state = ClientState::Accepted;
-                    self.retransmit_at = None;
-                    self.timeout_at = None;
-                    self.end_at = Some(now + 64 * self.timers.t1);
+                    self.t.answered();
+                    self.t.end_at = Some(now + 64 * self.timers.t1);
                     vec![Action::Response(code)]
                 } else {
                     let ack = ack();
                     self.ack = Some(ack.clone());
                     self.state = ClientState::Completed;
-                    self.retransmit_at = None;
-                    self.timeout_at = None;
-                    self.end_at = Some(now + if self.reliable { 0 } else { 32_000 });
+                    self.t.answered();
+                    self.t.end_at = Some(now + if self.reliable { 0 } else { 32_000 });
                     vec![Action::Send(ack), Action::Response(code)]
                 }
             }
@@ -152,9 +199,8 @@ impl ClientTx {
                     vec![Action::Response(code)]
                 } else {
                     self.state = ClientState::Completed;
-                    self.retransmit_at = None;
-                    self.timeout_at = None;
-                    self.end_at = Some(now + if self.reliable { 0 } else { self.timers.t4 });
+                    self.t.answered();
+                    self.t.end_at = Some(now + if self.reliable { 0 } else { self.timers.t4 });
                     vec![Action::Response(code)]
                 }
             }
@@ -164,34 +210,29 @@ impl ClientTx {
 
     /// Time passed; fires whatever timers are due.
     pub fn on_timer(&mut self, now: u64) -> Vec<Action> {
-        let mut out = Vec::new();
         if self.state == ClientState::Terminated {
-            return out;
+            return vec![];
         }
-        if self.timeout_at.is_some_and(|t| now >= t) {
-            self.state = ClientState::Terminated;
-            self.retransmit_at = None;
-            self.timeout_at = None;
-            self.end_at = None;
-            return vec![Action::Timeout, Action::Terminated];
+        match self.t.due(now) {
+            Some(Due::Timeout) => {
+                self.state = ClientState::Terminated;
+                vec![Action::Timeout, Action::Terminated]
+            }
+            Some(Due::End) => {
+                self.state = ClientState::Terminated;
+                vec![Action::Terminated]
+            }
+            Some(Due::Retransmit) => {
+                let interval = match (self.kind, self.state) {
+                    (Kind::Invite, _) => self.t.interval * 2,
+                    (Kind::NonInvite, ClientState::Proceeding) => self.timers.t2,
+                    (Kind::NonInvite, _) => (self.t.interval * 2).min(self.timers.t2),
+                };
+                self.t.again(now, interval);
+                vec![Action::Send(self.request.clone())]
+            }
+            None => vec![],
         }
-        if self.end_at.is_some_and(|t| now >= t) {
-            self.state = ClientState::Terminated;
-            self.end_at = None;
-            return vec![Action::Terminated];
-        }
-        if let Some(at) = self.retransmit_at
-            && now >= at
-        {
-            out.push(Action::Send(self.request.clone()));
-            self.interval = match (self.kind, self.state) {
-                (Kind::Invite, _) => self.interval * 2,
-                (Kind::NonInvite, ClientState::Proceeding) => self.timers.t2,
-                (Kind::NonInvite, _) => (self.interval * 2).min(self.timers.t2),
-            };
-            self.retransmit_at = Some(now + self.interval);
-        }
-        out
     }
 }
 
@@ -217,13 +258,9 @@ pub struct ServerTx {
     timers: Timers,
     state: ServerState,
     last_response: Option<Bytes>,
-    /// Timer G: retransmit a failure response.
-    retransmit_at: Option<u64>,
-    interval: u64,
-    /// Timer H: no ACK came.
-    timeout_at: Option<u64>,
-    /// Timers I/J/L: leave the state.
-    end_at: Option<u64>,
+    /// G retransmits a failure response, H gives up waiting for its ACK,
+    /// I/J/L leave the state.
+    t: Deadlines,
 }
 
 impl ServerTx {
@@ -237,10 +274,12 @@ impl ServerTx {
                 Kind::NonInvite => ServerState::Trying,
             },
             last_response: None,
-            retransmit_at: None,
-            interval: timers.t1,
-            timeout_at: None,
-            end_at: None,
+            t: Deadlines {
+                retransmit_at: None,
+                interval: timers.t1,
+                timeout_at: None,
+                end_at: None,
+            },
         }
     }
 
@@ -249,10 +288,7 @@ impl ServerTx {
     }
 
     pub fn next_timer(&self) -> Option<u64> {
-        [self.retransmit_at, self.timeout_at, self.end_at]
-            .into_iter()
-            .flatten()
-            .min()
+        self.t.next()
     }
 
     /// The request came again: what to resend (absorbing it otherwise).
@@ -272,9 +308,8 @@ impl ServerTx {
     pub fn on_ack(&mut self, now: u64) -> Vec<Action> {
         if self.kind == Kind::Invite && self.state == ServerState::Completed {
             self.state = ServerState::Confirmed;
-            self.retransmit_at = None;
-            self.timeout_at = None;
-            self.end_at = Some(now + if self.reliable { 0 } else { self.timers.t4 });
+            self.t.answered();
+            self.t.end_at = Some(now + if self.reliable { 0 } else { self.timers.t4 });
         }
         vec![]
     }
@@ -299,19 +334,18 @@ impl ServerTx {
         match self.kind {
             Kind::Invite if code < 300 => {
                 self.state = ServerState::Accepted;
-                self.end_at = Some(now + 64 * self.timers.t1);
+                self.t.end_at = Some(now + 64 * self.timers.t1);
             }
             Kind::Invite => {
                 self.state = ServerState::Completed;
                 if !self.reliable {
-                    self.interval = self.timers.t1;
-                    self.retransmit_at = Some(now + self.timers.t1);
+                    self.t.again(now, self.timers.t1);
                 }
-                self.timeout_at = Some(now + 64 * self.timers.t1);
+                self.t.timeout_at = Some(now + 64 * self.timers.t1);
             }
             Kind::NonInvite => {
                 self.state = ServerState::Completed;
-                self.end_at = Some(
+                self.t.end_at = Some(
                     now + if self.reliable {
                         0
                     } else {
@@ -331,29 +365,25 @@ impl ServerTx {
         if self.state == ServerState::Terminated {
             return vec![];
         }
-        if self.timeout_at.is_some_and(|t| now >= t) {
-            self.state = ServerState::Terminated;
-            self.retransmit_at = None;
-            self.timeout_at = None;
-            self.end_at = None;
-            return vec![Action::Timeout, Action::Terminated];
-        }
-        if self.end_at.is_some_and(|t| now >= t) {
-            self.state = ServerState::Terminated;
-            self.end_at = None;
-            return vec![Action::Terminated];
-        }
-        let mut out = Vec::new();
-        if let Some(at) = self.retransmit_at
-            && now >= at
-        {
-            if let Some(r) = &self.last_response {
-                out.push(Action::Send(r.clone()));
+        match self.t.due(now) {
+            Some(Due::Timeout) => {
+                self.state = ServerState::Terminated;
+                vec![Action::Timeout, Action::Terminated]
             }
-            self.interval = (self.interval * 2).min(self.timers.t2);
-            self.retransmit_at = Some(now + self.interval);
+            Some(Due::End) => {
+                self.state = ServerState::Terminated;
+                vec![Action::Terminated]
+            }
+            Some(Due::Retransmit) => {
+                self.t.again(now, (self.t.interval * 2).min(self.timers.t2));
+                self.last_response
+                    .clone()
+                    .map(Action::Send)
+                    .into_iter()
+                    .collect()
+            }
+            None => vec![],
         }
-        out
     }
 }
 

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use switchboard_sip::message::{Message, param_value, split_list};
+use switchboard_sip::message::{Message, canonical_name, param_value, reason_phrase, split_list};
 use switchboard_sip::transaction::{Action, ClientTx, Kind as TxKind, ServerTx, Timers};
 use switchboard_sip::{NameAddr, Uri};
 use switchboard_storage::{Contact, Kind};
@@ -162,25 +162,6 @@ pub struct Calls {
 /// Our branch prefix: a Via with it and our address is a loop.
 const BRANCH_PREFIX: &str = "z9hG4bKsb";
 
-fn reason(code: u16) -> &'static str {
-    match code {
-        100 => "Trying",
-        180 => "Ringing",
-        183 => "Session Progress",
-        200 => "OK",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        482 => "Loop Detected",
-        483 => "Too Many Hops",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        500 => "Server Internal Error",
-        _ => "Status",
-    }
-}
-
 fn tag_of(value: &str) -> Option<String> {
     param_value(value, "tag").map(str::to_owned)
 }
@@ -251,7 +232,9 @@ impl Calls {
 
     /// The A leg's response with our tag, Contact and body.
     fn a_response(contact: &str, call: &Call, code: u16, body: Option<(&str, &Bytes)>) -> Bytes {
-        let mut r = call.invite.response(code, reason(code), Some(&call.a_tag));
+        let mut r = call
+            .invite
+            .response(code, reason_phrase(code), Some(&call.a_tag));
         stamp_rport(&mut r, call.src);
         if (101..300).contains(&code) {
             r.push_header("contact", contact);
@@ -1145,7 +1128,7 @@ fn cancel_for(invite: &Bytes) -> Bytes {
     let mut text = format!("CANCEL {} SIP/2.0\r\n", inv.request_uri().unwrap_or(""));
     for name in ["via", "max-forwards", "from", "to", "call-id"] {
         if let Some(v) = inv.header(name) {
-            text.push_str(&format!("{}: {v}\r\n", header_name(name)));
+            text.push_str(&format!("{}: {v}\r\n", canonical_name(name)));
         }
     }
     text.push_str("CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
@@ -1160,7 +1143,7 @@ fn ack_for_failure(invite: &Bytes, uri: &str, to: &str) -> Bytes {
     let mut text = format!("ACK {uri} SIP/2.0\r\n");
     for name in ["via", "max-forwards", "from"] {
         if let Some(v) = inv.header(name) {
-            text.push_str(&format!("{}: {v}\r\n", header_name(name)));
+            text.push_str(&format!("{}: {v}\r\n", canonical_name(name)));
         }
     }
     text.push_str(&format!(
@@ -1168,17 +1151,6 @@ fn ack_for_failure(invite: &Bytes, uri: &str, to: &str) -> Bytes {
         inv.call_id().unwrap_or("")
     ));
     Bytes::from(text)
-}
-
-fn header_name(n: &str) -> &str {
-    match n {
-        "via" => "Via",
-        "max-forwards" => "Max-Forwards",
-        "from" => "From",
-        "to" => "To",
-        "call-id" => "Call-ID",
-        _ => n,
-    }
 }
 
 /// `received`/`rport` on a response's top Via, as the registrar does.

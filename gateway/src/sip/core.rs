@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::b2bua::{CallEvent, Calls, Candidate, NewCall, Send, stamp_rport, target_addr};
+use super::fnv;
 use super::guard::{Guard, Verdict};
 use super::location::{Location, LocationError, Secs, Transport, Update};
 use crate::dispatch::Dispatcher;
@@ -180,16 +181,6 @@ fn unix_now() -> Secs {
         .map_or(0, |d| d.as_secs())
 }
 
-fn fnv(parts: &[&str]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325_u64;
-    for p in parts {
-        for b in p.bytes().chain([0]) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    h
-}
-
 fn method_label(method: &str) -> &'static str {
     match method {
         "INVITE" => "INVITE",
@@ -201,33 +192,6 @@ fn method_label(method: &str) -> &'static str {
         "UPDATE" => "UPDATE",
         "INFO" => "INFO",
         _ => "other",
-    }
-}
-
-/// The reason phrases we send.
-fn reason(code: u16) -> &'static str {
-    match code {
-        100 => "Trying",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        406 => "Not Acceptable",
-        407 => "Proxy Authentication Required",
-        415 => "Unsupported Media Type",
-        416 => "Unsupported URI Scheme",
-        420 => "Bad Extension",
-        423 => "Interval Too Brief",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        482 => "Loop Detected",
-        483 => "Too Many Hops",
-        500 => "Server Internal Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "Version Not Supported",
-        _ => "Error",
     }
 }
 
@@ -440,7 +404,7 @@ impl<L: Location> Core<L> {
 
     fn reply(&self, req: &Message, code: u16, src: SocketAddr) -> Message {
         let tag = self.to_tag(req);
-        let mut resp = req.response(code, reason(code), Some(&tag));
+        let mut resp = req.response(code, message::reason_phrase(code), Some(&tag));
         stamp_rport(&mut resp, src);
         resp.push_header("server", "Switchboard");
         resp

@@ -203,10 +203,7 @@ impl Default for MemoryLocation {
 
 impl MemoryLocation {
     fn shard(&self, aor: &str) -> &Shard {
-        let h = aor.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        &self.shards[(h % SHARDS as u64) as usize]
+        &self.shards[(super::fnv(&[aor]) % SHARDS as u64) as usize]
     }
 }
 

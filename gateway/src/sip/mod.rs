@@ -24,6 +24,18 @@ pub use redis_location::RedisLocation;
 use crate::dispatch::Dispatcher;
 use switchboard_storage::FeedLog;
 
+/// FNV-1a over the parts (each followed by a zero byte): tags, branch
+/// keys and shard numbers that must be the same for the same input.
+pub(crate) fn fnv(parts: &[&str]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SipError {
     #[error("cannot listen for SIP on {transport} {addr}: {source}")]
