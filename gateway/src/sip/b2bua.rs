@@ -11,7 +11,8 @@
 //! send and events out. SDP passes through untouched (media anchoring is
 //! the media issue's).
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -127,6 +128,10 @@ struct Call {
     b_leg: Option<Leg>,
     manager: Option<String>,
     extension: Option<String>,
+    /// The earliest deadline this call is queued under in `Calls::due`.
+    scheduled: Option<u64>,
+    /// Relayed requests still in flight for this call.
+    relays: u32,
 }
 
 /// A request relayed from one leg to the other (BYE, re-INVITE, UPDATE).
@@ -138,6 +143,19 @@ struct Relay {
     original: Option<(Message, SocketAddr)>,
     to: SocketAddr,
     method: String,
+    /// The deadline this relay is queued under in `Calls::relay_due`.
+    scheduled: Option<u64>,
+}
+
+impl Call {
+    /// Ended, and nothing left for its transactions to do (the caller's
+    /// at most waits out its final timer).
+    fn finished(&self, now: u64, t1: u64) -> bool {
+        self.phase == Phase::Ended
+            && self.a_tx.next_timer().is_none_or(|t| t > now + 64 * t1)
+            && self.forks.iter().all(|f| f.tx.next_timer().is_none())
+            && self.relays == 0
+    }
 }
 
 /// Every call in progress.
@@ -157,6 +175,15 @@ pub struct Calls {
     /// B leg Call-ID → call.
     by_b_call: HashMap<String, u64>,
     relays: HashMap<String, Relay>,
+    /// Calls by their next timer, earliest first. Entries that no longer
+    /// match the call's `scheduled` are stale and skipped: a tick visits
+    /// only calls with something due, however many calls linger.
+    due: BinaryHeap<Reverse<(u64, u64)>>,
+    relay_due: BinaryHeap<Reverse<(u64, String)>>,
+    /// Calls in the `Ended` phase, waiting for their transactions.
+    ended: usize,
+    /// B-leg transactions of all calls.
+    forks: usize,
 }
 
 /// Our branch prefix: a Via with it and our address is a loop.
@@ -180,22 +207,56 @@ impl Calls {
             by_branch: HashMap::new(),
             by_b_call: HashMap::new(),
             relays: HashMap::new(),
+            due: BinaryHeap::new(),
+            relay_due: BinaryHeap::new(),
+            ended: 0,
+            forks: 0,
         }
     }
 
     pub fn active(&self) -> usize {
-        self.calls
-            .values()
-            .filter(|c| c.phase != Phase::Ended)
-            .count()
+        self.calls.len() - self.ended
     }
 
     pub fn transactions(&self) -> usize {
-        self.calls
-            .values()
-            .map(|c| 1 + c.forks.len())
-            .sum::<usize>()
-            + self.relays.len()
+        self.calls.len() + self.forks + self.relays.len()
+    }
+
+    /// Queues the call under its next deadline (a transaction timer or the
+    /// ring timeout), or under `now` when it has ended and may be forgotten.
+    fn schedule(&mut self, id: u64, now: u64) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let next = if call.finished(now, self.timers.t1) {
+            Some(now)
+        } else {
+            let ring = call.ring_deadline.filter(|_| call.phase == Phase::Setup);
+            call.forks
+                .iter()
+                .filter_map(|f| f.tx.next_timer())
+                .chain(call.a_tx.next_timer())
+                .chain(ring)
+                .min()
+        };
+        if let Some(at) = next
+            && call.scheduled.is_none_or(|s| at < s)
+        {
+            call.scheduled = Some(at);
+            self.due.push(Reverse((at, id)));
+        }
+    }
+
+    fn schedule_relay(&mut self, branch: &str) {
+        let Some(relay) = self.relays.get_mut(branch) else {
+            return;
+        };
+        if let Some(at) = relay.tx.next_timer()
+            && relay.scheduled.is_none_or(|s| at < s)
+        {
+            relay.scheduled = Some(at);
+            self.relay_due.push(Reverse((at, branch.to_owned())));
+        }
     }
 
     fn unique(&mut self, what: &str) -> String {
@@ -282,6 +343,8 @@ impl Calls {
             b_leg: None,
             manager: None,
             extension: None,
+            scheduled: None,
+            relays: 0,
         };
         let trying = Self::a_response(&self.contact(), &call, 100, None);
         let mut out = Vec::new();
@@ -294,6 +357,7 @@ impl Calls {
         self.calls.insert(id, call);
         let mut events = Vec::new();
         self.ring_next(id, now, &mut out, &mut events);
+        self.schedule(id, now);
         (out, events)
     }
 
@@ -399,6 +463,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             return;
         };
         call.forks.push(fork);
+        self.forks += 1;
         let ix = call.forks.len() - 1;
         self.by_branch.insert(branch, (id, ix));
         self.by_b_call.insert(call_id, id);
@@ -440,6 +505,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         if let Some(call) = self.calls.get_mut(&id) {
             call.a_tx.on_ack(now);
         }
+        self.schedule(id, now);
         true
     }
 
@@ -467,6 +533,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         if call.phase == Phase::Setup {
             self.fail(id, 487, "abandoned", now, &mut out, &mut events);
         }
+        self.schedule(id, now);
         Some((out, events))
     }
 
@@ -495,6 +562,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             }
         }
         call.phase = Phase::Ended;
+        self.ended += 1;
         call.ring_deadline = None;
         let payload = json!({
             "reason": why,
@@ -527,20 +595,35 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
     /// A response from a B leg or a relayed request's far end.
     pub fn on_response(&mut self, resp: &Message, now: u64) -> Option<(Vec<Send>, Vec<CallEvent>)> {
         let branch = resp.via().and_then(|v| v.branch)?;
+        let result = self.response(resp, &branch, now);
+        if let Some(&(id, _)) = self.by_branch.get(&branch) {
+            self.schedule(id, now);
+        } else {
+            self.schedule_relay(&branch);
+        }
+        result
+    }
+
+    fn response(
+        &mut self,
+        resp: &Message,
+        branch: &str,
+        now: u64,
+    ) -> Option<(Vec<Send>, Vec<CallEvent>)> {
         let code = resp.status()?;
         let (_, method) = resp.cseq()?;
         if method == "CANCEL" {
             return Some((Vec::new(), Vec::new()));
         }
-        if let Some(relay) = self.relays.get_mut(&branch) {
+        if let Some(relay) = self.relays.get_mut(branch) {
             let actions = relay.tx.on_response(code, now, Bytes::new);
             let mut out = Vec::new();
             if actions.contains(&Action::Response(code)) {
-                out.extend(self.finish_relay(&branch, resp));
+                out.extend(self.finish_relay(branch, resp));
             }
             return Some((out, Vec::new()));
         }
-        let (id, ix) = *self.by_branch.get(&branch)?;
+        let (id, ix) = *self.by_branch.get(branch)?;
         let mut out = Vec::new();
         let mut events = Vec::new();
         let call = self.calls.get_mut(&id)?;
@@ -777,12 +860,24 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         src: SocketAddr,
         now: u64,
     ) -> Option<(Vec<Send>, Vec<CallEvent>)> {
-        let method = req.method()?.to_owned();
-        let call_id = req.call_id()?.to_owned();
         let (id, from_a) = match self.a_call(req) {
             Some(id) => (id, true),
-            None => (*self.by_b_call.get(&call_id)?, false),
+            None => (*self.by_b_call.get(req.call_id()?)?, false),
         };
+        let result = self.in_dialog(id, from_a, req, src, now);
+        self.schedule(id, now);
+        result
+    }
+
+    fn in_dialog(
+        &mut self,
+        id: u64,
+        from_a: bool,
+        req: &Message,
+        src: SocketAddr,
+        now: u64,
+    ) -> Option<(Vec<Send>, Vec<CallEvent>)> {
+        let method = req.method()?.to_owned();
         let call = self.calls.get_mut(&id)?;
         if call.phase != Phase::Answered {
             return None;
@@ -802,6 +897,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
                 bytes: Bytes::from(ok.to_bytes()),
             });
             call.phase = Phase::Ended;
+            self.ended += 1;
             let duration_ms = now.saturating_sub(call.answered_ms.unwrap_or(now));
             let hung_up = match (from_a, call.info.direction) {
                 (true, "inbound") | (false, "outbound") => "customer",
@@ -900,15 +996,20 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             TxKind::NonInvite
         };
         self.relays.insert(
-            branch,
+            branch.clone(),
             Relay {
                 call: id,
                 tx: ClientTx::new(kind, bytes, false, self.timers, now),
                 original,
                 to: leg.addr,
                 method: method.to_owned(),
+                scheduled: None,
             },
         );
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.relays += 1;
+        }
+        self.schedule_relay(&branch);
     }
 
     /// The far end answered a relayed request: pass the final answer back.
@@ -977,86 +1078,127 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
     }
 
     /// Runs due timers: retransmissions, ring timeouts, transaction ends.
+    /// Visits only the calls and relays whose next deadline has come.
     pub fn tick(&mut self, now: u64) -> (Vec<Send>, Vec<CallEvent>) {
         let mut out = Vec::new();
         let mut events = Vec::new();
-        let ids: Vec<u64> = self.calls.keys().copied().collect();
-        let relaying: std::collections::HashSet<u64> =
-            self.relays.values().map(|r| r.call).collect();
-        for id in ids {
-            let Some(call) = self.calls.get_mut(&id) else {
-                continue;
-            };
-            let src = call.src;
-            for a in call.a_tx.on_timer(now) {
-                if let Action::Send(b) = a {
-                    out.push(Send { to: src, bytes: b });
-                }
+        let mut ids = Vec::new();
+        while let Some(&Reverse((at, id))) = self.due.peek() {
+            if at > now {
+                break;
             }
-            let mut failed_fork = false;
-            for f in &mut call.forks {
-                for a in f.tx.on_timer(now) {
-                    match a {
-                        Action::Send(b) => out.push(Send {
-                            to: f.addr,
-                            bytes: b,
-                        }),
-                        Action::Timeout
-                            if matches!(f.state, ForkState::Trying | ForkState::Ringing) =>
-                        {
-                            f.state = ForkState::Failed(408);
-                            failed_fork = true;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            let ring_over =
-                call.phase == Phase::Setup && call.ring_deadline.is_some_and(|d| now >= d);
-            if ring_over {
-                // Nobody answered in time: cancel and try the next one.
-                call.ring_deadline = None;
-                self.cancel_forks(id, None, &mut out);
-                self.ring_next(id, now, &mut out, &mut events);
-            } else if failed_fork {
-                self.after_fork_failure(id, now, &mut out, &mut events);
-            }
-            // Forget calls that ended once their transactions are done.
-            if let Some(call) = self.calls.get(&id)
-                && call.phase == Phase::Ended
-                && call
-                    .a_tx
-                    .next_timer()
-                    .is_none_or(|t| t > now + 64 * self.timers.t1)
-                && call.forks.iter().all(|f| f.tx.next_timer().is_none())
-                && !relaying.contains(&id)
+            self.due.pop();
+            if let Some(call) = self.calls.get_mut(&id)
+                && call.scheduled == Some(at)
             {
-                self.forget(id);
+                call.scheduled = None;
+                ids.push(id);
             }
         }
-        let mut done = Vec::new();
-        for (branch, relay) in &mut self.relays {
+        for id in ids {
+            self.call_timers(id, now, &mut out, &mut events);
+            self.schedule(id, now);
+        }
+        let mut branches = Vec::new();
+        while let Some(Reverse((at, _))) = self.relay_due.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, branch))) = self.relay_due.pop() else {
+                break;
+            };
+            if let Some(relay) = self.relays.get_mut(&branch)
+                && relay.scheduled == Some(at)
+            {
+                relay.scheduled = None;
+                branches.push(branch);
+            }
+        }
+        for branch in branches {
+            let Some(relay) = self.relays.get_mut(&branch) else {
+                continue;
+            };
+            let mut done = false;
             for a in relay.tx.on_timer(now) {
                 match a {
                     Action::Send(b) => out.push(Send {
                         to: relay.to,
                         bytes: b,
                     }),
-                    Action::Terminated => done.push(branch.clone()),
+                    Action::Terminated => done = true,
+                    _ => {}
+                }
+            }
+            if done {
+                let call = relay.call;
+                self.relays.remove(&branch);
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.relays = c.relays.saturating_sub(1);
+                }
+                self.schedule(call, now);
+            } else {
+                self.schedule_relay(&branch);
+            }
+        }
+        (out, events)
+    }
+
+    /// One call's due timers; forgets it when it has ended and its
+    /// transactions are done.
+    fn call_timers(&mut self, id: u64, now: u64, out: &mut Vec<Send>, events: &mut Vec<CallEvent>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let src = call.src;
+        for a in call.a_tx.on_timer(now) {
+            if let Action::Send(b) = a {
+                out.push(Send { to: src, bytes: b });
+            }
+        }
+        let mut failed_fork = false;
+        for f in &mut call.forks {
+            for a in f.tx.on_timer(now) {
+                match a {
+                    Action::Send(b) => out.push(Send {
+                        to: f.addr,
+                        bytes: b,
+                    }),
+                    Action::Timeout
+                        if matches!(f.state, ForkState::Trying | ForkState::Ringing) =>
+                    {
+                        f.state = ForkState::Failed(408);
+                        failed_fork = true;
+                    }
                     _ => {}
                 }
             }
         }
-        for b in done {
-            self.relays.remove(&b);
+        let ring_over = call.phase == Phase::Setup && call.ring_deadline.is_some_and(|d| now >= d);
+        if ring_over {
+            // Nobody answered in time: cancel and try the next one.
+            call.ring_deadline = None;
+            self.cancel_forks(id, None, out);
+            self.ring_next(id, now, out, events);
+        } else if failed_fork {
+            self.after_fork_failure(id, now, out, events);
         }
-        (out, events)
+        if self
+            .calls
+            .get(&id)
+            .is_some_and(|call| call.finished(now, self.timers.t1))
+        {
+            self.forget(id);
+        }
     }
 
     fn forget(&mut self, id: u64) {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        if call.phase == Phase::Ended {
+            self.ended -= 1;
+        }
+        self.forks -= call.forks.len();
         if let (Some(cid), Some(tag)) = (
             call.invite.call_id(),
             call.invite.header("from").and_then(tag_of),
