@@ -78,6 +78,8 @@ async fn load(
             .arg(peers_dir().join("sipp").join(scenario))
             .arg("-inf")
             .arg(users)
+            // A 4 MiB socket buffer: bursts wait instead of being dropped.
+            .args(["-buff_size", "4194304"])
             .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
             .arg(free_port().unwrap().to_string())
             .args(["-r", "100000", "-l"])

@@ -49,6 +49,8 @@ async fn load(
             .arg("-sf")
             .arg(peers_dir().join("sipp/uac_cps.xml"))
             .args(["-s", service, "-set", "caller", "+79161234567"])
+            // A 4 MiB socket buffer: bursts wait instead of being dropped.
+            .args(["-buff_size", "4194304"])
             .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
             .arg(free_port().unwrap().to_string())
             .args(["-r", "100000", "-l"])
@@ -92,6 +94,7 @@ fn answering_phone(work: &Path, name: &str) -> (tokio::process::Child, u16) {
     let dir = work.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let child = tokio::process::Command::new("sipp")
+        .args(["-buff_size", "4194304"])
         .args(["-sn", "uas", "-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
         .arg(free_port().unwrap().to_string())
         .args(["-p", &port.to_string(), "-nostdin"])

@@ -4,6 +4,10 @@
 //! [`ClientTx::next_timer`] / [`ServerTx::next_timer`] say when to call
 //! `on_timer` next. Over reliable transports the retransmission timers do
 //! not run and the wait timers are zero, as §17 asks.
+//!
+//! The INVITE server transaction also does one job RFC 6026 leaves to the
+//! transaction user: over UDP it retransmits a 2xx (T1 doubling up to T2)
+//! until the ACK arrives or Timer L ends it (RFC 3261 §13.3.1.4).
 
 use bytes::Bytes;
 
@@ -306,6 +310,10 @@ impl ServerTx {
 
     /// An ACK matched this (INVITE) transaction.
     pub fn on_ack(&mut self, now: u64) -> Vec<Action> {
+        if self.kind == Kind::Invite && self.state == ServerState::Accepted {
+            // The 2xx arrived: stop retransmitting it.
+            self.t.retransmit_at = None;
+        }
         if self.kind == Kind::Invite && self.state == ServerState::Completed {
             self.state = ServerState::Confirmed;
             self.t.answered();
@@ -334,6 +342,9 @@ impl ServerTx {
         match self.kind {
             Kind::Invite if code < 300 => {
                 self.state = ServerState::Accepted;
+                if !self.reliable {
+                    self.t.again(now, self.timers.t1);
+                }
                 self.t.end_at = Some(now + 64 * self.timers.t1);
             }
             Kind::Invite => {
@@ -613,6 +624,34 @@ mod tests {
         tx.respond(200, Bytes::from_static(b"200"), 0);
         assert_eq!(tx.state(), ServerState::Accepted);
         assert!(tx.on_retransmission().is_empty());
+        // The 2xx goes again at 500, 1500, 3500 ms until the ACK comes.
+        let ok = Action::Send(Bytes::from_static(b"200"));
+        assert_eq!(tx.next_timer(), Some(500));
+        assert_eq!(tx.on_timer(500), vec![ok.clone()]);
+        assert_eq!(tx.next_timer(), Some(1500));
+        assert_eq!(tx.on_timer(1500), vec![ok]);
+        assert!(tx.on_ack(2000).is_empty());
+        assert_eq!(tx.next_timer(), Some(32_000));
         assert_eq!(tx.on_timer(32_000), vec![Action::Terminated]);
+    }
+
+    #[test]
+    fn an_unacknowledged_2xx_is_resent_up_to_t2_apart_until_timer_l() {
+        let mut tx = ServerTx::new(Kind::Invite, false, Timers::default());
+        tx.respond(200, Bytes::from_static(b"200"), 0);
+        let mut sends = Vec::new();
+        while let Some(t) = tx.next_timer() {
+            if tx.on_timer(t).contains(&Action::Terminated) {
+                assert_eq!(t, 32_000);
+                break;
+            }
+            sends.push(t);
+        }
+        assert_eq!(&sends[..4], &[500, 1500, 3500, 7500]);
+        assert!(sends.windows(2).all(|w| w[1] - w[0] <= 4000));
+        // Over TCP the transport carries it: no retransmission.
+        let mut tcp = ServerTx::new(Kind::Invite, true, Timers::default());
+        tcp.respond(200, Bytes::from_static(b"200"), 0);
+        assert_eq!(tcp.next_timer(), Some(32_000));
     }
 }

@@ -787,6 +787,10 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             to: b_leg.addr,
             bytes: ack,
         });
+        if call.forks[ix].state == ForkState::Answered {
+            // The 2xx again: our ACK was lost; the ACK above answers it.
+            return;
+        }
         if call.phase != Phase::Setup || call.forks[ix].state == ForkState::Cancelled {
             // Another fork won (or the caller gave up): hang this one up.
             let mut leg = b_leg;

@@ -88,13 +88,11 @@ impl SipServer {
         let users = Users::from_config(cfg)?;
         let mut udp = Vec::new();
         for addr in &cfg.udp_listen {
-            let socket = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| SipError::Bind {
-                    transport: "UDP",
-                    addr: *addr,
-                    source,
-                })?;
+            let socket = bind_udp(*addr).map_err(|source| SipError::Bind {
+                transport: "UDP",
+                addr: *addr,
+                source,
+            })?;
             udp.push(Arc::new(socket));
         }
         let mut tcp = Vec::new();
@@ -326,4 +324,21 @@ impl SipReloader {
         self.core.set_users(users);
         Ok(n)
     }
+}
+
+/// The receive buffer asked for on UDP sockets: a burst of a few thousand
+/// datagrams waits here instead of being dropped by the kernel (which
+/// caps it at `net.core.rmem_max`).
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
+/// A non-blocking UDP socket on `addr` with a large receive buffer.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        tracing::warn!(error = %e, "could not enlarge the SIP UDP receive buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
