@@ -576,3 +576,126 @@ async fn a_softphone_calls_another_through_switchboard() {
     );
     assert!(peak > 4000, "peak {peak}");
 }
+
+/// Waits for the next request from Switchboard on `client`, skipping
+/// retransmissions of what came before (same method and CSeq).
+async fn next_request(client: &SipClient, method: &str) -> switchboard_sip::message::Message {
+    let started = Instant::now();
+    loop {
+        let left = Duration::from_secs(5).saturating_sub(started.elapsed());
+        let msg = client
+            .recv(left)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no {method} within 5 s"));
+        if msg.method() == Some(method) {
+            return msg;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_phone_behind_an_edge_proxy_is_reached_through_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), None).await;
+    let server = sb.sip_udp.unwrap();
+    // The edge proxy (RFC 3327) registers 1001 on the phone's behalf from
+    // one port and asks, with Path, to be sent its requests on another.
+    let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let proxy = SipClient::bind(local, server).await.unwrap();
+    let hop = format!("<sip:{};lr>", proxy.local());
+    let contact = "sip:1001@192.0.2.10:5060";
+    let mut registrar_side = SipClient::bind(local, server).await.unwrap();
+    let ok = registrar_side
+        .register(
+            "1001",
+            "demo1001",
+            &format!("Supported: path\r\nPath: {hop}\r\nContact: <{contact}>\r\n"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert_eq!(ok.header("path"), Some(hop.as_str()));
+
+    // The trunk calls the company number.
+    let mut trunk = SipClient::bind(local, server).await.unwrap();
+    let uri = format!("sip:{COMPANY}@{server}");
+    let invite = trunk
+        .request("INVITE", &uri, CALLER, "path-call-1", 1, "")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            &format!(
+                "Max-Forwards: 70\r\nContact: <sip:{CALLER}@{}>\r\n",
+                trunk.local()
+            ),
+        )
+        .replace(
+            &format!("To: <sip:{CALLER}@switchboard.test>"),
+            &format!("To: <{uri}>"),
+        );
+    trunk.send(invite.as_bytes()).await.unwrap();
+
+    // The INVITE reaches the proxy, addressed to the phone's contact, with
+    // the Path as its Route.
+    let inv = next_request(&proxy, "INVITE").await;
+    assert_eq!(inv.request_uri(), Some(contact));
+    assert_eq!(
+        inv.header_values("route").collect::<Vec<_>>(),
+        [hop.as_str()]
+    );
+    // The phone answers through the proxy, which record-routes.
+    let mut ok = inv.response(200, "OK", Some("phone-tag"));
+    ok.push_header("record-route", hop.clone());
+    ok.push_header("contact", format!("<{contact}>"));
+    proxy.send(&ok.to_bytes()).await.unwrap();
+    // Switchboard's ACK follows the dialog's route set.
+    let ack = next_request(&proxy, "ACK").await;
+    assert_eq!(ack.request_uri(), Some(contact));
+    assert_eq!(
+        ack.header_values("route").collect::<Vec<_>>(),
+        [hop.as_str()]
+    );
+
+    // The caller gets its 200 and hangs up; the BYE goes the same way.
+    let answered = loop {
+        let r = trunk.recv(Duration::from_secs(5)).await.unwrap().unwrap();
+        if r.status() == Some(200) {
+            break r;
+        }
+    };
+    let to = answered.header("to").unwrap().to_owned();
+    let from = invite_from(&invite);
+    let local = trunk.local();
+    let ack = format!(
+        "ACK sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-path-ack;rport\r\n\
+Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: path-call-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    trunk.send(ack.as_bytes()).await.unwrap();
+    let bye = ack
+        .replace("ACK sip:", "BYE sip:")
+        .replace("path-ack", "path-bye")
+        .replace("CSeq: 1 ACK", "CSeq: 2 BYE");
+    trunk.send(bye.as_bytes()).await.unwrap();
+    let bye_in = next_request(&proxy, "BYE").await;
+    assert_eq!(bye_in.request_uri(), Some(contact));
+    assert_eq!(
+        bye_in.header_values("route").collect::<Vec<_>>(),
+        [hop.as_str()]
+    );
+    let bye_ok = bye_in.response(200, "OK", None);
+    proxy.send(&bye_ok.to_bytes()).await.unwrap();
+
+    let events = call_events(&sb, "call.ended").await;
+    assert_eq!(
+        kinds(&events),
+        ["call.answered", "call.ended"],
+        "{events:#?}"
+    );
+}
+
+fn invite_from(request: &str) -> &str {
+    request
+        .lines()
+        .find_map(|l| l.strip_prefix("From: "))
+        .unwrap()
+}

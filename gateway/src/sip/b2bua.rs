@@ -45,8 +45,28 @@ pub struct CallEvent {
 pub struct Candidate {
     pub manager: Option<String>,
     pub extension: Option<String>,
-    /// (Request-URI, where to send it).
-    pub targets: Vec<(String, SocketAddr)>,
+    pub targets: Vec<Target>,
+}
+
+/// One phone to ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The Request-URI: the phone's registered Contact.
+    pub uri: String,
+    /// Where to send the INVITE: the first Path hop, else the phone.
+    pub addr: SocketAddr,
+    /// Route headers: the binding's Path (RFC 3327), in order.
+    pub route: Vec<String>,
+}
+
+impl Target {
+    pub fn direct(uri: String, addr: SocketAddr) -> Self {
+        Target {
+            uri,
+            addr,
+            route: Vec::new(),
+        }
+    }
 }
 
 /// What the caller knows about a new call.
@@ -98,6 +118,9 @@ struct Leg {
     target: String,
     addr: SocketAddr,
     cseq: u32,
+    /// The dialog's route set (RFC 3261 §12.1): Route headers of every
+    /// request we send on this leg.
+    route: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,22 +414,15 @@ impl Calls {
             }
             call.current = Some(cand.clone());
             call.ring_deadline = Some(now + self.ring_timeout_ms);
-            for (uri, addr) in cand.targets {
-                self.add_fork(id, uri, addr, 0, now, out);
+            for target in cand.targets {
+                self.add_fork(id, target, 0, now, out);
             }
             return;
         }
     }
 
-    fn add_fork(
-        &mut self,
-        id: u64,
-        uri: String,
-        addr: SocketAddr,
-        redirects: u8,
-        now: u64,
-        out: &mut Vec<Send>,
-    ) {
+    fn add_fork(&mut self, id: u64, target: Target, redirects: u8, now: u64, out: &mut Vec<Send>) {
+        let Target { uri, addr, route } = target;
         let branch = format!("{BRANCH_PREFIX}{}", self.unique("b"));
         let call_id = self.unique("sbcall-");
         let from_tag = self.unique("t");
@@ -434,6 +450,9 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             self.contact(),
             switchboard_sip::ALLOWED_METHODS,
         );
+        for hop in &route {
+            text.push_str(&format!("Route: {hop}\r\n"));
+        }
         if !inv.body.is_empty() {
             text.push_str(&format!(
                 "Content-Type: {}\r\n",
@@ -707,13 +726,13 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             // Follow the redirect's contacts (RFC 3261 §8.1.3.4).
             call.forks[ix].state = ForkState::Failed(code);
             let redirects = call.forks[ix].redirects + 1;
-            let targets: Vec<(String, SocketAddr)> = resp
+            let targets: Vec<Target> = resp
                 .header_values("contact")
                 .filter_map(|c| NameAddr::parse(c, true).ok())
-                .filter_map(|c| target_addr(&c.uri).map(|a| (c.uri_text.clone(), a)))
+                .filter_map(|c| target_addr(&c.uri).map(|a| Target::direct(c.uri_text.clone(), a)))
                 .collect();
-            for (uri, addr) in targets {
-                self.add_fork(id, uri, addr, redirects, now, out);
+            for target in targets {
+                self.add_fork(id, target, redirects, now, out);
             }
             self.after_fork_failure(id, now, out, events);
             return;
@@ -778,6 +797,12 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             target: remote_target.clone(),
             addr: fork.addr,
             cseq: 1,
+            // The route set from the 2xx's Record-Route, reversed (§12.1.2).
+            route: {
+                let mut rr = record_route(resp);
+                rr.reverse();
+                rr
+            },
         };
         // ACK the 2xx ourselves (it is end to end, not the transaction's).
         let ack_branch = format!("{BRANCH_PREFIX}{}", self.unique("a"));
@@ -828,6 +853,8 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             target: a_target,
             addr: call.src,
             cseq: 1,
+            // The route set from the INVITE's Record-Route, in order (§12.1.1).
+            route: record_route(&call.invite),
         });
         self.cancel_forks(id, Some(ix), out);
         let contact = self.contact();
@@ -1251,6 +1278,9 @@ fn in_dialog(via: &str, leg: &Leg, method: &str, cseq: u32, body: Option<(&str, 
         "{method} {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n",
         leg.target, leg.local, leg.remote, leg.call_id
     );
+    for hop in &leg.route {
+        text.push_str(&format!("Route: {hop}\r\n"));
+    }
     if let Some((ct, _)) = body {
         text.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -1265,6 +1295,14 @@ fn in_dialog(via: &str, leg: &Leg, method: &str, cseq: u32, body: Option<(&str, 
     Bytes::from(bytes)
 }
 
+/// Every Record-Route entry of a message, top first.
+fn record_route(msg: &Message) -> Vec<String> {
+    msg.header_values("record-route")
+        .flat_map(split_list)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// CANCEL for a fork's INVITE: same branch, Request-URI, From, To, Call-ID
 /// (RFC 3261 §9.1).
 fn cancel_for(invite: &Bytes) -> Bytes {
@@ -1276,6 +1314,10 @@ fn cancel_for(invite: &Bytes) -> Bytes {
         if let Some(v) = inv.header(name) {
             text.push_str(&format!("{}: {v}\r\n", canonical_name(name)));
         }
+    }
+    // The INVITE's Route headers too (§9.1).
+    for hop in inv.header_values("route") {
+        text.push_str(&format!("Route: {hop}\r\n"));
     }
     text.push_str("CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
     Bytes::from(text)
@@ -1291,6 +1333,10 @@ fn ack_for_failure(invite: &Bytes, uri: &str, to: &str) -> Bytes {
         if let Some(v) = inv.header(name) {
             text.push_str(&format!("{}: {v}\r\n", canonical_name(name)));
         }
+    }
+    // The INVITE's Route headers too (§17.1.1.3).
+    for hop in inv.header_values("route") {
+        text.push_str(&format!("Route: {hop}\r\n"));
     }
     text.push_str(&format!(
         "To: {to}\r\nCall-ID: {}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",

@@ -14,7 +14,7 @@ use switchboard_config::{ConfigError, SipConfig, SipNumber, SipTrunk};
 use switchboard_sip::digest::{
     self, Algorithm, CountCheck, Credentials, NonceCheck, NonceCounts, Nonces,
 };
-use switchboard_sip::message::{self, Message, ParseError};
+use switchboard_sip::message::{self, Message, ParseError, split_list};
 use switchboard_sip::registrar::{self, ExpiryPolicy, RegisterError};
 use switchboard_sip::{ALLOWED_METHODS, NameAddr, Uri, is_known_method};
 use switchboard_storage::{Channel, Contact, ContactKey, FeedLog, Interaction, NewRecord};
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::b2bua::{CallEvent, Calls, Candidate, NewCall, Send, stamp_rport, target_addr};
+use super::b2bua::{CallEvent, Calls, Candidate, NewCall, Send, Target, stamp_rport, target_addr};
 use super::fnv;
 use super::guard::{Guard, Verdict};
 use super::location::{Location, LocationError, Secs, Transport, Update};
@@ -703,7 +703,7 @@ impl<L: Location> Core<L> {
             candidates: vec![Candidate {
                 manager: None,
                 extension: None,
-                targets: vec![(format!("sip:{number}@{addr}"), addr)],
+                targets: vec![Target::direct(format!("sip:{number}@{addr}"), addr)],
             }],
         };
         call.candidates[0].manager = manager;
@@ -711,8 +711,9 @@ impl<L: Location> Core<L> {
     }
 
     /// An extension's registered contacts, each with where to send to: the
-    /// contact's own address unless it is behind NAT (its IP differs from
-    /// the one the REGISTER came from), then the REGISTER's source.
+    /// first hop of the binding's Path; else the contact's own address
+    /// unless it is behind NAT (its IP differs from the one the REGISTER
+    /// came from), then the REGISTER's source.
     async fn candidate(&self, manager: Option<String>, extension: &str) -> Candidate {
         let bindings = self
             .location
@@ -722,12 +723,29 @@ impl<L: Location> Core<L> {
         let targets = bindings
             .iter()
             .map(|b| {
-                let addr = Uri::parse(&b.contact)
-                    .ok()
-                    .and_then(|u| target_addr(&u))
-                    .filter(|a| a.ip() == b.received.ip())
-                    .unwrap_or(b.received);
-                (b.contact.to_string(), addr)
+                let route: Vec<String> = b
+                    .path
+                    .iter()
+                    .flat_map(|p| split_list(p))
+                    .map(str::to_owned)
+                    .collect();
+                // Through the first Path hop when there is one (RFC 3327).
+                let first_hop = route
+                    .first()
+                    .and_then(|hop| NameAddr::parse(hop, true).ok())
+                    .and_then(|hop| target_addr(&hop.uri));
+                let addr = first_hop.unwrap_or_else(|| {
+                    Uri::parse(&b.contact)
+                        .ok()
+                        .and_then(|u| target_addr(&u))
+                        .filter(|a| a.ip() == b.received.ip())
+                        .unwrap_or(b.received)
+                });
+                Target {
+                    uri: b.contact.to_string(),
+                    addr,
+                    route,
+                }
             })
             .collect();
         Candidate {
