@@ -294,3 +294,71 @@ impl Drop for Kamailio {
         }
     }
 }
+
+/// A SIP connection over TCP: messages framed by Content-Length.
+#[derive(Debug)]
+pub struct SipStream {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl SipStream {
+    pub async fn connect(server: SocketAddr) -> Result<Self> {
+        let stream = tokio::net::TcpStream::connect(server)
+            .await
+            .context("connecting to the SIP TCP listener")?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// The next message, or `None` after `wait`.
+    pub async fn recv(&mut self, wait: Duration) -> Result<Option<Message>> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]);
+                let body: usize = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(name, _)| {
+                        name.trim().eq_ignore_ascii_case("content-length")
+                            || name.trim().eq_ignore_ascii_case("l")
+                    })
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + body {
+                    let msg = parse(&self.buf[..end + 4 + body])
+                        .map_err(|e| anyhow!("unparseable message: {e}"))?;
+                    self.buf.drain(..end + 4 + body);
+                    return Ok(Some(msg));
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Ok(None),
+                Ok(r) => {
+                    let n = r?;
+                    if n == 0 {
+                        return Err(anyhow!("the server closed the connection"));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard_tests::sip::{SipClient, authorization, peers_dir};
+use switchboard_sip::message::Message;
+use switchboard_tests::sip::{SipClient, SipStream, authorization, peers_dir};
 use switchboard_tests::{Launch, Switchboard, free_port};
 use tokio::net::UdpSocket;
 use tokio::process::Child;
@@ -579,7 +580,7 @@ async fn a_softphone_calls_another_through_switchboard() {
 
 /// Waits for the next request from Switchboard on `client`, skipping
 /// retransmissions of what came before (same method and CSeq).
-async fn next_request(client: &SipClient, method: &str) -> switchboard_sip::message::Message {
+async fn next_request(client: &SipClient, method: &str) -> Message {
     let started = Instant::now();
     loop {
         let left = Duration::from_secs(5).saturating_sub(started.elapsed());
@@ -698,4 +699,132 @@ fn invite_from(request: &str) -> &str {
         .lines()
         .find_map(|l| l.strip_prefix("From: "))
         .unwrap()
+}
+
+/// The next request on a TCP connection, skipping responses.
+async fn next_request_on(stream: &mut SipStream, method: &str) -> Message {
+    loop {
+        let msg = stream
+            .recv(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no {method} within 5 s"));
+        if msg.method() == Some(method) {
+            return msg;
+        }
+    }
+}
+
+/// The final response to `method` on a TCP connection.
+async fn final_response_on(stream: &mut SipStream, method: &str) -> Message {
+    loop {
+        let msg = stream
+            .recv(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no answer to {method} within 5 s"));
+        if msg.status().is_some_and(|c| c >= 200) && msg.cseq().is_some_and(|(_, m)| m == method) {
+            return msg;
+        }
+    }
+}
+
+#[tokio::test]
+async fn calls_over_tcp_reach_a_phone_registered_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), None).await;
+    let server = sb.sip_tcp.unwrap();
+
+    // 1001's phone registers over its own TCP connection.
+    let mut phone = SipStream::connect(server).await.unwrap();
+    let phone_addr = phone.local();
+    let contact = format!("sip:1001@{phone_addr};transport=tcp");
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP {};branch=z9hG4bK-tcpreg{cseq}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:1001@switchboard.test>;tag=r1\r\nTo: <sip:1001@switchboard.test>\r\n\
+Call-ID: tcp-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n{auth}Content-Length: 0\r\n\r\n",
+            phone_addr
+        )
+    };
+    phone.send(register(1, "").as_bytes()).await.unwrap();
+    let challenge = final_response_on(&mut phone, "REGISTER").await;
+    assert_eq!(challenge.status(), Some(401));
+    let auth = authorization(
+        &challenge,
+        "www-authenticate",
+        "REGISTER",
+        &format!("sip:{server}"),
+        "1001",
+        "demo1001",
+    )
+    .unwrap();
+    phone
+        .send(register(2, &format!("Authorization: {auth}\r\n")).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        final_response_on(&mut phone, "REGISTER").await.status(),
+        Some(200)
+    );
+
+    // The PBX calls the company number over TCP.
+    let mut trunk = SipStream::connect(server).await.unwrap();
+    let local = trunk.local();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let from = format!("<sip:{CALLER}@{local}>;tag=pbx1");
+    let invite = format!(
+        "INVITE sip:{COMPANY}@{server} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcpinv\r\n\
+Max-Forwards: 70\r\nFrom: {from}\r\nTo: <sip:{COMPANY}@{server}>\r\nCall-ID: tcp-call\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:{CALLER}@{local};transport=tcp>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    trunk.send(invite.as_bytes()).await.unwrap();
+
+    // The phone gets the INVITE down its registration's connection.
+    let inv = next_request_on(&mut phone, "INVITE").await;
+    assert_eq!(inv.request_uri(), Some(contact.as_str()));
+    assert!(
+        inv.header("via").unwrap().starts_with("SIP/2.0/TCP"),
+        "{inv:?}"
+    );
+    assert_eq!(&inv.body[..], sdp.as_bytes());
+    let mut ringing = inv.response(180, "Ringing", Some("ph1"));
+    ringing.push_header("contact", format!("<{contact}>"));
+    phone.send(&ringing.to_bytes()).await.unwrap();
+    let mut ok = inv.response(200, "OK", Some("ph1"));
+    ok.push_header("contact", format!("<{contact}>"));
+    phone.send(&ok.to_bytes()).await.unwrap();
+    next_request_on(&mut phone, "ACK").await;
+
+    // The PBX is answered on its connection, ACKs and hangs up.
+    let answered = final_response_on(&mut trunk, "INVITE").await;
+    assert_eq!(answered.status(), Some(200));
+    let to = answered.header("to").unwrap().to_owned();
+    let in_dialog = |method: &str, cseq: u32| {
+        format!(
+            "{method} sip:{server};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcp{method}\r\n\
+Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: tcp-call\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    trunk.send(in_dialog("ACK", 1).as_bytes()).await.unwrap();
+    trunk.send(in_dialog("BYE", 2).as_bytes()).await.unwrap();
+    let bye = next_request_on(&mut phone, "BYE").await;
+    assert!(bye.header("via").unwrap().starts_with("SIP/2.0/TCP"));
+    phone
+        .send(&bye.response(200, "OK", None).to_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        final_response_on(&mut trunk, "BYE").await.status(),
+        Some(200)
+    );
+
+    let events = call_events(&sb, "call.ended").await;
+    assert_eq!(
+        kinds(&events),
+        ["call.ringing", "call.answered", "call.ended"],
+        "{events:#?}"
+    );
+    assert_eq!(payload(&events[2])["hung_up_by"], "customer");
 }

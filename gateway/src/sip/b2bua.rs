@@ -22,6 +22,8 @@ use switchboard_sip::transaction::{Action, ClientTx, Kind as TxKind, ServerTx, T
 use switchboard_sip::{NameAddr, Uri};
 use switchboard_storage::{Contact, Kind};
 
+use super::location::Transport;
+
 /// Something to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Send {
@@ -57,6 +59,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Route headers: the binding's Path (RFC 3327), in order.
     pub route: Vec<String>,
+    /// UDP, or the TCP/TLS connection `addr` names (no retransmissions).
+    pub transport: Transport,
 }
 
 impl Target {
@@ -65,6 +69,7 @@ impl Target {
             uri,
             addr,
             route: Vec::new(),
+            transport: Transport::Udp,
         }
     }
 }
@@ -105,6 +110,7 @@ struct Fork {
     tx: ClientTx,
     state: ForkState,
     redirects: u8,
+    transport: Transport,
 }
 
 /// One side of an established call, from our point of view.
@@ -121,6 +127,7 @@ struct Leg {
     /// The dialog's route set (RFC 3261 §12.1): Route headers of every
     /// request we send on this leg.
     route: Vec<String>,
+    transport: Transport,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +141,8 @@ enum Phase {
 struct Call {
     invite: Message,
     src: SocketAddr,
+    /// How the caller came.
+    transport: Transport,
     a_tx: ServerTx,
     a_branch: String,
     a_tag: String,
@@ -287,9 +296,10 @@ impl Calls {
         format!("{what}{:x}{:x}", self.salt, self.next_id)
     }
 
-    fn via(&self, branch: &str) -> String {
+    fn via(&self, branch: &str, transport: Transport) -> String {
         format!(
-            "SIP/2.0/UDP {}:{};branch={branch};rport",
+            "SIP/2.0/{} {}:{};branch={branch};rport",
+            transport.as_str(),
             self.host,
             self.local.port()
         )
@@ -335,6 +345,7 @@ impl Calls {
         &mut self,
         req: Message,
         src: SocketAddr,
+        transport: Transport,
         info: NewCall,
         a_tag: String,
         now: u64,
@@ -348,7 +359,8 @@ impl Calls {
         let a_branch = req.via().and_then(|v| v.branch).unwrap_or_default();
         let mut call = Call {
             src,
-            a_tx: ServerTx::new(TxKind::Invite, false, self.timers),
+            a_tx: ServerTx::new(TxKind::Invite, transport.reliable(), self.timers),
+            transport,
             a_branch,
             a_tag,
             queue: info.candidates.clone().into(),
@@ -422,7 +434,12 @@ impl Calls {
     }
 
     fn add_fork(&mut self, id: u64, target: Target, redirects: u8, now: u64, out: &mut Vec<Send>) {
-        let Target { uri, addr, route } = target;
+        let Target {
+            uri,
+            addr,
+            route,
+            transport,
+        } = target;
         let branch = format!("{BRANCH_PREFIX}{}", self.unique("b"));
         let call_id = self.unique("sbcall-");
         let from_tag = self.unique("t");
@@ -444,7 +461,7 @@ impl Calls {
         let mut text = format!(
             "INVITE {uri} SIP/2.0\r\nVia: {}\r\nMax-Forwards: {max_forwards}\r\nFrom: {}<sip:{caller_user}@{}>;tag={from_tag}\r\n\
 To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\r\n",
-            self.via(&branch),
+            self.via(&branch, transport),
             display.map(|d| format!("\"{d}\" ")).unwrap_or_default(),
             self.host,
             self.contact(),
@@ -473,10 +490,17 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             branch: branch.clone(),
             call_id: call_id.clone(),
             from_tag,
-            tx: ClientTx::new(TxKind::Invite, invite.clone(), false, self.timers, now),
+            tx: ClientTx::new(
+                TxKind::Invite,
+                invite.clone(),
+                transport.reliable(),
+                self.timers,
+                now,
+            ),
             invite,
             state: ForkState::Trying,
             redirects,
+            transport,
         };
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -803,10 +827,17 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
                 rr.reverse();
                 rr
             },
+            transport: fork.transport,
         };
         // ACK the 2xx ourselves (it is end to end, not the transaction's).
         let ack_branch = format!("{BRANCH_PREFIX}{}", self.unique("a"));
-        let ack = in_dialog(&self.via(&ack_branch), &b_leg, "ACK", 1, None);
+        let ack = in_dialog(
+            &self.via(&ack_branch, b_leg.transport),
+            &b_leg,
+            "ACK",
+            1,
+            None,
+        );
         let call = self.calls.get_mut(&id).unwrap_or_else(|| unreachable!());
         out.push(Send {
             to: b_leg.addr,
@@ -821,7 +852,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             let mut leg = b_leg;
             leg.cseq = 2;
             let bye_branch = format!("{BRANCH_PREFIX}{}", self.unique("y"));
-            let bye = in_dialog(&self.via(&bye_branch), &leg, "BYE", 2, None);
+            let bye = in_dialog(&self.via(&bye_branch, leg.transport), &leg, "BYE", 2, None);
             out.push(Send {
                 to: leg.addr,
                 bytes: bye,
@@ -855,6 +886,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             cseq: 1,
             // The route set from the INVITE's Record-Route, in order (§12.1.1).
             route: record_route(&call.invite),
+            transport: call.transport,
         });
         self.cancel_forks(id, Some(ix), out);
         let contact = self.contact();
@@ -1011,7 +1043,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             }
         }
         let bytes = in_dialog(
-            &self.via(&branch),
+            &self.via(&branch, leg.transport),
             &leg,
             method,
             cseq,
@@ -1030,7 +1062,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             branch.clone(),
             Relay {
                 call: id,
-                tx: ClientTx::new(kind, bytes, false, self.timers, now),
+                tx: ClientTx::new(kind, bytes, leg.transport.reliable(), self.timers, now),
                 original,
                 to: leg.addr,
                 method: method.to_owned(),
@@ -1065,7 +1097,10 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
                 let mut leg = leg.clone();
                 leg.remote = resp.header("to").map_or(leg.remote, str::to_owned);
                 let ack = in_dialog(
-                    &self.via(&format!("{BRANCH_PREFIX}{}", self.next_id + 1)),
+                    &self.via(
+                        &format!("{BRANCH_PREFIX}{}", self.next_id + 1),
+                        leg.transport,
+                    ),
                     &leg,
                     "ACK",
                     leg.cseq,

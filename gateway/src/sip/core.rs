@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use switchboard_config::{ConfigError, SipConfig, SipNumber, SipTrunk};
 use switchboard_sip::digest::{
     self, Algorithm, CountCheck, Credentials, NonceCheck, NonceCounts, Nonces,
@@ -120,6 +121,9 @@ pub struct Core<L> {
     epoch: Instant,
     calls: Mutex<Calls>,
     socket: OnceLock<Arc<UdpSocket>>,
+    /// Open TCP and TLS connections by peer: what the B2BUA sends to one
+    /// of these addresses goes down that connection, not over UDP.
+    flows: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Bytes>>>,
     trunks: Vec<SipTrunk>,
     numbers: Vec<SipNumber>,
     country: phonenumber::country::Id,
@@ -240,6 +244,7 @@ impl<L: Location> Core<L> {
                 salt,
             )),
             socket: OnceLock::new(),
+            flows: Mutex::new(HashMap::new()),
             trunks: cfg.trunks.clone(),
             numbers: cfg.numbers.clone(),
             country: ctx.country,
@@ -251,6 +256,24 @@ impl<L: Location> Core<L> {
     /// The socket calls' messages leave from.
     pub fn set_socket(&self, socket: Arc<UdpSocket>) {
         let _ = self.socket.set(socket);
+    }
+
+    /// A TCP or TLS connection from `peer` opened: requests and responses
+    /// for it arrive on the returned receiver until [`Self::close_flow`].
+    pub fn open_flow(&self, peer: SocketAddr) -> mpsc::UnboundedReceiver<Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, tx);
+        rx
+    }
+
+    pub fn close_flow(&self, peer: SocketAddr) {
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
@@ -268,12 +291,18 @@ impl<L: Location> Core<L> {
         let Some((sends, events)) = f(&mut calls) else {
             return false;
         };
-        if let Some(socket) = self.socket.get() {
+        if !sends.is_empty() {
+            let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
             for s in sends {
-                // UDP sends do not block; a full buffer loses this copy and
-                // the transaction's retransmission recovers it.
-                if let Err(e) = socket.try_send_to(&s.bytes, s.to) {
-                    debug!(to = %s.to, error = %e, "SIP send failed");
+                if let Some(flow) = flows.get(&s.to) {
+                    // The connection's task writes it; a closed one drops it.
+                    let _ = flow.send(s.bytes);
+                } else if let Some(socket) = self.socket.get() {
+                    // UDP sends do not block; a full buffer loses this copy
+                    // and the transaction's retransmission recovers it.
+                    if let Err(e) = socket.try_send_to(&s.bytes, s.to) {
+                        debug!(to = %s.to, error = %e, "SIP send failed");
+                    }
                 }
             }
         }
@@ -566,14 +595,6 @@ impl<L: Location> Core<L> {
                 Auth::Failed => return Some(self.reply(req, 403, src)),
             },
         };
-        if transport == Transport::Tcp {
-            let mut r = self.reply(req, 503, src);
-            r.push_header(
-                "warning",
-                "399 switchboard \"calls are taken over UDP only for now\"",
-            );
-            return Some(r);
-        }
         if req
             .header("max-forwards")
             .is_some_and(|m| m.trim().parse::<u32>().is_ok_and(|n| n == 0))
@@ -589,7 +610,7 @@ impl<L: Location> Core<L> {
             return Some(self.reply(req, 404, src));
         };
         let tag = self.to_tag(req);
-        self.with_calls(|calls| Some(calls.start(req.clone(), src, call, tag, now_ms)));
+        self.with_calls(|calls| Some(calls.start(req.clone(), src, transport, call, tag, now_ms)));
         None
     }
 
@@ -734,7 +755,15 @@ impl<L: Location> Core<L> {
                     .first()
                     .and_then(|hop| NameAddr::parse(hop, true).ok())
                     .and_then(|hop| target_addr(&hop.uri));
-                let addr = first_hop.unwrap_or_else(|| {
+                // A phone registered over TCP or TLS is reached down the
+                // connection it registered on (the flow, as RFC 5626 does).
+                let transport = if route.is_empty() {
+                    b.transport
+                } else {
+                    Transport::Udp
+                };
+                let flow = transport.reliable().then_some(b.received);
+                let addr = first_hop.or(flow).unwrap_or_else(|| {
                     Uri::parse(&b.contact)
                         .ok()
                         .and_then(|u| target_addr(&u))
@@ -745,6 +774,7 @@ impl<L: Location> Core<L> {
                     uri: b.contact.to_string(),
                     addr,
                     route,
+                    transport,
                 }
             })
             .collect();

@@ -18,6 +18,11 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// TCP and TLS carry messages reliably: no retransmissions (§17).
+    pub fn reliable(self) -> bool {
+        self != Transport::Udp
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",

@@ -82,12 +82,38 @@ pub(super) async fn serve_tcp<L: Location>(
     }
 }
 
+/// Serves one TCP or TLS connection: what arrives is handled, and what the
+/// calls send to this peer is written here (the connection is a flow).
 async fn connection<L: Location, S: AsyncRead + AsyncWrite + Unpin>(
     core: Arc<Core<L>>,
+    stream: S,
+    peer: SocketAddr,
+    transport: Transport,
+    idle: Duration,
+    shutdown: CancellationToken,
+) -> &'static str {
+    let mut outgoing = core.open_flow(peer);
+    let why = exchange(
+        &core,
+        stream,
+        peer,
+        transport,
+        idle,
+        &mut outgoing,
+        shutdown,
+    )
+    .await;
+    core.close_flow(peer);
+    why
+}
+
+async fn exchange<L: Location, S: AsyncRead + AsyncWrite + Unpin>(
+    core: &Core<L>,
     mut stream: S,
     peer: SocketAddr,
     transport: Transport,
     idle: Duration,
+    outgoing: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
     shutdown: CancellationToken,
 ) -> &'static str {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -138,6 +164,12 @@ async fn connection<L: Location, S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Err(_)) => return "read failed",
                 Err(_) => return "idle",
             },
+            Some(bytes) = outgoing.recv() => {
+                if stream.write_all(&bytes).await.is_err() {
+                    return "write failed";
+                }
+                continue;
+            }
             () = shutdown.cancelled() => return "shutdown",
         };
         if buf.len() + n > MAX_MESSAGE + 1024 {
