@@ -721,6 +721,8 @@ async fn bindings_in_redis_are_shared_by_gateway_nodes() {
         ("SWITCHBOARD_SIP__LOCATION", "redis"),
         ("SWITCHBOARD_SIP__REDIS_URL", redis.as_str()),
         ("SWITCHBOARD_SIP__REDIS_PREFIX", prefix.as_str()),
+        // One nonce secret: a nonce issued by A is genuine at B too.
+        ("SWITCHBOARD_SIP__NONCE_SECRET", "shared by both nodes"),
     ];
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start(dir_a.path(), USERS, &env).await;
@@ -755,6 +757,62 @@ async fn bindings_in_redis_are_shared_by_gateway_nodes() {
         .await
         .unwrap();
     assert!(contact_expiries(&fetch).is_empty(), "{fetch:?}");
+
+    // A signed REGISTER accepted by A, captured and replayed at B: B has
+    // not seen that nonce's counts, so it challenges (stale) instead of
+    // obeying. Replayed at A with a new branch, it is a replay.
+    let uri = format!("sip:{}", a.sip_udp.unwrap());
+    let contact = "Contact: <sip:1001@10.2.2.2>\r\n";
+    let first = phone.request("REGISTER", &uri, "1001", "replay-1", 1, contact);
+    let challenge = phone
+        .exchange(first.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let auth = authorization(
+        &challenge,
+        "www-authenticate",
+        "REGISTER",
+        &uri,
+        "1001",
+        "demo1001",
+    )
+    .unwrap();
+    let signed = phone.request(
+        "REGISTER",
+        &uri,
+        "1001",
+        "replay-1",
+        2,
+        &format!("{contact}Authorization: {auth}\r\n"),
+    );
+    let ok = phone
+        .exchange(signed.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let thief = SipClient::bind(LOCAL, b.sip_udp.unwrap()).await.unwrap();
+    let at_b = thief
+        .exchange(signed.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_b.status(), Some(401), "{at_b:?}");
+    assert!(
+        at_b.header("www-authenticate")
+            .unwrap()
+            .contains("stale=true"),
+        "{at_b:?}"
+    );
+    let rebranched = signed.replace("branch=z9hG4bK-t", "branch=z9hG4bK-replayed-t");
+    let thief_a = SipClient::bind(LOCAL, a.sip_udp.unwrap()).await.unwrap();
+    let at_a = thief_a
+        .exchange(rebranched.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_a.status(), Some(401), "{at_a:?}");
 }
 
 /// `openssl s_client` sends a REGISTER over TLS with the given protocol
