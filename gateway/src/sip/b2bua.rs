@@ -350,12 +350,20 @@ impl Calls {
         a_tag: String,
         now: u64,
     ) -> (Vec<Send>, Vec<CallEvent>) {
-        let id = self.next_id;
-        self.next_id += 1;
         let key = (
             req.call_id().unwrap_or("").to_owned(),
             req.header("from").and_then(tag_of).unwrap_or_default(),
         );
+        if self.by_a.contains_key(&key) {
+            // A retransmission that overtook the original while it was
+            // being planned: one call, answered as a retransmission.
+            return (
+                self.on_invite_retransmission(&req).unwrap_or_default(),
+                Vec::new(),
+            );
+        }
+        let id = self.next_id;
+        self.next_id += 1;
         let a_branch = req.via().and_then(|v| v.branch).unwrap_or_default();
         let mut call = Call {
             src,
@@ -1423,4 +1431,66 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
         .chain(rest)
         .collect::<Vec<_>>()
         .join(", ");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite() -> Message {
+        switchboard_sip::parse(
+            b"INVITE sip:+74950000000@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-race\r\nMax-Forwards: 70\r\n\
+From: <sip:+79161234567@127.0.0.1>;tag=a1\r\nTo: <sip:+74950000000@127.0.0.1>\r\n\
+Call-ID: race@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:5070>\r\n\
+Content-Length: 0\r\n\r\n",
+        )
+        .unwrap()
+    }
+
+    fn new_call() -> NewCall {
+        NewCall {
+            direction: "inbound",
+            trunk: Some("pbx".into()),
+            contact: Contact {
+                key: "tel:+79161234567".into(),
+                phone: Some("+79161234567".into()),
+                email: None,
+                user_id: None,
+                name: None,
+            },
+            dialled: "+74950000000".into(),
+            from_extension: None,
+            candidates: vec![Candidate {
+                manager: Some("m1".into()),
+                extension: Some("1001".into()),
+                targets: vec![Target::direct(
+                    "sip:1001@127.0.0.1:5080".into(),
+                    "127.0.0.1:5080".parse().unwrap(),
+                )],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_retransmission_that_overtakes_its_original_makes_no_second_call() {
+        let src: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        let mut calls = Calls::new(
+            "127.0.0.1:5060".parse().unwrap(),
+            "127.0.0.1".into(),
+            2000,
+            1,
+        );
+        let (sent, _) = calls.start(invite(), src, Transport::Udp, new_call(), "t1".into(), 0);
+        // 100 Trying to the caller and an INVITE to the phone.
+        assert_eq!(sent.len(), 2);
+        let (again, events) =
+            calls.start(invite(), src, Transport::Udp, new_call(), "t2".into(), 10);
+        assert_eq!(calls.active(), 1);
+        assert!(events.is_empty());
+        // Only the 100 Trying again, nothing to the phone.
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].to, src);
+        assert!(again[0].bytes.starts_with(b"SIP/2.0 100"));
+    }
 }
