@@ -14,12 +14,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use switchboard_tests::Launch;
 use switchboard_tests::env_usize;
-use switchboard_tests::sip::{Kamailio, peers_dir, sipp_totals};
-use switchboard_tests::{Launch, free_port};
+use switchboard_tests::sip::{Kamailio, peers_dir, sipp_load, sipp_totals};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Round {
@@ -72,22 +71,18 @@ async fn load(
         let dir = work.join(format!("sipp-{i}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let child = tokio::process::Command::new("sipp")
+        let child = sipp_load(&dir)
+            .unwrap()
             .arg(target.to_string())
             .arg("-sf")
             .arg(peers_dir().join("sipp").join(scenario))
             .arg("-inf")
             .arg(users)
-            // A 4 MiB socket buffer: bursts wait instead of being dropped.
-            .args(["-buff_size", "4194304"])
-            .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
-            .arg(free_port().unwrap().to_string())
             .args(["-r", "100000", "-l"])
             .arg(in_flight.to_string())
             .arg("-m")
             .arg((total / procs).to_string())
             .args([
-                "-nostdin",
                 "-timeout",
                 "120s",
                 "-trace_stat",
@@ -97,9 +92,6 @@ async fn load(
                 "1",
             ])
             .args(["-trace_rtt", "-rtt_freq", "1000"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         children.push((dir, child));

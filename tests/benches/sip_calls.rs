@@ -15,11 +15,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Instant;
 
 use switchboard_tests::env_usize;
-use switchboard_tests::sip::{Kamailio, SipClient, peers_dir, sipp_totals};
+use switchboard_tests::sip::{Kamailio, SipClient, peers_dir, sipp_load, sipp_totals};
 use switchboard_tests::{Launch, free_port};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -44,22 +43,18 @@ async fn load(
         let dir = work.join(format!("uac-{i}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let child = tokio::process::Command::new("sipp")
+        let child = sipp_load(&dir)
+            .unwrap()
             .arg(target.to_string())
             .arg("-sf")
             .arg(peers_dir().join("sipp/uac_cps.xml"))
             .args(["-s", service, "-set", "caller", "+79161234567"])
-            // A 4 MiB socket buffer: bursts wait instead of being dropped.
-            .args(["-buff_size", "4194304"])
-            .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
-            .arg(free_port().unwrap().to_string())
             .args(["-r", "100000", "-l"])
             .arg(in_flight.to_string())
             .arg("-m")
             .arg((total / procs).to_string())
             // A call whose answer is lost fails after 5 s instead of holding the round.
             .args([
-                "-nostdin",
                 "-recv_timeout",
                 "5000",
                 "-trace_stat",
@@ -68,11 +63,6 @@ async fn load(
                 "-fd",
                 "1",
             ])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         children.push((dir, child));
@@ -93,16 +83,9 @@ fn answering_phone(work: &Path, name: &str) -> (tokio::process::Child, u16) {
     let port = free_port().unwrap();
     let dir = work.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let child = tokio::process::Command::new("sipp")
-        .args(["-buff_size", "4194304"])
-        .args(["-sn", "uas", "-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
-        .arg(free_port().unwrap().to_string())
-        .args(["-p", &port.to_string(), "-nostdin"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let child = sipp_load(&dir)
+        .unwrap()
+        .args(["-sn", "uas", "-p", &port.to_string()])
         .spawn()
         .unwrap();
     (child, port)

@@ -1,7 +1,8 @@
 //! A small SIP user agent for the end-to-end tests: sends requests over UDP
-//! from a loopback address of the test's choosing, answers digest
-//! challenges, and reads replies with a timeout (a dropped request is
-//! `None`).
+//! from a loopback address of the test's choosing (or over TCP with
+//! [`SipStream`]), answers digest challenges, and reads replies with a
+//! timeout (a dropped request is `None`). Also the SIPp and Kamailio peers
+//! the tests and benchmarks share.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -108,6 +109,22 @@ CSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
         cseq: u32,
         extra: &str,
     ) -> Result<Message> {
+        Ok(self
+            .register_signed(user, password, call_id, cseq, extra)
+            .await?
+            .1)
+    }
+
+    /// Like [`Self::register_in`], also returning the signed REGISTER as
+    /// sent (empty when no challenge came), for replaying it.
+    pub async fn register_signed(
+        &mut self,
+        user: &str,
+        password: &str,
+        call_id: &str,
+        cseq: u32,
+        extra: &str,
+    ) -> Result<(String, Message)> {
         let uri = format!("sip:{}", self.server);
         let first = self.request("REGISTER", &uri, user, call_id, cseq, extra);
         let challenge = self
@@ -115,7 +132,7 @@ CSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
             .await?
             .ok_or_else(|| anyhow!("no answer to REGISTER"))?;
         if challenge.status() != Some(401) {
-            return Ok(challenge);
+            return Ok((String::new(), challenge));
         }
         let auth = authorization(
             &challenge,
@@ -133,9 +150,11 @@ CSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
             cseq + 1,
             &format!("{extra}Authorization: {auth}\r\n"),
         );
-        self.exchange(second.as_bytes(), Duration::from_secs(2))
+        let reply = self
+            .exchange(second.as_bytes(), Duration::from_secs(2))
             .await?
-            .ok_or_else(|| anyhow!("no answer to the authenticated REGISTER"))
+            .ok_or_else(|| anyhow!("no answer to the authenticated REGISTER"))?;
+        Ok((second, reply))
     }
 }
 
@@ -361,4 +380,73 @@ impl SipStream {
             }
         }
     }
+}
+
+/// Where the tests read SIP messages from: a UDP client or a TCP stream.
+#[allow(async_fn_in_trait)]
+pub trait SipReceiver {
+    /// The next message, or `None` after `wait`.
+    async fn receive(&mut self, wait: Duration) -> Result<Option<Message>>;
+
+    /// The next `method` request within 5 s, skipping anything else
+    /// (responses, retransmissions of earlier requests).
+    async fn next_request(&mut self, method: &str) -> Result<Message> {
+        self.next_matching(method, |m| m.method() == Some(method))
+            .await
+    }
+
+    /// The next final response to `method` within 5 s.
+    async fn final_response(&mut self, method: &str) -> Result<Message> {
+        self.next_matching(method, |m| {
+            m.status().is_some_and(|c| c >= 200) && m.cseq().is_some_and(|(_, m)| m == method)
+        })
+        .await
+    }
+
+    async fn next_matching(
+        &mut self,
+        what: &str,
+        wanted: impl Fn(&Message) -> bool,
+    ) -> Result<Message> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = self
+                .receive(left)
+                .await?
+                .ok_or_else(|| anyhow!("nothing for {what} within 5 s"))?;
+            if wanted(&msg) {
+                return Ok(msg);
+            }
+        }
+    }
+}
+
+impl SipReceiver for SipClient {
+    async fn receive(&mut self, wait: Duration) -> Result<Option<Message>> {
+        self.recv(wait).await
+    }
+}
+
+impl SipReceiver for SipStream {
+    async fn receive(&mut self, wait: Duration) -> Result<Option<Message>> {
+        self.recv(wait).await
+    }
+}
+
+/// A SIPp load process for the benchmarks, to be completed with its
+/// target and scenario: on loopback with its own control port, a 4 MiB
+/// socket buffer (bursts wait instead of being dropped), no keyboard,
+/// working and writing its files in `dir`, quiet, killed when dropped.
+pub fn sipp_load(dir: &std::path::Path) -> Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new("sipp");
+    cmd.args(["-buff_size", "4194304", "-nostdin"])
+        .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
+        .arg(crate::free_port()?.to_string())
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    Ok(cmd)
 }

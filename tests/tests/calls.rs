@@ -12,8 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard_sip::message::Message;
-use switchboard_tests::sip::{SipClient, SipStream, authorization, peers_dir};
+use switchboard_tests::sip::{SipClient, SipReceiver, SipStream, authorization, peers_dir};
 use switchboard_tests::{Launch, Switchboard, free_port};
 use tokio::net::UdpSocket;
 use tokio::process::Child;
@@ -578,23 +577,6 @@ async fn a_softphone_calls_another_through_switchboard() {
     assert!(peak > 4000, "peak {peak}");
 }
 
-/// Waits for the next request from Switchboard on `client`, skipping
-/// retransmissions of what came before (same method and CSeq).
-async fn next_request(client: &SipClient, method: &str) -> Message {
-    let started = Instant::now();
-    loop {
-        let left = Duration::from_secs(5).saturating_sub(started.elapsed());
-        let msg = client
-            .recv(left)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("no {method} within 5 s"));
-        if msg.method() == Some(method) {
-            return msg;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_phone_behind_an_edge_proxy_is_reached_through_its_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -603,7 +585,7 @@ async fn a_phone_behind_an_edge_proxy_is_reached_through_its_path() {
     // The edge proxy (RFC 3327) registers 1001 on the phone's behalf from
     // one port and asks, with Path, to be sent its requests on another.
     let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let proxy = SipClient::bind(local, server).await.unwrap();
+    let mut proxy = SipClient::bind(local, server).await.unwrap();
     let hop = format!("<sip:{};lr>", proxy.local());
     let contact = "sip:1001@192.0.2.10:5060";
     let mut registrar_side = SipClient::bind(local, server).await.unwrap();
@@ -638,7 +620,7 @@ async fn a_phone_behind_an_edge_proxy_is_reached_through_its_path() {
 
     // The INVITE reaches the proxy, addressed to the phone's contact, with
     // the Path as its Route.
-    let inv = next_request(&proxy, "INVITE").await;
+    let inv = proxy.next_request("INVITE").await.unwrap();
     assert_eq!(inv.request_uri(), Some(contact));
     assert_eq!(
         inv.header_values("route").collect::<Vec<_>>(),
@@ -650,7 +632,7 @@ async fn a_phone_behind_an_edge_proxy_is_reached_through_its_path() {
     ok.push_header("contact", format!("<{contact}>"));
     proxy.send(&ok.to_bytes()).await.unwrap();
     // Switchboard's ACK follows the dialog's route set.
-    let ack = next_request(&proxy, "ACK").await;
+    let ack = proxy.next_request("ACK").await.unwrap();
     assert_eq!(ack.request_uri(), Some(contact));
     assert_eq!(
         ack.header_values("route").collect::<Vec<_>>(),
@@ -658,12 +640,8 @@ async fn a_phone_behind_an_edge_proxy_is_reached_through_its_path() {
     );
 
     // The caller gets its 200 and hangs up; the BYE goes the same way.
-    let answered = loop {
-        let r = trunk.recv(Duration::from_secs(5)).await.unwrap().unwrap();
-        if r.status() == Some(200) {
-            break r;
-        }
-    };
+    let answered = trunk.final_response("INVITE").await.unwrap();
+    assert_eq!(answered.status(), Some(200), "{answered:?}");
     let to = answered.header("to").unwrap().to_owned();
     let from = invite_from(&invite);
     let local = trunk.local();
@@ -677,7 +655,7 @@ Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: path-call-1\r\nCSeq: 1 
         .replace("path-ack", "path-bye")
         .replace("CSeq: 1 ACK", "CSeq: 2 BYE");
     trunk.send(bye.as_bytes()).await.unwrap();
-    let bye_in = next_request(&proxy, "BYE").await;
+    let bye_in = proxy.next_request("BYE").await.unwrap();
     assert_eq!(bye_in.request_uri(), Some(contact));
     assert_eq!(
         bye_in.header_values("route").collect::<Vec<_>>(),
@@ -701,34 +679,6 @@ fn invite_from(request: &str) -> &str {
         .unwrap()
 }
 
-/// The next request on a TCP connection, skipping responses.
-async fn next_request_on(stream: &mut SipStream, method: &str) -> Message {
-    loop {
-        let msg = stream
-            .recv(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("no {method} within 5 s"));
-        if msg.method() == Some(method) {
-            return msg;
-        }
-    }
-}
-
-/// The final response to `method` on a TCP connection.
-async fn final_response_on(stream: &mut SipStream, method: &str) -> Message {
-    loop {
-        let msg = stream
-            .recv(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("no answer to {method} within 5 s"));
-        if msg.status().is_some_and(|c| c >= 200) && msg.cseq().is_some_and(|(_, m)| m == method) {
-            return msg;
-        }
-    }
-}
-
 #[tokio::test]
 async fn calls_over_tcp_reach_a_phone_registered_over_tcp() {
     let dir = tempfile::tempdir().unwrap();
@@ -748,7 +698,7 @@ Call-ID: tcp-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n{auth}Conte
         )
     };
     phone.send(register(1, "").as_bytes()).await.unwrap();
-    let challenge = final_response_on(&mut phone, "REGISTER").await;
+    let challenge = phone.final_response("REGISTER").await.unwrap();
     assert_eq!(challenge.status(), Some(401));
     let auth = authorization(
         &challenge,
@@ -764,7 +714,7 @@ Call-ID: tcp-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n{auth}Conte
         .await
         .unwrap();
     assert_eq!(
-        final_response_on(&mut phone, "REGISTER").await.status(),
+        phone.final_response("REGISTER").await.unwrap().status(),
         Some(200)
     );
 
@@ -782,7 +732,7 @@ Contact: <sip:{CALLER}@{local};transport=tcp>\r\nContent-Type: application/sdp\r
     trunk.send(invite.as_bytes()).await.unwrap();
 
     // The phone gets the INVITE down its registration's connection.
-    let inv = next_request_on(&mut phone, "INVITE").await;
+    let inv = phone.next_request("INVITE").await.unwrap();
     assert_eq!(inv.request_uri(), Some(contact.as_str()));
     assert!(
         inv.header("via").unwrap().starts_with("SIP/2.0/TCP"),
@@ -795,10 +745,10 @@ Contact: <sip:{CALLER}@{local};transport=tcp>\r\nContent-Type: application/sdp\r
     let mut ok = inv.response(200, "OK", Some("ph1"));
     ok.push_header("contact", format!("<{contact}>"));
     phone.send(&ok.to_bytes()).await.unwrap();
-    next_request_on(&mut phone, "ACK").await;
+    phone.next_request("ACK").await.unwrap();
 
     // The PBX is answered on its connection, ACKs and hangs up.
-    let answered = final_response_on(&mut trunk, "INVITE").await;
+    let answered = trunk.final_response("INVITE").await.unwrap();
     assert_eq!(answered.status(), Some(200));
     let to = answered.header("to").unwrap().to_owned();
     let in_dialog = |method: &str, cseq: u32| {
@@ -809,14 +759,14 @@ Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: tcp-call\r\nCSeq: {cseq
     };
     trunk.send(in_dialog("ACK", 1).as_bytes()).await.unwrap();
     trunk.send(in_dialog("BYE", 2).as_bytes()).await.unwrap();
-    let bye = next_request_on(&mut phone, "BYE").await;
+    let bye = phone.next_request("BYE").await.unwrap();
     assert!(bye.header("via").unwrap().starts_with("SIP/2.0/TCP"));
     phone
         .send(&bye.response(200, "OK", None).to_bytes())
         .await
         .unwrap();
     assert_eq!(
-        final_response_on(&mut trunk, "BYE").await.status(),
+        trunk.final_response("BYE").await.unwrap().status(),
         Some(200)
     );
 

@@ -761,35 +761,15 @@ async fn bindings_in_redis_are_shared_by_gateway_nodes() {
     // A signed REGISTER accepted by A, captured and replayed at B: B has
     // not seen that nonce's counts, so it challenges (stale) instead of
     // obeying. Replayed at A with a new branch, it is a replay.
-    let uri = format!("sip:{}", a.sip_udp.unwrap());
-    let contact = "Contact: <sip:1001@10.2.2.2>\r\n";
-    let first = phone.request("REGISTER", &uri, "1001", "replay-1", 1, contact);
-    let challenge = phone
-        .exchange(first.as_bytes(), Duration::from_secs(2))
+    let (signed, ok) = phone
+        .register_signed(
+            "1001",
+            "demo1001",
+            "replay-1",
+            1,
+            "Contact: <sip:1001@10.2.2.2>\r\n",
+        )
         .await
-        .unwrap()
-        .unwrap();
-    let auth = authorization(
-        &challenge,
-        "www-authenticate",
-        "REGISTER",
-        &uri,
-        "1001",
-        "demo1001",
-    )
-    .unwrap();
-    let signed = phone.request(
-        "REGISTER",
-        &uri,
-        "1001",
-        "replay-1",
-        2,
-        &format!("{contact}Authorization: {auth}\r\n"),
-    );
-    let ok = phone
-        .exchange(signed.as_bytes(), Duration::from_secs(2))
-        .await
-        .unwrap()
         .unwrap();
     assert_eq!(ok.status(), Some(200), "{ok:?}");
     let thief = SipClient::bind(LOCAL, b.sip_udp.unwrap()).await.unwrap();

@@ -210,12 +210,38 @@ pub struct Calls {
     /// Calls by their next timer, earliest first. Entries that no longer
     /// match the call's `scheduled` are stale and skipped: a tick visits
     /// only calls with something due, however many calls linger.
-    due: BinaryHeap<Reverse<(u64, u64)>>,
-    relay_due: BinaryHeap<Reverse<(u64, String)>>,
+    due: DueQueue<u64>,
+    relay_due: DueQueue<String>,
     /// Calls in the `Ended` phase, waiting for their transactions.
     ended: usize,
     /// B-leg transactions of all calls.
     forks: usize,
+}
+
+/// Keys queued by deadline, earliest first. A key may be queued more than
+/// once; callers skip entries that no longer match what they scheduled.
+#[derive(Debug)]
+struct DueQueue<K>(BinaryHeap<Reverse<(u64, K)>>);
+
+impl<K: Ord> Default for DueQueue<K> {
+    fn default() -> Self {
+        DueQueue(BinaryHeap::new())
+    }
+}
+
+impl<K: Ord> DueQueue<K> {
+    fn push(&mut self, at: u64, key: K) {
+        self.0.push(Reverse((at, key)));
+    }
+
+    /// The earliest entry due at `now`, taken off the queue.
+    fn pop_due(&mut self, now: u64) -> Option<(u64, K)> {
+        if self.0.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            self.0.pop().map(|Reverse(entry)| entry)
+        } else {
+            None
+        }
+    }
 }
 
 /// Our branch prefix: a Via with it and our address is a loop.
@@ -239,8 +265,8 @@ impl Calls {
             by_branch: HashMap::new(),
             by_b_call: HashMap::new(),
             relays: HashMap::new(),
-            due: BinaryHeap::new(),
-            relay_due: BinaryHeap::new(),
+            due: DueQueue::default(),
+            relay_due: DueQueue::default(),
             ended: 0,
             forks: 0,
         }
@@ -275,7 +301,7 @@ impl Calls {
             && call.scheduled.is_none_or(|s| at < s)
         {
             call.scheduled = Some(at);
-            self.due.push(Reverse((at, id)));
+            self.due.push(at, id);
         }
     }
 
@@ -287,7 +313,7 @@ impl Calls {
             && relay.scheduled.is_none_or(|s| at < s)
         {
             relay.scheduled = Some(at);
-            self.relay_due.push(Reverse((at, branch.to_owned())));
+            self.relay_due.push(at, branch.to_owned());
         }
     }
 
@@ -1157,11 +1183,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         let mut out = Vec::new();
         let mut events = Vec::new();
         let mut ids = Vec::new();
-        while let Some(&Reverse((at, id))) = self.due.peek() {
-            if at > now {
-                break;
-            }
-            self.due.pop();
+        while let Some((at, id)) = self.due.pop_due(now) {
             if let Some(call) = self.calls.get_mut(&id)
                 && call.scheduled == Some(at)
             {
@@ -1174,13 +1196,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             self.schedule(id, now);
         }
         let mut branches = Vec::new();
-        while let Some(Reverse((at, _))) = self.relay_due.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((at, branch))) = self.relay_due.pop() else {
-                break;
-            };
+        while let Some((at, branch)) = self.relay_due.pop_due(now) {
             if let Some(relay) = self.relays.get_mut(&branch)
                 && relay.scheduled == Some(at)
             {
