@@ -7,6 +7,7 @@
 
 mod env;
 mod error;
+mod media;
 mod model;
 mod routing;
 mod sip;
@@ -15,6 +16,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use media::*;
 pub use model::*;
 pub use routing::*;
 pub use sip::*;

@@ -19,6 +19,7 @@ pub struct Config {
     pub crm: CrmConfig,
     pub routing: crate::routing::RoutingConfig,
     pub sip: crate::sip::SipConfig,
+    pub media: crate::media::MediaConfig,
     pub shutdown: ShutdownConfig,
 }
 

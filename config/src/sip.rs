@@ -79,6 +79,8 @@ pub struct SipTrunk {
     /// Where calls from managers to external numbers are sent, e.g.
     /// "127.0.0.1:5080"; empty: this trunk takes no outgoing calls.
     pub outbound: String,
+    /// Record this trunk's calls; unset: `media.record`.
+    pub record: Option<bool>,
 }
 
 impl fmt::Debug for SipTrunk {
@@ -89,6 +91,7 @@ impl fmt::Debug for SipTrunk {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("outbound", &self.outbound)
+            .field("record", &self.record)
             .finish()
     }
 }
@@ -193,6 +196,9 @@ pub struct SipUser {
     pub password_file: Option<PathBuf>,
     /// The routing manager this extension belongs to (`routing.managers[].id`).
     pub manager: String,
+    /// Record calls this extension answers or places; unset: the trunk's
+    /// setting, else `media.record`.
+    pub record: Option<bool>,
 }
 
 impl fmt::Debug for SipUser {
@@ -202,6 +208,7 @@ impl fmt::Debug for SipUser {
             .field("password", &"<redacted>")
             .field("password_file", &self.password_file)
             .field("manager", &self.manager)
+            .field("record", &self.record)
             .finish()
     }
 }

@@ -169,6 +169,7 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
 
     validate_routing(&config.routing)?;
     crate::sip::validate_sip(&config.sip)?;
+    crate::media::validate_media(&config.media)?;
     for (i, u) in config.sip.users.iter().enumerate() {
         // Without routing, manager ids are labels for events.
         if !u.manager.is_empty()

@@ -6,6 +6,7 @@
 
 pub mod dispatch;
 mod http;
+pub mod media;
 pub mod metrics;
 pub mod sip;
 

@@ -123,3 +123,41 @@ gauge!(
     "switchboard_sip_transactions",
     "SIP transactions of calls in progress."
 );
+
+gauge!(
+    MEDIA_SESSIONS,
+    "switchboard_media_sessions",
+    "Calls whose audio the relay carries right now."
+);
+counter_vec!(
+    MEDIA_PACKETS,
+    "switchboard_media_packets_total",
+    "RTP and RTCP packets relayed, by kind (rtp, rtcp).",
+    &["kind"]
+);
+counter_vec!(
+    MEDIA_BYTES,
+    "switchboard_media_bytes_total",
+    "Bytes of RTP and RTCP relayed, by kind (rtp, rtcp).",
+    &["kind"]
+);
+counter_vec!(
+    MEDIA_DROPPED,
+    "switchboard_media_dropped_total",
+    "Media packets not relayed, by reason (strict_source: not from the side's learned address; no_peer: the other side is not known yet; malformed: not RTP; send_failed).",
+    &["reason"]
+);
+counter_vec!(
+    RECORDING_ERRORS,
+    "switchboard_recording_errors_total",
+    "Recordings that could not be written, by stage (create, write, finish).",
+    &["stage"]
+);
+pub static RECORDING_SECONDS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)]
+    prometheus::register_int_counter!(
+        "switchboard_recording_seconds_total",
+        "Seconds of audio written to finished recordings."
+    )
+    .expect("metric registers once")
+});

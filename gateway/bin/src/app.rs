@@ -157,6 +157,7 @@ pub(crate) async fn run(
                 gateway.dispatcher().cloned(),
                 Some(feed.clone()),
                 country,
+                Some((config.media.clone(), config.node.data_dir.clone())),
             )
             .await
             .context("cannot start SIP (sip.udp_listen, sip.tcp_listen)")?;

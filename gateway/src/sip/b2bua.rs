@@ -8,8 +8,9 @@
 //! `call.missed`.
 //!
 //! Pure state: the caller passes messages and the time in, gets messages to
-//! send and events out. SDP passes through untouched (media anchoring is
-//! the media issue's).
+//! send and events out. With a media [`Anchor`] every SDP is rewritten so
+//! audio flows through the relay (488 when the sides share no codec);
+//! without one SDP passes through untouched.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -23,6 +24,7 @@ use switchboard_sip::{NameAddr, Uri};
 use switchboard_storage::{Contact, Kind};
 
 use super::location::Transport;
+use crate::media::{Anchor, Answered, MediaError};
 
 /// Something to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct Candidate {
     pub manager: Option<String>,
     pub extension: Option<String>,
     pub targets: Vec<Target>,
+    /// Whether this manager's calls are recorded; `None`: the call's.
+    pub record: Option<bool>,
 }
 
 /// One phone to ring.
@@ -88,6 +92,8 @@ pub struct NewCall {
     /// The extension that placed it (internal and outbound calls).
     pub from_extension: Option<String>,
     pub candidates: Vec<Candidate>,
+    /// The trunk's (or placing extension's) recording setting.
+    pub record: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +170,8 @@ struct Call {
     scheduled: Option<u64>,
     /// Relayed requests still in flight for this call.
     relays: u32,
+    /// The offer the phones get, when the relay anchors the call's media.
+    b_offer: Option<Bytes>,
 }
 
 /// A request relayed from one leg to the other (BYE, re-INVITE, UPDATE).
@@ -175,6 +183,8 @@ struct Relay {
     original: Option<(Message, SocketAddr)>,
     to: SocketAddr,
     method: String,
+    /// The request came from the A leg (its answer's SDP is B's).
+    from_a: bool,
     /// The deadline this relay is queued under in `Calls::relay_due`.
     scheduled: Option<u64>,
 }
@@ -216,6 +226,7 @@ pub struct Calls {
     ended: usize,
     /// B-leg transactions of all calls.
     forks: usize,
+    media: Option<Box<dyn Anchor>>,
 }
 
 /// Keys queued by deadline, earliest first. A key may be queued more than
@@ -269,6 +280,29 @@ impl Calls {
             relay_due: DueQueue::default(),
             ended: 0,
             forks: 0,
+            media: None,
+        }
+    }
+
+    /// Anchors every call's media in `media` (SDP rewritten, audio relayed).
+    pub fn with_media(mut self, media: Box<dyn Anchor>) -> Self {
+        self.media = Some(media);
+        self
+    }
+
+    /// Rewrites SDP crossing an answered call; passes it through when the
+    /// call has no media session or the SDP cannot be read.
+    fn media_update(&mut self, id: u64, from_a: bool, body: &Bytes) -> Bytes {
+        let Some(media) = self.media.as_mut().filter(|_| !body.is_empty()) else {
+            return body.clone();
+        };
+        match media.update(id, from_a, body) {
+            Ok(sdp) => Bytes::from(sdp),
+            Err(MediaError::NoSession) => body.clone(),
+            Err(e) => {
+                tracing::warn!(call = id, error = %e, "SDP in a call passed through unchanged");
+                body.clone()
+            }
         }
     }
 
@@ -414,6 +448,7 @@ impl Calls {
             extension: None,
             scheduled: None,
             relays: 0,
+            b_offer: None,
         };
         let trying = Self::a_response(&self.contact(), &call, 100, None);
         let mut out = Vec::new();
@@ -423,8 +458,33 @@ impl Calls {
             }
         }
         self.by_a.insert(key, id);
+        let offer = call.invite.body.clone();
+        let sdp = !offer.is_empty()
+            && call
+                .invite
+                .header("content-type")
+                .is_none_or(|t| t.trim().eq_ignore_ascii_case("application/sdp"));
         self.calls.insert(id, call);
         let mut events = Vec::new();
+        if sdp && let Some(media) = self.media.as_mut() {
+            match media.offer(id, &offer) {
+                Ok(sdp) => {
+                    if let Some(call) = self.calls.get_mut(&id) {
+                        call.b_offer = Some(Bytes::from(sdp));
+                    }
+                }
+                Err(e) => {
+                    let (code, why) = match e {
+                        MediaError::NoPorts | MediaError::NoSession => (503, "media_unavailable"),
+                        MediaError::Sdp(_) => (488, "incompatible_media"),
+                    };
+                    tracing::debug!(call = id, error = %e, "call refused");
+                    self.fail(id, code, why, now, &mut out, &mut events);
+                    self.schedule(id, now);
+                    return (out, events);
+                }
+            }
+        }
         self.ring_next(id, now, &mut out, &mut events);
         self.schedule(id, now);
         (out, events)
@@ -504,15 +564,16 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         for hop in &route {
             text.push_str(&format!("Route: {hop}\r\n"));
         }
-        if !inv.body.is_empty() {
+        let body = call.b_offer.as_ref().unwrap_or(&inv.body);
+        if !body.is_empty() {
             text.push_str(&format!(
                 "Content-Type: {}\r\n",
                 inv.header("content-type").unwrap_or("application/sdp")
             ));
         }
-        text.push_str(&format!("Content-Length: {}\r\n\r\n", inv.body.len()));
+        text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         let mut bytes = text.into_bytes();
-        bytes.extend_from_slice(&inv.body);
+        bytes.extend_from_slice(body);
         let invite = Bytes::from(bytes);
         out.push(Send {
             to: addr,
@@ -626,6 +687,9 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         events: &mut Vec<CallEvent>,
     ) {
         self.cancel_forks(id, None, out);
+        if let Some(media) = self.media.as_mut() {
+            media.end(id);
+        }
         let contact = self.contact();
         let Some(call) = self.calls.get(&id) else {
             return;
@@ -929,11 +993,35 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             .header("content-type")
             .unwrap_or("application/sdp")
             .to_owned();
+        let mut body = resp.body.clone();
+        if call.b_offer.is_some()
+            && let Some(media) = self.media.as_mut()
+        {
+            let info = Answered {
+                conversation: call.invite.call_id().unwrap_or("").to_owned(),
+                contact: call.info.contact.clone(),
+                manager: call.manager.clone(),
+                direction: call.info.direction,
+                customer_is_a: call.info.direction != "outbound",
+                record: call
+                    .current
+                    .as_ref()
+                    .and_then(|c| c.record)
+                    .or(call.info.record),
+            };
+            match media.answer(id, &resp.body, &info) {
+                Ok(sdp) => body = Bytes::from(sdp),
+                Err(e) => {
+                    // Audio then flows phone to phone, unrecorded.
+                    tracing::warn!(call = id, error = %e, "answer's SDP passed through unchanged");
+                }
+            }
+        }
         let ok = Self::a_response(
             &contact,
             call,
             200,
-            (!resp.body.is_empty()).then_some((ct.as_str(), &resp.body)),
+            (!body.is_empty()).then_some((ct.as_str(), &body)),
         );
         let call = self.calls.get_mut(&id).unwrap_or_else(|| unreachable!());
         let src = call.src;
@@ -966,6 +1054,43 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         result
     }
 
+    /// Ends an answered call from our side (its media stopped): BYE to
+    /// both legs, `call.ended` with `cause`, hung up by the system.
+    pub fn hang_up(&mut self, id: u64, cause: &str, now: u64) -> (Vec<Send>, Vec<CallEvent>) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        if self
+            .calls
+            .get(&id)
+            .is_none_or(|c| c.phase != Phase::Answered)
+        {
+            return (out, events);
+        }
+        let summary = self.media.as_mut().and_then(|m| m.end(id));
+        let Some(call) = self.calls.get_mut(&id) else {
+            return (out, events);
+        };
+        call.phase = Phase::Ended;
+        self.ended += 1;
+        let duration_ms = now.saturating_sub(call.answered_ms.unwrap_or(now));
+        let mut payload = json!({
+            "duration_s": (duration_ms as f64 / 1000.0),
+            "cause": cause,
+            "hung_up_by": "system",
+            "extension": call.extension,
+        });
+        add_summary(&mut payload, summary);
+        events.push(event(call, Kind::CallEnded, payload));
+        let legs = [(call.a_leg.clone(), false), (call.b_leg.clone(), true)];
+        for (leg, from_a) in legs {
+            if let Some(leg) = leg {
+                self.relay(id, None, leg, "BYE", None, from_a, now, &mut out);
+            }
+        }
+        self.schedule(id, now);
+        (out, events)
+    }
+
     fn in_dialog(
         &mut self,
         id: u64,
@@ -995,6 +1120,8 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             });
             call.phase = Phase::Ended;
             self.ended += 1;
+            let summary = self.media.as_mut().and_then(|m| m.end(id));
+            let call = self.calls.get_mut(&id)?;
             let duration_ms = now.saturating_sub(call.answered_ms.unwrap_or(now));
             let hung_up = match (from_a, call.info.direction) {
                 (true, "inbound") | (false, "outbound") => "customer",
@@ -1002,19 +1129,20 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
                 (true, _) => "caller",
                 (false, _) => "callee",
             };
-            let payload = json!({
+            let mut payload = json!({
                 "duration_s": (duration_ms as f64 / 1000.0),
                 "cause": "normal",
                 "hung_up_by": hung_up,
                 "extension": call.extension,
             });
+            add_summary(&mut payload, summary);
             events.push(event(call, Kind::CallEnded, payload));
             let other = if from_a {
                 call.b_leg.clone()
             } else {
                 call.a_leg.clone()
             }?;
-            self.relay(id, None, other, "BYE", None, now, &mut out);
+            self.relay(id, None, other, "BYE", None, from_a, now, &mut out);
             return Some((out, events));
         }
         // re-INVITE, UPDATE, INFO: relay across, answer with what comes back.
@@ -1023,14 +1151,17 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         } else {
             call.a_leg.clone()
         }?;
-        let body = (!req.body.is_empty()).then(|| {
-            (
-                req.header("content-type")
-                    .unwrap_or("application/sdp")
-                    .to_owned(),
-                req.body.clone(),
-            )
-        });
+        let ct = req
+            .header("content-type")
+            .unwrap_or("application/sdp")
+            .to_owned();
+        let body = if req.body.is_empty() {
+            None
+        } else if ct.eq_ignore_ascii_case("application/sdp") {
+            Some((ct, self.media_update(id, from_a, &req.body)))
+        } else {
+            Some((ct, req.body.clone()))
+        };
         if method == "INVITE" {
             let mut trying = req.response(100, "Trying", None);
             stamp_rport(&mut trying, src);
@@ -1045,6 +1176,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             other,
             &method,
             body,
+            from_a,
             now,
             &mut out,
         );
@@ -1059,6 +1191,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         mut leg: Leg,
         method: &str,
         body: Option<(String, Bytes)>,
+        from_a: bool,
         now: u64,
         out: &mut Vec<Send>,
     ) {
@@ -1100,6 +1233,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
                 original,
                 to: leg.addr,
                 method: method.to_owned(),
+                from_a,
                 scheduled: None,
             },
         );
@@ -1111,7 +1245,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
 
     /// The far end answered a relayed request: pass the final answer back.
     fn finish_relay(&mut self, branch: &str, resp: &Message) -> Vec<Send> {
-        let Some(relay) = self.relays.get(branch) else {
+        let Some((call, from_a)) = self.relays.get(branch).map(|r| (r.call, r.from_a)) else {
             return Vec::new();
         };
         let code = resp.status().unwrap_or(500);
@@ -1119,6 +1253,16 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         if code < 200 {
             return out;
         }
+        let ct = resp.header("content-type").unwrap_or("application/sdp");
+        // The far side's SDP answer, for the side that asked.
+        let body = if (200..300).contains(&code) && ct.eq_ignore_ascii_case("application/sdp") {
+            self.media_update(call, !from_a, &resp.body)
+        } else {
+            resp.body.clone()
+        };
+        let Some(relay) = self.relays.get(branch) else {
+            return out;
+        };
         let call_id = self.calls.get(&relay.call).map(|c| c.phase);
         if relay.method == "INVITE" && (200..300).contains(&code) {
             // ACK the relayed re-INVITE's 2xx on that leg.
@@ -1160,11 +1304,8 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             let mut r = orig.response(code, resp_reason(resp), Some(&own_tag));
             stamp_rport(&mut r, *src);
             if !resp.body.is_empty() {
-                r.push_header(
-                    "content-type",
-                    resp.header("content-type").unwrap_or("application/sdp"),
-                );
-                r.body = resp.body.clone();
+                r.push_header("content-type", ct);
+                r.body = body;
             }
             if (200..300).contains(&code) {
                 r.push_header("contact", self.contact());
@@ -1285,6 +1426,9 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        if let Some(media) = self.media.as_mut() {
+            media.end(id);
+        }
         if call.phase == Phase::Ended {
             self.ended -= 1;
         }
@@ -1299,6 +1443,17 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             self.by_branch.remove(&f.branch);
             self.by_b_call.remove(&f.call_id);
         }
+    }
+}
+
+/// What the relay saw, added to `call.ended`.
+fn add_summary(payload: &mut Value, summary: Option<crate::media::Summary>) {
+    let Some(s) = summary else { return };
+    if !s.dtmf.is_empty() {
+        payload["dtmf"] = json!(s.dtmf);
+    }
+    if let Some(path) = s.recording {
+        payload["recording"] = json!(path);
     }
 }
 
@@ -1484,7 +1639,9 @@ Content-Length: 0\r\n\r\n",
                     "sip:1001@127.0.0.1:5080".into(),
                     "127.0.0.1:5080".parse().unwrap(),
                 )],
+                record: None,
             }],
+            record: None,
         }
     }
 

@@ -29,6 +29,7 @@ use super::fnv;
 use super::guard::{Guard, Verdict};
 use super::location::{Location, LocationError, Secs, Transport, Update};
 use crate::dispatch::Dispatcher;
+use crate::media::Media;
 use crate::metrics as m;
 
 /// One extension's (or trunk's) precomputed secrets.
@@ -39,6 +40,8 @@ struct User {
     manager: String,
     /// Set for a trunk's credentials: calls from it are inbound.
     trunk: Option<String>,
+    /// Whether this extension's calls are recorded (`sip.users[].record`).
+    record: Option<bool>,
 }
 
 /// The extensions, swapped whole on reload.
@@ -60,6 +63,7 @@ impl Users {
                     ha1_sha256: digest::ha1(Algorithm::Sha256, &u.extension, &cfg.realm, &password),
                     manager: u.manager.clone(),
                     trunk: None,
+                    record: u.record,
                 },
             );
         }
@@ -76,6 +80,7 @@ impl Users {
                     ),
                     manager: String::new(),
                     trunk: Some(t.name.clone()),
+                    record: t.record,
                 },
             );
         }
@@ -129,6 +134,8 @@ pub struct Core<L> {
     country: phonenumber::country::Id,
     events: mpsc::UnboundedSender<Interaction>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Interaction>>>,
+    /// Calls whose media stopped, from the relay.
+    media_timeouts: Mutex<Option<mpsc::UnboundedReceiver<u64>>>,
 }
 
 /// Writes call events to the feed in order, a batch per commit, until
@@ -169,6 +176,8 @@ pub struct CoreContext {
     pub dispatcher: Option<Dispatcher>,
     pub feed: Option<FeedLog>,
     pub country: phonenumber::country::Id,
+    /// Anchor calls' media (and record them under this data directory).
+    pub media: Option<(switchboard_config::MediaConfig, std::path::PathBuf)>,
 }
 
 impl<L> std::fmt::Debug for Core<L> {
@@ -212,6 +221,20 @@ impl<L: Location> Core<L> {
         };
         let salt = uuid::Uuid::new_v4().as_u64_pair().1 & 0xffff_ffff;
         let (events, events_rx) = mpsc::unbounded_channel();
+        let mut calls = Calls::new(
+            ctx.local,
+            ctx.host.clone(),
+            u64::try_from(cfg.ring_timeout.as_millis()).unwrap_or(30_000),
+            salt,
+        );
+        let mut media_timeouts = None;
+        if let Some((media, data_dir)) = ctx.media.as_ref().filter(|(m, _)| m.enabled) {
+            let advertised = ctx.host.parse().unwrap_or(ctx.local.ip());
+            let (anchor, timeouts) =
+                Media::new(media, ctx.local.ip(), advertised, data_dir, events.clone());
+            calls = calls.with_media(Box::new(anchor));
+            media_timeouts = Some(timeouts);
+        }
         let algorithms = cfg
             .algorithms
             .iter()
@@ -237,12 +260,7 @@ impl<L: Location> Core<L> {
             location,
             dispatcher: ctx.dispatcher,
             epoch: Instant::now(),
-            calls: Mutex::new(Calls::new(
-                ctx.local,
-                ctx.host,
-                u64::try_from(cfg.ring_timeout.as_millis()).unwrap_or(30_000),
-                salt,
-            )),
+            calls: Mutex::new(calls),
             socket: OnceLock::new(),
             flows: Mutex::new(HashMap::new()),
             trunks: cfg.trunks.clone(),
@@ -250,6 +268,7 @@ impl<L: Location> Core<L> {
             country: ctx.country,
             events,
             events_rx: Mutex::new(Some(events_rx)),
+            media_timeouts: Mutex::new(media_timeouts),
         }
     }
 
@@ -337,10 +356,22 @@ impl<L: Location> Core<L> {
     pub async fn tick(&self) {
         let now = self.monotonic_ms();
         let mut counts = (0, 0);
+        let stopped: Vec<u64> = {
+            let mut rx = self
+                .media_timeouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::iter::from_fn(|| rx.as_mut()?.try_recv().ok()).collect()
+        };
         self.with_calls(|calls| {
-            let out = calls.tick(now);
+            let (mut out, mut events) = calls.tick(now);
+            for id in stopped {
+                let (o, e) = calls.hang_up(id, "media_timeout", now);
+                out.extend(o);
+                events.extend(e);
+            }
             counts = (calls.active(), calls.transactions());
-            Some(out)
+            Some((out, events))
         });
         m::SIP_CALLS.set(i64::try_from(counts.0).unwrap_or(i64::MAX));
         m::SIP_TRANSACTIONS.set(i64::try_from(counts.1).unwrap_or(i64::MAX));
@@ -675,6 +706,11 @@ impl<L: Location> Core<L> {
                     candidates.push(self.candidate(Some(m.clone()), ext).await);
                 }
             }
+            let record = self
+                .trunks
+                .iter()
+                .find(|t| t.name == trunk)
+                .and_then(|t| t.record);
             return Some(NewCall {
                 direction: "inbound",
                 trunk: Some(trunk),
@@ -682,6 +718,7 @@ impl<L: Location> Core<L> {
                 dialled: number,
                 from_extension: None,
                 candidates,
+                record,
             });
         }
         let from = extension?;
@@ -702,6 +739,7 @@ impl<L: Location> Core<L> {
                     name: None,
                 },
                 dialled: dialled.to_owned(),
+                record: users.by_extension.get(&from).and_then(|u| u.record),
                 from_extension: Some(from),
                 candidates: vec![self.candidate(manager, dialled).await],
             });
@@ -715,6 +753,12 @@ impl<L: Location> Core<L> {
             .get(&from)
             .map(|u| u.manager.clone())
             .filter(|m| !m.is_empty());
+        // The placing manager's setting wins over the trunk's.
+        let record = users
+            .by_extension
+            .get(&from)
+            .and_then(|u| u.record)
+            .or(trunk.record);
         let mut call = NewCall {
             direction: "outbound",
             trunk: Some(trunk.name.clone()),
@@ -725,7 +769,9 @@ impl<L: Location> Core<L> {
                 manager: None,
                 extension: None,
                 targets: vec![Target::direct(format!("sip:{number}@{addr}"), addr)],
+                record,
             }],
+            record,
         };
         call.candidates[0].manager = manager;
         Some(call)
@@ -782,6 +828,11 @@ impl<L: Location> Core<L> {
             manager,
             extension: Some(extension.to_owned()),
             targets,
+            record: self
+                .users()
+                .by_extension
+                .get(extension)
+                .and_then(|u| u.record),
         }
     }
 

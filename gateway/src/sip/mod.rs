@@ -84,6 +84,7 @@ impl SipServer {
         dispatcher: Option<Dispatcher>,
         feed: Option<FeedLog>,
         country: phonenumber::country::Id,
+        media: Option<(switchboard_config::MediaConfig, std::path::PathBuf)>,
     ) -> Result<Self, SipError> {
         let users = Users::from_config(cfg)?;
         let mut udp = Vec::new();
@@ -149,6 +150,7 @@ impl SipServer {
             dispatcher,
             feed,
             country,
+            media,
         };
         let location = match cfg.location {
             LocationBackend::Memory => AnyLocation::Memory(MemoryLocation::default()),

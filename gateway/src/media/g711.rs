@@ -1,0 +1,76 @@
+//! G.711 (ITU-T) μ-law and A-law to 16-bit linear PCM.
+
+/// One μ-law byte to a 16-bit sample.
+pub fn ulaw(byte: u8) -> i16 {
+    let u = !byte;
+    let sign = u & 0x80;
+    let exponent = (u >> 4) & 0x07;
+    let mantissa = i32::from(u & 0x0f);
+    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+    let sample = if sign != 0 { -magnitude } else { magnitude };
+    sample as i16
+}
+
+/// One A-law byte to a 16-bit sample.
+pub fn alaw(byte: u8) -> i16 {
+    let a = byte ^ 0x55;
+    let sign = a & 0x80;
+    let exponent = (a >> 4) & 0x07;
+    let mantissa = i32::from(a & 0x0f);
+    let magnitude = if exponent == 0 {
+        (mantissa << 4) + 8
+    } else {
+        ((mantissa << 4) + 0x108) << (exponent - 1)
+    };
+    let sample = if sign != 0 { magnitude } else { -magnitude };
+    sample as i16
+}
+
+/// Linear sample to μ-law (for tests and generated audio).
+pub fn to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32_635;
+    let mut s = i32::from(sample);
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(CLIP) + BIAS;
+    let mut exponent = 7;
+    let mut mask = 0x4000;
+    while exponent > 0 && s & mask == 0 {
+        exponent -= 1;
+        mask >>= 1;
+    }
+    let mantissa = (s >> (exponent + 3)) & 0x0f;
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // Silence and the extremes of both laws (G.711 tables).
+        assert_eq!(ulaw(0xff), 0);
+        assert_eq!(ulaw(0x7f), 0);
+        assert_eq!(ulaw(0x00), -32_124);
+        assert_eq!(ulaw(0x80), 32_124);
+        assert_eq!(alaw(0xd5), 8);
+        assert_eq!(alaw(0x55), -8);
+        assert_eq!(alaw(0xaa), 32_256);
+        assert_eq!(alaw(0x2a), -32_256);
+    }
+
+    #[test]
+    fn ulaw_round_trips_within_its_quantisation() {
+        for s in (-32_000i32..32_000).step_by(97) {
+            let back = i32::from(ulaw(to_ulaw(s as i16)));
+            let step = (s.abs() / 16).max(8);
+            assert!((back - s).abs() <= step, "{s} -> {back}");
+        }
+    }
+}

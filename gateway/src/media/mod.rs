@@ -1,0 +1,442 @@
+//! Media anchoring: every call's RTP and RTCP pass through a relay session
+//! the B2BUA opens with the caller's offer, so both sides only ever see our
+//! address; the session records the call.
+//!
+//! A session has two sides, each with an RTP/RTCP port pair from
+//! `media.port_min..=port_max`: side A faces the caller, side B the phone
+//! that answered. Symmetric RTP: a side's first packet teaches the relay
+//! where that side really is (NAT), and from then on only that source is
+//! accepted; anything else is dropped and counted. Side B opens when the
+//! call is answered (forks ring with one offer; only the winner is heard).
+//! No RTP from either side for `media.rtp_timeout` (not while on hold)
+//! asks the B2BUA to hang the call up.
+
+pub mod g711;
+pub mod recorder;
+pub mod sdp;
+mod session;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard_config::MediaConfig;
+use switchboard_storage::{Contact, Interaction};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use self::sdp::{Audio, SdpError};
+use self::session::{Ctl, Side};
+
+/// What the relay is told when a call is answered.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// The caller's Call-ID: the recording's name and the event's conversation.
+    pub conversation: String,
+    pub contact: Contact,
+    pub manager: Option<String>,
+    pub direction: &'static str,
+    /// The caller is the customer (inbound calls): A is the left channel.
+    pub customer_is_a: bool,
+    /// The trunk's or user's setting; `None`: `media.record`.
+    pub record: Option<bool>,
+}
+
+/// What the relay saw of a call, for `call.ended`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// RFC 4733 digits either side pressed, in order.
+    pub dtmf: String,
+    /// The recording's path under the data directory, when recording.
+    pub recording: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Sdp(#[from] SdpError),
+    #[error("no free RTP ports in the configured range")]
+    NoPorts,
+    #[error("no media session for this call")]
+    NoSession,
+}
+
+/// The B2BUA's view of the relay (a trait so its state machine stays
+/// testable without sockets).
+pub trait Anchor: Send + std::fmt::Debug {
+    /// The caller's offer: opens the call's session; returns the offer the
+    /// phones get. `NoCommonCodec` means 488.
+    fn offer(&mut self, call: u64, sdp: &[u8]) -> Result<Vec<u8>, MediaError>;
+    /// The answering phone's SDP: opens side B; returns the caller's answer.
+    fn answer(&mut self, call: u64, sdp: &[u8], info: &Answered) -> Result<Vec<u8>, MediaError>;
+    /// SDP crossing an answered call (re-INVITE, UPDATE, or their
+    /// answers), written by side A when `from_a`: the other side's copy.
+    fn update(&mut self, call: u64, from_a: bool, sdp: &[u8]) -> Result<Vec<u8>, MediaError>;
+    /// The call is over: frees its ports and finishes its recording.
+    fn end(&mut self, call: u64) -> Option<Summary>;
+}
+
+/// Even ports of the range, each the RTP half of a pair.
+#[derive(Debug)]
+struct PortPool {
+    free: VecDeque<u16>,
+}
+
+impl PortPool {
+    fn new(min: u16, max: u16) -> Self {
+        let first = min + min % 2;
+        PortPool {
+            free: (first..max).step_by(2).collect(),
+        }
+    }
+
+    /// Binds an RTP/RTCP pair, skipping ports someone else holds.
+    fn take(&mut self, ip: IpAddr) -> Option<(std::net::UdpSocket, std::net::UdpSocket, u16)> {
+        for _ in 0..self.free.len().min(64) {
+            let port = self.free.pop_front()?;
+            let bind = |p: u16| {
+                let s = std::net::UdpSocket::bind(SocketAddr::new(ip, p))?;
+                s.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(s)
+            };
+            match (bind(port), bind(port + 1)) {
+                (Ok(rtp), Ok(rtcp)) => return Some((rtp, rtcp, port)),
+                _ => self.free.push_back(port),
+            }
+        }
+        None
+    }
+
+    fn give(&mut self, port: u16) {
+        self.free.push_back(port);
+    }
+}
+
+/// Settings and channels every session shares.
+#[derive(Debug)]
+struct Shared {
+    bind: IpAddr,
+    advertised: IpAddr,
+    codecs: Vec<String>,
+    rtp_timeout: Duration,
+    record: bool,
+    data_dir: PathBuf,
+    pool: Mutex<PortPool>,
+    /// Calls whose media stopped: the B2BUA hangs them up.
+    timeouts: mpsc::UnboundedSender<u64>,
+    /// `recording.ready` events, into the same queue as call events.
+    events: mpsc::UnboundedSender<Interaction>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Debug)]
+struct Session {
+    ctl: mpsc::UnboundedSender<Ctl>,
+    /// The caller's last SDP, for the answer's codecs.
+    a: Audio,
+    answered: bool,
+    digits: Arc<Mutex<String>>,
+    recording: Option<String>,
+    a_port: u16,
+    b_port: u16,
+}
+
+/// The relay: one session per call with media.
+#[derive(Debug)]
+pub struct Media {
+    shared: Arc<Shared>,
+    sessions: HashMap<u64, Session>,
+}
+
+impl Media {
+    /// Must be called inside the Tokio runtime the sessions will run on.
+    /// `bind` is the address RTP binds to when `media.bind_address` is
+    /// empty; `advertised` likewise for `media.advertised_address`.
+    pub fn new(
+        cfg: &MediaConfig,
+        bind: IpAddr,
+        advertised: IpAddr,
+        data_dir: &Path,
+        events: mpsc::UnboundedSender<Interaction>,
+    ) -> (Self, mpsc::UnboundedReceiver<u64>) {
+        let bind = cfg.bind_address.parse().unwrap_or(bind);
+        let advertised = cfg
+            .advertised_address
+            .parse()
+            .unwrap_or(if cfg.bind_address.is_empty() {
+                advertised
+            } else {
+                bind
+            });
+        let (timeouts, timeouts_rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            bind,
+            advertised,
+            codecs: cfg.codecs.clone(),
+            rtp_timeout: cfg.rtp_timeout,
+            record: cfg.record,
+            data_dir: data_dir.to_owned(),
+            pool: Mutex::new(PortPool::new(cfg.port_min, cfg.port_max)),
+            timeouts,
+            events,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        (
+            Media {
+                shared: Arc::new(shared),
+                sessions: HashMap::new(),
+            },
+            timeouts_rx,
+        )
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, PortPool> {
+        self.shared.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn active(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+impl Anchor for Media {
+    fn offer(&mut self, call: u64, sdp: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let a = sdp::parse(sdp)?;
+        // Check the codecs before taking ports.
+        let probe = sdp::rewrite(sdp, self.shared.advertised, 0, Some(&self.shared.codecs))?;
+        drop(probe);
+        let (a_rtp, a_rtcp, a_port, b_rtp, b_rtcp, b_port) = {
+            let mut pool = self.pool();
+            let Some((a_rtp, a_rtcp, a_port)) = pool.take(self.shared.bind) else {
+                return Err(MediaError::NoPorts);
+            };
+            let Some((b_rtp, b_rtcp, b_port)) = pool.take(self.shared.bind) else {
+                pool.give(a_port);
+                return Err(MediaError::NoPorts);
+            };
+            (a_rtp, a_rtcp, a_port, b_rtp, b_rtcp, b_port)
+        };
+        let (offer, _) = sdp::rewrite(
+            sdp,
+            self.shared.advertised,
+            b_port,
+            Some(&self.shared.codecs),
+        )?;
+        let (ctl, rx) = mpsc::unbounded_channel();
+        let digits = Arc::new(Mutex::new(String::new()));
+        let _ = ctl.send(Ctl::Peer {
+            side: Side::A,
+            audio: a.clone(),
+        });
+        let shared = Arc::clone(&self.shared);
+        let task_digits = Arc::clone(&digits);
+        self.shared.runtime.spawn(async move {
+            session::run(
+                call,
+                [(a_rtp, a_rtcp), (b_rtp, b_rtcp)],
+                rx,
+                task_digits,
+                Arc::clone(&shared),
+            )
+            .await;
+            let mut pool = shared.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.give(a_port);
+            pool.give(b_port);
+        });
+        if let Some(old) = self.sessions.insert(
+            call,
+            Session {
+                ctl,
+                a,
+                answered: false,
+                digits,
+                recording: None,
+                a_port,
+                b_port,
+            },
+        ) {
+            let _ = old.ctl.send(Ctl::Stop);
+        }
+        crate::metrics::MEDIA_SESSIONS.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
+        Ok(offer)
+    }
+
+    fn answer(&mut self, call: u64, sdp: &[u8], info: &Answered) -> Result<Vec<u8>, MediaError> {
+        let advertised = self.shared.advertised;
+        let record = info.record.unwrap_or(self.shared.record);
+        let data_dir = self.shared.data_dir.clone();
+        let session = self.sessions.get_mut(&call).ok_or(MediaError::NoSession)?;
+        // The answer may only hold codecs the caller offered.
+        let offered: Vec<String> = session.a.payloads.iter().map(|p| p.name.clone()).collect();
+        let (answer, b) = sdp::rewrite(sdp, advertised, session.a_port, Some(&offered))?;
+        let _ = session.ctl.send(Ctl::Peer {
+            side: Side::B,
+            audio: b,
+        });
+        session.answered = true;
+        if record {
+            let now = time::OffsetDateTime::now_utc();
+            let rel = format!(
+                "recordings/{:04}/{:02}/{:02}/{}.wav",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                file_name(&info.conversation)
+            );
+            let _ = session.ctl.send(Ctl::Record {
+                path: data_dir.join(&rel),
+                rel: rel.clone(),
+                info: info.clone(),
+            });
+            session.recording = Some(rel);
+        }
+        Ok(answer)
+    }
+
+    fn update(&mut self, call: u64, from_a: bool, sdp: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let advertised = self.shared.advertised;
+        let session = self.sessions.get_mut(&call).ok_or(MediaError::NoSession)?;
+        // What A writes goes to B: it names the port B sends to (B's side).
+        let port = if from_a {
+            session.b_port
+        } else {
+            session.a_port
+        };
+        let (out, audio) = sdp::rewrite(sdp, advertised, port, None)?;
+        if from_a {
+            session.a = audio.clone();
+        }
+        let side = if from_a { Side::A } else { Side::B };
+        let _ = session.ctl.send(Ctl::Peer { side, audio });
+        Ok(out)
+    }
+
+    fn end(&mut self, call: u64) -> Option<Summary> {
+        let session = self.sessions.remove(&call)?;
+        let _ = session.ctl.send(Ctl::Stop);
+        crate::metrics::MEDIA_SESSIONS.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
+        let dtmf = session
+            .digits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(Summary {
+            dtmf,
+            recording: session.recording.filter(|_| session.answered),
+        })
+    }
+}
+
+/// A Call-ID made safe as a file name.
+fn file_name(call_id: &str) -> String {
+    let name: String = call_id
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with('.') || name.is_empty() {
+        format!("_{name}")
+    } else {
+        name
+    }
+}
+
+/// Start-up housekeeping of `<data_dir>/recordings`: repairs recordings a
+/// crash cut short (their header set to what was written) and deletes
+/// days older than `retention_days` (0: none).
+pub fn tidy_recordings(data_dir: &Path, retention_days: u32) {
+    let root = data_dir.join("recordings");
+    let Ok(years) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut days = Vec::new();
+    for y in years.flatten() {
+        for m in std::fs::read_dir(y.path()).into_iter().flatten().flatten() {
+            for d in std::fs::read_dir(m.path()).into_iter().flatten().flatten() {
+                days.push(d.path());
+            }
+        }
+    }
+    for day in days {
+        let date = day
+            .strip_prefix(&root)
+            .ok()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|c| c.to_str()?.parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .and_then(|v| match v[..] {
+                [y, m, d] => time::Date::from_calendar_date(
+                    y,
+                    time::Month::try_from(u8::try_from(m).ok()?).ok()?,
+                    u8::try_from(d).ok()?,
+                )
+                .ok(),
+                _ => None,
+            });
+        let Some(date) = date else { continue };
+        let age = (today - date).whole_days();
+        if retention_days > 0 && age > i64::from(retention_days) {
+            match std::fs::remove_dir_all(&day) {
+                Ok(()) => info!(dir = %day.display(), "recordings past retention deleted"),
+                Err(e) => {
+                    warn!(dir = %day.display(), error = %e, "recordings past retention not deleted")
+                }
+            }
+            continue;
+        }
+        if age > 2 {
+            continue;
+        }
+        for f in std::fs::read_dir(&day).into_iter().flatten().flatten() {
+            let path = f.path();
+            if path.extension().is_some_and(|e| e == "wav") {
+                match recorder::repair(&path) {
+                    Ok(true) => {
+                        warn!(file = %path.display(), "recording cut short by a crash repaired")
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(file = %path.display(), error = %e, "recording not checked"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_become_safe_file_names() {
+        assert_eq!(file_name("abc@192.0.2.1"), "abc@192.0.2.1");
+        assert_eq!(file_name("../../etc/passwd"), "_.._.._etc_passwd");
+        assert_eq!(file_name(""), "_");
+    }
+
+    #[test]
+    fn ports_come_in_pairs_and_come_back() {
+        let mut pool = PortPool::new(41_000, 41_010);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let (rtp, rtcp, port) = pool.take(ip).unwrap();
+        assert_eq!(port % 2, 0);
+        assert_eq!(rtp.local_addr().unwrap().port(), port);
+        assert_eq!(rtcp.local_addr().unwrap().port(), port + 1);
+        // A port someone else holds is skipped.
+        let (_r2, _c2, second) = pool.take(ip).unwrap();
+        assert_ne!(second, port);
+        drop((rtp, rtcp));
+        pool.give(port);
+        assert!(pool.free.contains(&port));
+    }
+}
