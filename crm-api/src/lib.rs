@@ -52,9 +52,17 @@ impl Crm {
                 feed,
                 tokens: Arc::default(),
                 files,
+                data_dir: None,
             },
             readiness,
         }
+    }
+
+    /// Serves call recordings from `<data_dir>/recordings` (the gateway's
+    /// data directory: the same machine or a shared volume).
+    pub fn with_data_dir(mut self, data_dir: PathBuf) -> Self {
+        self.state.data_dir = Some(data_dir);
+        self
     }
 
     pub fn store(&self) -> &Store {

@@ -8,10 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use axum::http::{Method, StatusCode};
-use common::{Backends, Team, apply, assigned, call, get, lead, post, team};
+use common::{Backends, Team, apply, assigned, call, get, interaction, lead, post, team};
 use serde_json::{Value, json};
 use switchboard_crm::Store;
-use switchboard_storage::{Command, FeedSource, Topic};
+use switchboard_storage::{Command, FeedSource, Kind, Topic};
 
 /// Records owned by Anna, for probing from Boris's side.
 struct Fixtures {
@@ -22,13 +22,27 @@ struct Fixtures {
     task: String,
     ticket: String,
     attachment: String,
+    /// A call of Anna's client with a recording.
+    call: String,
     /// A user whose tokens the probes may create and revoke.
     spare_user: String,
 }
 
 async fn anna_records(store: &Store, t: &Team) -> Fixtures {
     let ev = lead("+79165550001", "Клиент Анны", 5);
-    apply(store, &[ev.clone(), assigned("+79165550001", "anna")]).await;
+    // A recorded call of that client, as the gateway reports it.
+    let call_id = format!("call-{}", uuid::Uuid::new_v4());
+    let rel = format!("recordings/2026/11/27/{call_id}.wav");
+    std::fs::create_dir_all(t.dir.join("recordings/2026/11/27")).unwrap();
+    std::fs::write(t.dir.join(&rel), b"RIFF-not-really").unwrap();
+    let mut recording = interaction(Kind::RecordingReady, "+79165550001", None, 1);
+    recording.conversation = Some(call_id.clone());
+    recording.payload = json!({"call_id": call_id, "path": rel});
+    apply(
+        store,
+        &[ev.clone(), assigned("+79165550001", "anna"), recording],
+    )
+    .await;
     let clients = get(&t.crm, "/v1/clients", &t.anna).await;
     let client = clients.body["items"][0]["id"]
         .as_str()
@@ -76,6 +90,7 @@ async fn anna_records(store: &Store, t: &Team) -> Fixtures {
         task: task.body["id"].as_str().unwrap().to_owned(),
         ticket: ticket.body["id"].as_str().unwrap().to_owned(),
         attachment: upload.body["id"].as_str().unwrap().to_owned(),
+        call: call_id,
         spare_user: store
             .upsert_user("spare", "Spare", switchboard_crm::Role::Manager, None)
             .await
@@ -126,6 +141,7 @@ fn probe(template: &str, method: &str, f: &Fixtures) -> Option<(String, Option<V
             body(json!({"minutes": 5})),
         ),
         "/v1/attachments/{id}" => (format!("/v1/attachments/{}", f.attachment), None),
+        "/v1/calls/{id}/recording" => (format!("/v1/calls/{}/recording", f.call), None),
         "/v1/conversations/{id}/replies" => (
             format!("/v1/conversations/{}/replies", f.interaction),
             body(json!({"text": "hi"})),

@@ -3,6 +3,7 @@
 //! loopback ports the OS picks, talk to them as a user would, and stop only
 //! the processes started here.
 
+pub mod media;
 pub mod sip;
 
 use std::net::SocketAddr;

@@ -560,7 +560,15 @@ async fn a_softphone_calls_another_through_switchboard() {
         assert!(started.elapsed() < Duration::from_secs(10), "{body:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(kinds, ["call.ringing", "call.answered", "call.ended"]);
+    assert_eq!(
+        kinds,
+        [
+            "call.ringing",
+            "call.answered",
+            "call.ended",
+            "recording.ready"
+        ]
+    );
 
     // What the callee heard (baresip's decoded dump) is the 1 kHz tone.
     let heard = std::fs::read_dir(callee_home.join("rec"))
@@ -575,6 +583,30 @@ async fn a_softphone_calls_another_through_switchboard() {
         "{crossings} zero crossings a second"
     );
     assert!(peak > 4000, "peak {peak}");
+
+    // Both played the tone, so both channels of the recording carry it.
+    let (_, body) = sb.crm_get("/v1/contacts/sip:1001/timeline").await.unwrap();
+    let ready = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "recording.ready")
+        .unwrap();
+    let rec = switchboard_tests::media::Recording::read(
+        &dir.path()
+            .join("data")
+            .join(payload(ready)["path"].as_str().unwrap()),
+    )
+    .unwrap();
+    let middle = rec.seconds() / 2.0;
+    for (side, channel) in [("caller", &rec.left), ("callee", &rec.right)] {
+        let crossings =
+            switchboard_tests::media::crossings_per_s(channel, middle - 0.5, middle + 0.5);
+        assert!(
+            (1900.0..=2100.0).contains(&crossings),
+            "{side}'s channel: {crossings} zero crossings a second"
+        );
+    }
 }
 
 #[tokio::test]
@@ -738,7 +770,12 @@ Contact: <sip:{CALLER}@{local};transport=tcp>\r\nContent-Type: application/sdp\r
         inv.header("via").unwrap().starts_with("SIP/2.0/TCP"),
         "{inv:?}"
     );
-    assert_eq!(&inv.body[..], sdp.as_bytes());
+    // The phone is offered the media relay, not the PBX's own port.
+    let offered = String::from_utf8_lossy(&inv.body).into_owned();
+    assert!(
+        offered.contains("c=IN IP4 127.0.0.1\r\n") && !offered.contains("m=audio 4000 "),
+        "{offered}"
+    );
     let mut ringing = inv.response(180, "Ringing", Some("ph1"));
     ringing.push_header("contact", format!("<{contact}>"));
     phone.send(&ringing.to_bytes()).await.unwrap();

@@ -8,6 +8,7 @@
 mod auth;
 mod clients;
 mod idempotency;
+mod recordings;
 mod records;
 mod users;
 
@@ -43,6 +44,9 @@ pub(crate) struct AppState {
     pub tokens: Arc<auth::TokenCache>,
     /// Attachment files (content-addressed) live here.
     pub files: std::path::PathBuf,
+    /// The gateway's data directory, whose `recordings/` calls are served
+    /// from; `None`: recordings are not served by this process.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 struct BearerAuth;
@@ -108,6 +112,7 @@ Authenticate with `Authorization: Bearer <token>` (`switchboard crm-admin token`
         records::reply,
         records::place_call,
         records::audit_log,
+        recordings::get_recording,
     ),
     components(schemas(
         Interaction,
@@ -135,6 +140,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .merge(users::routes())
         .merge(clients::routes())
         .merge(records::routes())
+        .merge(recordings::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,

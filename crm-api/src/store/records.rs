@@ -1281,6 +1281,32 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
+    /// The payload of a call's latest `recording.ready`, if its client is
+    /// visible.
+    pub async fn recording(
+        &self,
+        ctx: &Ctx,
+        conversation: &str,
+    ) -> Result<serde_json::Value, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT i.envelope FROM interactions i JOIN clients c ON c.id = i.client_id \
+             WHERE i.conversation = $1 AND i.kind = 'recording.ready'",
+        );
+        sql.arg(conversation);
+        sql.visible_to(&ctx.principal, "c");
+        sql.push(" ORDER BY i.occurred_at DESC LIMIT 1");
+        let row = sql
+            .query()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read recording"))?
+            .ok_or(StoreError::NotFound)?;
+        let envelope: String = row.try_get("envelope").map_err(corrupt("interaction"))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&envelope).map_err(|_| StoreError::NotFound)?;
+        Ok(v["payload"].take())
+    }
+
     /// Writes an audit record for an action with no record of its own
     /// (a command sent to the gateway).
     pub async fn audit_action(

@@ -104,6 +104,8 @@ pub async fn apply(
 /// A team: an administrator, two managers and a head in Sales, a head in Support.
 pub struct Team {
     pub crm: Crm,
+    /// The data directory the CRM serves recordings from.
+    pub dir: std::path::PathBuf,
     pub feed: FeedLog,
     pub admin: String,
     pub anna: String,
@@ -135,8 +137,10 @@ pub async fn team(store: &Store, dir: &std::path::Path) -> Team {
         ids.push(u.id);
     }
     Team {
-        crm: Crm::new(store.clone(), Some(feed.clone()), dir.join("files")),
+        crm: Crm::new(store.clone(), Some(feed.clone()), dir.join("files"))
+            .with_data_dir(dir.to_owned()),
         feed,
+        dir: dir.to_owned(),
         admin: tokens[0].clone(),
         anna: tokens[1].clone(),
         anna_id: ids[1].clone(),

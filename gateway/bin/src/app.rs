@@ -222,7 +222,8 @@ pub(crate) async fn run(
             store.clone(),
             Some(feed.clone()),
             data_dir.join("attachments"),
-        );
+        )
+        .with_data_dir(data_dir.clone());
         servers.push((
             "crm-api",
             tokio::spawn(crm.serve(listener, http_stop.clone())),
