@@ -64,7 +64,7 @@ pub(crate) fn validate_media(m: &MediaConfig) -> Result<(), ConfigError> {
             ));
         }
     }
-    if m.port_min < 1024 || m.port_min % 2 != 0 {
+    if m.port_min < 1024 || !m.port_min.is_multiple_of(2) {
         return Err(ConfigError::invalid(
             "media.port_min",
             m.port_min,

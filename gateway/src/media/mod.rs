@@ -349,10 +349,11 @@ fn file_name(call_id: &str) -> String {
     }
 }
 
-/// Start-up housekeeping of `<data_dir>/recordings`: repairs recordings a
-/// crash cut short (their header set to what was written) and deletes
-/// days older than `retention_days` (0: none).
-pub fn tidy_recordings(data_dir: &Path, retention_days: u32) {
+/// Housekeeping of `<data_dir>/recordings`: deletes days older than
+/// `retention_days` (0: none) and, with `repair` (at start-up, before any
+/// call is recorded), fixes the headers of the last days' recordings a
+/// crash cut short.
+pub fn tidy_recordings(data_dir: &Path, retention_days: u32, repair: bool) {
     let root = data_dir.join("recordings");
     let Ok(years) = std::fs::read_dir(&root) else {
         return;
@@ -395,7 +396,7 @@ pub fn tidy_recordings(data_dir: &Path, retention_days: u32) {
             }
             continue;
         }
-        if age > 2 {
+        if !repair || age > 2 {
             continue;
         }
         for f in std::fs::read_dir(&day).into_iter().flatten().flatten() {

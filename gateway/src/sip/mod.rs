@@ -65,6 +65,8 @@ pub struct SipServer {
     tls: Vec<TcpListener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     tcp_idle: Duration,
+    /// Recordings' data directory and retention (days, 0: forever).
+    recordings: Option<(std::path::PathBuf, u32)>,
 }
 
 impl std::fmt::Debug for SipServer {
@@ -161,6 +163,11 @@ impl SipServer {
             ),
         };
         let feed = ctx.feed.clone();
+        let recordings = ctx
+            .media
+            .as_ref()
+            .filter(|(m, _)| m.enabled)
+            .map(|(m, dir)| (dir.clone(), m.retention_days));
         let core = Arc::new(Core::new(cfg, users, location, ctx));
         if let Some(socket) = udp.first() {
             core.set_socket(Arc::clone(socket));
@@ -173,6 +180,7 @@ impl SipServer {
             tls,
             acceptor,
             tcp_idle: cfg.tcp_idle_timeout,
+            recordings,
         })
     }
 
@@ -235,6 +243,28 @@ impl SipServer {
                     shutdown.clone(),
                 ));
             }
+        }
+        if let Some((dir, days)) = self.recordings.clone() {
+            // Recordings a crash cut short are repaired at start; those
+            // past retention are deleted then and daily.
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let mut daily = tokio::time::interval(Duration::from_secs(86_400));
+                let mut first = true;
+                loop {
+                    tokio::select! {
+                        _ = daily.tick() => {
+                            let dir = dir.clone();
+                            let repair = std::mem::take(&mut first);
+                            let _ = tokio::task::spawn_blocking(move || {
+                                crate::media::tidy_recordings(&dir, days, repair);
+                            })
+                            .await;
+                        }
+                        () = stop.cancelled() => return,
+                    }
+                }
+            });
         }
         let core = Arc::clone(&self.core);
         let stop = shutdown.clone();
