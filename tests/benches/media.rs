@@ -1,0 +1,517 @@
+//! Concurrent recorded calls through the media relay, beside rtpengine
+//! (Debian `rtpengine-daemon`, userspace forwarding, no recording) under
+//! the same RTP load in the same run.
+//!
+//! Calls are added in steps (`MEDIA_LEVELS`, default
+//! 250,500,1000,1500,2000,2400). Switchboard's calls are set up over SIP
+//! (a trunk calls the company number, the bench answers as extension
+//! 1001's phone) and recorded; rtpengine's with ng-protocol offers and
+//! answers. At each step every call carries G.711 μ-law both ways (20 ms
+//! packets, 50 a second each way) from a generator in this process for
+//! `MEDIA_SECONDS` (5); then sending pauses, and loss is what was sent
+//! and never came back out of the relay. A server's capacity is the
+//! largest step it relayed with no packet lost. SIPp 3.6 plays pcap audio
+//! with a thread per call, which two cores cannot carry at these counts,
+//! so the RTP comes from this bench's own generator (one sending thread,
+//! one receiving thread per socket, batches of packets per 20 ms tick).
+//!
+//! Needs `rtpengine` and the release binary: `cargo build --release -p
+//! switchboard && cargo bench -p switchboard-tests --bench media`.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use switchboard_tests::media::{rtp, sdp, sdp_audio, tone_frame};
+use switchboard_tests::sip::{SipClient, SipReceiver};
+use switchboard_tests::{Launch, Switchboard, env_usize, free_port};
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Source sockets per side; calls take them in turn.
+const SOCKETS: usize = 2;
+
+/// Where a call's two streams go: to the relay's port for the customer and
+/// the relay's port for the manager.
+#[derive(Debug, Clone, Copy)]
+struct Streams {
+    customer_to: SocketAddr,
+    manager_to: SocketAddr,
+}
+
+/// The RTP generator: sends every call's two streams each 20 ms and
+/// counts what comes back.
+struct Generator {
+    calls: Arc<RwLock<Vec<Streams>>>,
+    customer: Vec<UdpSocket>,
+    manager: Vec<UdpSocket>,
+    sending: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+fn big_socket() -> UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    let _ = s.set_recv_buffer_size(16 << 20);
+    let _ = s.set_send_buffer_size(16 << 20);
+    s.bind(&SocketAddr::new(LOCAL, 0).into()).unwrap();
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s
+}
+
+impl Generator {
+    fn start() -> Self {
+        let g = Generator {
+            calls: Arc::default(),
+            customer: (0..SOCKETS).map(|_| big_socket()).collect(),
+            manager: (0..SOCKETS).map(|_| big_socket()).collect(),
+            sending: Arc::new(AtomicBool::new(false)),
+            sent: Arc::default(),
+            received: Arc::default(),
+            stop: Arc::default(),
+        };
+        for sock in g.customer.iter().chain(&g.manager) {
+            let sock = sock.try_clone().unwrap();
+            let (received, stop) = (Arc::clone(&g.received), Arc::clone(&g.stop));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if sock.recv_from(&mut buf).is_ok() {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        let customer: Vec<UdpSocket> = g.customer.iter().map(|s| s.try_clone().unwrap()).collect();
+        let manager: Vec<UdpSocket> = g.manager.iter().map(|s| s.try_clone().unwrap()).collect();
+        let (calls, sending, sent, stop) = (
+            Arc::clone(&g.calls),
+            Arc::clone(&g.sending),
+            Arc::clone(&g.sent),
+            Arc::clone(&g.stop),
+        );
+        std::thread::spawn(move || {
+            let frame = tone_frame(1000.0, 0);
+            let mut next = Instant::now();
+            let mut tick: u32 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                next += Duration::from_millis(20);
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if !sending.load(Ordering::Relaxed) {
+                    continue;
+                }
+                tick = tick.wrapping_add(1);
+                let calls = calls.read().unwrap().clone();
+                let mut n = 0;
+                for (i, c) in calls.iter().enumerate() {
+                    let ssrc = i as u32;
+                    let a = rtp(0, false, tick as u16, tick * 160, ssrc * 2, &frame);
+                    let b = rtp(0, false, tick as u16, tick * 160, ssrc * 2 + 1, &frame);
+                    if customer[i % SOCKETS].send_to(&a, c.customer_to).is_ok() {
+                        n += 1;
+                    }
+                    if manager[i % SOCKETS].send_to(&b, c.manager_to).is_ok() {
+                        n += 1;
+                    }
+                }
+                sent.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+        g
+    }
+
+    fn customer_addr(&self, i: usize) -> SocketAddr {
+        self.customer[i % SOCKETS].local_addr().unwrap()
+    }
+
+    fn manager_addr(&self, i: usize) -> SocketAddr {
+        self.manager[i % SOCKETS].local_addr().unwrap()
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.read().unwrap().len()
+    }
+
+    fn add(&self, s: Streams) {
+        self.calls.write().unwrap().push(s);
+    }
+
+    /// Runs every call for `seconds`, then pauses and lets the last packets
+    /// arrive: (sent, lost, CPU % of `pid` while sending).
+    async fn measure(&self, seconds: u64, pid: u32) -> (u64, u64, f64) {
+        // Settle: the relay learns the new calls' sources.
+        self.sending.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.sending.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        self.sent.store(0, Ordering::Relaxed);
+        self.received.store(0, Ordering::Relaxed);
+        let cpu0 = cpu_ticks(pid);
+        let t0 = Instant::now();
+        self.sending.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        self.sending.store(false, Ordering::Relaxed);
+        let cpu = (cpu_ticks(pid) - cpu0) as f64 / t0.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent = self.sent.load(Ordering::Relaxed);
+        let received = self.received.load(Ordering::Relaxed);
+        (sent, sent.saturating_sub(received), cpu)
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// utime + stime of a process in clock ticks (100 a second).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields 14 and 15 of stat; 12 and 13 counted after "(comm) ".
+    get(11) + get(12)
+}
+
+/// Switchboard's side: calls set up over SIP, one at a time.
+struct OurCalls {
+    trunk: SipClient,
+    phone: SipClient,
+    server: SocketAddr,
+    n: usize,
+}
+
+impl OurCalls {
+    async fn new(sb: &Switchboard) -> Self {
+        let server = sb.sip_udp.unwrap();
+        let mut phone = SipClient::bind(LOCAL, server).await.unwrap();
+        let contact = format!("Contact: <sip:1001@{}>\r\n", phone.local());
+        let ok = phone
+            .register("1001", "secret-1001", &contact)
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), Some(200), "{ok:?}");
+        OurCalls {
+            trunk: SipClient::bind(LOCAL, server).await.unwrap(),
+            phone,
+            server,
+            n: 0,
+        }
+    }
+
+    async fn add(&mut self, g: &Generator) -> Streams {
+        let i = g.calls();
+        self.n += 1;
+        let call_id = format!("bench-media-{}", self.n);
+        let uri = format!("sip:+74950000000@{}", self.server);
+        let body = sdp(g.customer_addr(i), "0 101");
+        let invite = self
+            .trunk
+            .request("INVITE", &uri, "+79161234567", &call_id, 1, "")
+            .replace(
+                "Max-Forwards: 70\r\n",
+                &format!(
+                    "Max-Forwards: 70\r\nContact: <sip:trunk@{}>\r\n",
+                    self.trunk.local()
+                ),
+            )
+            .replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!(
+                    "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ),
+            );
+        self.trunk.send(invite.as_bytes()).await.unwrap();
+        let inv = self.phone.next_request("INVITE").await.unwrap();
+        let manager_to = sdp_audio(&inv.body).unwrap();
+        let mut ok = inv.response(200, "OK", Some("p"));
+        ok.push_header("contact", format!("<sip:1001@{}>", self.phone.local()));
+        ok.push_header("content-type", "application/sdp");
+        ok.body = sdp(g.manager_addr(i), "0 101").into_bytes().into();
+        self.phone.send(&ok.to_bytes()).await.unwrap();
+        let answered = self.trunk.final_response("INVITE").await.unwrap();
+        assert_eq!(answered.status(), Some(200));
+        let customer_to = sdp_audio(&answered.body).unwrap();
+        let from = invite
+            .lines()
+            .find_map(|l| l.strip_prefix("From: "))
+            .unwrap();
+        let ack = format!(
+            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-{call_id}-ack;rport\r\n\
+Max-Forwards: 70\r\nFrom: {from}\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            self.trunk.local(),
+            answered.header("to").unwrap()
+        );
+        self.trunk.send(ack.as_bytes()).await.unwrap();
+        Streams {
+            customer_to,
+            manager_to,
+        }
+    }
+}
+
+/// Bencode (the ng protocol's encoding) of a dictionary of strings.
+fn bencode(d: &BTreeMap<&str, &str>) -> Vec<u8> {
+    let mut out = b"d".to_vec();
+    for (k, v) in d {
+        out.extend_from_slice(format!("{}:{k}{}:", k.len(), v.len()).as_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.push(b'e');
+    out
+}
+
+/// A string value of a bencoded reply, by key (the reply is a flat dict
+/// for our purposes).
+fn bvalue(reply: &[u8], key: &str) -> Option<String> {
+    let needle = format!("{}:{key}", key.len());
+    let at = reply
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?
+        + needle.len();
+    let rest = &reply[at..];
+    let colon = rest.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+    Some(String::from_utf8_lossy(rest.get(colon + 1..colon + 1 + len)?).into_owned())
+}
+
+/// rtpengine's side: calls set up with ng offers and answers.
+struct Rtpengine {
+    child: tokio::process::Child,
+    ng: tokio::net::UdpSocket,
+    n: usize,
+}
+
+impl Rtpengine {
+    async fn start(port_min: u16, port_max: u16) -> Self {
+        let ng_port = free_port().unwrap();
+        let child = tokio::process::Command::new("rtpengine")
+            .args([
+                "--foreground",
+                "--log-stderr",
+                "--table=-1",
+                "--interface=127.0.0.1",
+            ])
+            .arg(format!("--listen-ng=127.0.0.1:{ng_port}"))
+            .arg(format!("--port-min={port_min}"))
+            .arg(format!("--port-max={port_max}"))
+            .args(["--log-level=3", "--timeout=120", "--num-threads=2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("rtpengine (Debian package rtpengine-daemon)");
+        let ng = tokio::net::UdpSocket::bind((LOCAL, 0)).await.unwrap();
+        ng.connect((LOCAL, ng_port)).await.unwrap();
+        let mut r = Rtpengine { child, ng, n: 0 };
+        let started = Instant::now();
+        loop {
+            let mut d = BTreeMap::new();
+            d.insert("command", "ping");
+            if let Ok(reply) = r.request(&d).await
+                && bvalue(&reply, "result").as_deref() == Some("pong")
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "rtpengine did not answer ping"
+            );
+        }
+        r
+    }
+
+    async fn request(&mut self, d: &BTreeMap<&str, &str>) -> anyhow::Result<Vec<u8>> {
+        self.n += 1;
+        let cookie = format!("c{}", self.n);
+        let mut msg = format!("{cookie} ").into_bytes();
+        msg.extend_from_slice(&bencode(d));
+        self.ng.send(&msg).await?;
+        let mut buf = vec![0u8; 65_536];
+        let n = tokio::time::timeout(Duration::from_millis(500), self.ng.recv(&mut buf)).await??;
+        let reply = &buf[..n];
+        anyhow::ensure!(reply.starts_with(cookie.as_bytes()), "stray ng reply");
+        Ok(reply[cookie.len() + 1..].to_vec())
+    }
+
+    async fn add(&mut self, g: &Generator) -> Streams {
+        let i = g.calls();
+        let call_id = format!("bench-rtpengine-{i}");
+        let offer = sdp(g.customer_addr(i), "0 101");
+        let mut d = BTreeMap::new();
+        d.insert("command", "offer");
+        d.insert("call-id", call_id.as_str());
+        d.insert("from-tag", "customer");
+        d.insert("sdp", offer.as_str());
+        let reply = self.request(&d).await.unwrap();
+        let to_manager = bvalue(&reply, "sdp").expect("offer answered with SDP");
+        let manager_to = sdp_audio(to_manager.as_bytes()).unwrap();
+        let answer = sdp(g.manager_addr(i), "0 101");
+        d.insert("command", "answer");
+        d.insert("to-tag", "manager");
+        d.insert("sdp", answer.as_str());
+        let reply = self.request(&d).await.unwrap();
+        let to_customer = bvalue(&reply, "sdp").expect("answer answered with SDP");
+        Streams {
+            customer_to: sdp_audio(to_customer.as_bytes()).unwrap(),
+            manager_to,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Capacity {
+    calls: usize,
+    loss_pct: f64,
+    cpu_pct: f64,
+}
+
+/// Adds calls step by step, measuring each step; stops at the first step
+/// that loses packets. Returns the largest lossless step.
+async fn ramp<F, Fut>(
+    name: &str,
+    levels: &[usize],
+    seconds: u64,
+    pid: u32,
+    g: &Generator,
+    mut add: F,
+) -> Capacity
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Streams>,
+{
+    let mut best = Capacity::default();
+    for &level in levels {
+        let t = Instant::now();
+        while g.calls() < level {
+            let s = add().await;
+            g.add(s);
+        }
+        let setup = t.elapsed();
+        let (sent, lost, cpu) = g.measure(seconds, pid).await;
+        let loss_pct = lost as f64 * 100.0 / sent.max(1) as f64;
+        println!(
+            "{name}: {level} calls (set up in {:.1} s): {sent} packets sent, {lost} lost ({loss_pct:.3} %), CPU {cpu:.0} %",
+            setup.as_secs_f64()
+        );
+        if lost > 0 {
+            break;
+        }
+        best = Capacity {
+            calls: level,
+            loss_pct,
+            cpu_pct: cpu,
+        };
+    }
+    best
+}
+
+#[tokio::main]
+async fn main() {
+    let levels: Vec<usize> = std::env::var("MEDIA_LEVELS")
+        .unwrap_or_else(|_| "250,500,1000,1500,2000,2400".into())
+        .split(',')
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let seconds = env_usize("MEDIA_SECONDS", 5) as u64;
+    let work = tempfile::tempdir().unwrap();
+
+    let ours = {
+        let config = "[sip]\nalgorithms = [\"MD5\"]\n[sip.security]\nrequests_per_second = 0\n\
+[media]\nport_min = 20000\nport_max = 30000\nrtp_timeout = \"120s\"\n\
+[[sip.users]]\nextension = \"1001\"\npassword = \"secret-1001\"\nmanager = \"m1\"\n\
+[[sip.trunks]]\nname = \"bench\"\naddresses = [\"127.0.0.1\"]\n\
+[[sip.numbers]]\nnumber = \"+74950000000\"\nmanager = \"m1\"\n";
+        let file = work.path().join("switchboard.toml");
+        std::fs::write(&file, config).unwrap();
+        let sb = Launch::new(&work.path().join("data"))
+            .config(&file)
+            .command("gateway")
+            .env("SWITCHBOARD_LOG__LEVEL", "warn,switchboard=info")
+            .start()
+            .await
+            .unwrap();
+        let g = Generator::start();
+        let mut calls = OurCalls::new(&sb).await;
+        let calls = std::cell::RefCell::new(&mut calls);
+        let cap = ramp(
+            "switchboard (recording)",
+            &levels,
+            seconds,
+            sb.pid().unwrap(),
+            &g,
+            || async { calls.borrow_mut().add(&g).await },
+        )
+        .await;
+        let recordings = walk_size(&work.path().join("data/recordings"));
+        println!(
+            "switchboard wrote {:.1} MB of recordings",
+            recordings as f64 / 1e6
+        );
+        drop(g);
+        drop(sb);
+        cap
+    };
+    let theirs = {
+        let mut engine = Rtpengine::start(30_000, 40_000).await;
+        let pid = engine.pid();
+        let g = Generator::start();
+        let engine_cell = std::cell::RefCell::new(&mut engine);
+        let cap = ramp(
+            "rtpengine (no recording)",
+            &levels,
+            seconds,
+            pid,
+            &g,
+            || async { engine_cell.borrow_mut().add(&g).await },
+        )
+        .await;
+        drop(g);
+        cap
+    };
+    println!(
+        "BENCH recorded_calls={} rtp_loss_pct={:.3} cpu_pct={:.0} rtpengine_calls={} calls_ratio={:.2}",
+        ours.calls,
+        ours.loss_pct,
+        ours.cpu_pct,
+        theirs.calls,
+        ours.calls as f64 / theirs.calls.max(1) as f64
+    );
+}
+
+fn walk_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walk_size(&p)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
