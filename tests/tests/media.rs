@@ -26,7 +26,8 @@ const CALLER: &str = "+79161234567";
 const COMPANY: &str = "+74950000000";
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn config(rtp_timeout: &str) -> String {
+/// `user_extra`: more keys for extension 1001's table.
+fn config(rtp_timeout: &str, user_extra: &str) -> String {
     format!(
         r#"
 [sip]
@@ -42,6 +43,7 @@ rtp_timeout = "{rtp_timeout}"
 extension = "1001"
 password = "demo1001"
 manager = "m1"
+{user_extra}
 
 [[sip.trunks]]
 name = "pbx"
@@ -55,8 +57,12 @@ manager = "m1"
 }
 
 async fn start(dir: &Path, rtp_timeout: &str) -> Switchboard {
+    start_with(dir, rtp_timeout, "").await
+}
+
+async fn start_with(dir: &Path, rtp_timeout: &str, user_extra: &str) -> Switchboard {
     let file = dir.join("switchboard.toml");
-    std::fs::write(&file, config(rtp_timeout)).unwrap();
+    std::fs::write(&file, config(rtp_timeout, user_extra)).unwrap();
     Launch::new(&dir.join("data"))
         .config(&file)
         .start()
@@ -71,12 +77,16 @@ struct Call {
     phone: SipClient,
     customer_rtp: UdpSocket,
     manager_rtp: UdpSocket,
+    /// The phone's RTCP socket (named with a=rtcp).
+    manager_rtcp: UdpSocket,
     /// Where the customer sends (from the 200 OK) and the phone sends
     /// (from the INVITE it got).
     relay_for_customer: SocketAddr,
     relay_for_manager: SocketAddr,
     call_id: String,
     ack: String,
+    /// The trunk's last CSeq in the dialog.
+    cseq: u32,
 }
 
 fn with_body(request: &str, body: &str) -> String {
@@ -126,6 +136,7 @@ async fn establish(sb: &Switchboard, call_id: &str) -> Call {
     let mut trunk = SipClient::bind(LOCAL, server).await.unwrap();
     let customer_rtp = UdpSocket::bind((LOCAL, 0)).await.unwrap();
     let manager_rtp = UdpSocket::bind((LOCAL, 0)).await.unwrap();
+    let manager_rtcp = UdpSocket::bind((LOCAL, 0)).await.unwrap();
     let invite = invite(
         sb,
         &mut trunk,
@@ -142,9 +153,12 @@ async fn establish(sb: &Switchboard, call_id: &str) -> Call {
     let mut ok = inv.response(200, "OK", Some("phone-tag"));
     ok.push_header("contact", format!("<sip:1001@{}>", phone.local()));
     ok.push_header("content-type", "application/sdp");
-    ok.body = sdp(manager_rtp.local_addr().unwrap(), "0 101")
-        .into_bytes()
-        .into();
+    let answer = format!(
+        "{}a=rtcp:{}\r\n",
+        sdp(manager_rtp.local_addr().unwrap(), "0 101"),
+        manager_rtcp.local_addr().unwrap().port()
+    );
+    ok.body = answer.into_bytes().into();
     phone.send(&ok.to_bytes()).await.unwrap();
     phone.next_request("ACK").await.unwrap();
 
@@ -169,21 +183,81 @@ Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 AC
         phone,
         customer_rtp,
         manager_rtp,
+        manager_rtcp,
         relay_for_customer,
         relay_for_manager,
         call_id: call_id.to_owned(),
         ack,
+        cseq: 1,
     }
 }
 
 impl Call {
+    /// The customer re-INVITEs with its audio `direction` (sendonly to
+    /// hold, sendrecv to resume); the phone answers `answer`. Both see
+    /// only the relay's addresses, and the directions pass through.
+    async fn reinvite(&mut self, direction: &str, answer: &str) {
+        self.cseq += 1;
+        let cseq = self.cseq;
+        let offer = sdp(self.customer_rtp.local_addr().unwrap(), "0 101")
+            .replace("a=sendrecv", &format!("a={direction}"));
+        let request = self
+            .ack
+            .replace("ACK sip:", "INVITE sip:")
+            .replace("-ack;", &format!("-reinvite{cseq};"))
+            .replace("CSeq: 1 ACK", &format!("CSeq: {cseq} INVITE"))
+            .replace(
+                "Max-Forwards: 70\r\n",
+                &format!(
+                    "Max-Forwards: 70\r\nContact: <sip:{CALLER}@{}>\r\n",
+                    self.trunk.local()
+                ),
+            );
+        self.trunk
+            .send(with_body(&request, &offer).as_bytes())
+            .await
+            .unwrap();
+        let inv = self.phone.next_request("INVITE").await.unwrap();
+        let offered = String::from_utf8_lossy(&inv.body).into_owned();
+        assert_eq!(
+            sdp_audio(&inv.body).unwrap(),
+            self.relay_for_manager,
+            "{offered}"
+        );
+        assert!(offered.contains(&format!("a={direction}\r\n")), "{offered}");
+        let mut ok = inv.response(200, "OK", None);
+        ok.push_header("contact", format!("<sip:1001@{}>", self.phone.local()));
+        ok.push_header("content-type", "application/sdp");
+        ok.body = sdp(self.manager_rtp.local_addr().unwrap(), "0 101")
+            .replace("a=sendrecv", &format!("a={answer}"))
+            .into_bytes()
+            .into();
+        self.phone.send(&ok.to_bytes()).await.unwrap();
+        self.phone.next_request("ACK").await.unwrap();
+        let answered = self.trunk.final_response("INVITE").await.unwrap();
+        assert_eq!(answered.status(), Some(200), "{answered:?}");
+        let body = String::from_utf8_lossy(&answered.body).into_owned();
+        assert_eq!(
+            sdp_audio(&answered.body).unwrap(),
+            self.relay_for_customer,
+            "{body}"
+        );
+        assert!(body.contains(&format!("a={answer}\r\n")), "{body}");
+        let ack = self
+            .ack
+            .replace("-ack;", &format!("-ack{cseq};"))
+            .replace("CSeq: 1 ACK", &format!("CSeq: {cseq} ACK"));
+        self.trunk.send(ack.as_bytes()).await.unwrap();
+    }
+
     /// The customer hangs up; the phone gets the BYE and answers it.
     async fn hang_up(&mut self) {
+        self.cseq += 1;
         let bye = self
             .ack
             .replace("ACK sip:", "BYE sip:")
             .replace("-ack;", "-bye;")
-            .replace("CSeq: 1 ACK", "CSeq: 2 BYE");
+            .replace("CSeq: 1 ACK", &format!("CSeq: {} BYE", self.cseq));
         self.trunk.send(bye.as_bytes()).await.unwrap();
         let bye_in = self.phone.next_request("BYE").await.unwrap();
         self.phone
@@ -658,4 +732,85 @@ async fn sipp_pcap_audio_and_its_echo_are_both_in_the_recording() {
         right_at >= left_at && right_at - left_at < 1600,
         "left at {left_at}, right at {right_at}"
     );
+}
+
+/// Each side's packets reach the other through the relay: (customer →
+/// manager, manager → customer) counts of `n` sent each way.
+async fn exchange(call: &Call, n: u32) -> (usize, usize) {
+    let wait = Duration::from_millis(u64::from(n) * 20 + 500);
+    let (to_manager, to_customer, (), ()) = tokio::join!(
+        collect(&call.manager_rtp, wait),
+        collect(&call.customer_rtp, wait),
+        stream(&call.customer_rtp, call.relay_for_customer, 1000.0, 11, n),
+        stream(&call.manager_rtp, call.relay_for_manager, 500.0, 12, n),
+    );
+    (
+        to_manager.iter().filter(|(_, s)| *s == 11).count(),
+        to_customer.iter().filter(|(_, s)| *s == 12).count(),
+    )
+}
+
+#[tokio::test]
+async fn hold_and_resume_by_reinvite_keep_the_call_and_its_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), "2s").await;
+    let mut call = establish(&sb, "media-hold-1").await;
+    let (a, b) = exchange(&call, 25).await;
+    assert!(a >= 24 && b >= 24, "before hold: {a} and {b} of 25");
+
+    // RTCP goes across too: to the port the phone named with a=rtcp.
+    let rtcp_to = SocketAddr::new(
+        call.relay_for_customer.ip(),
+        call.relay_for_customer.port() + 1,
+    );
+    let report = [
+        0x80, 200, 0, 6, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    call.customer_rtp.send_to(&report, rtcp_to).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(
+        Duration::from_secs(2),
+        call.manager_rtcp.recv_from(&mut buf),
+    )
+    .await
+    .expect("RTCP relayed to the phone's a=rtcp port")
+    .unwrap();
+    assert_eq!(&buf[..n], &report[..]);
+    assert_eq!(from.port(), call.relay_for_manager.port() + 1);
+
+    // Hold: no audio for longer than the RTP timeout, and the call stays.
+    call.reinvite("sendonly", "recvonly").await;
+    let bye = tokio::time::timeout(Duration::from_secs(3), call.phone.next_request("BYE")).await;
+    assert!(
+        !matches!(bye, Ok(Ok(_))),
+        "a held call was hung up: {bye:?}"
+    );
+
+    // Resume: audio flows both ways again.
+    call.reinvite("sendrecv", "sendrecv").await;
+    let (a, b) = exchange(&call, 25).await;
+    assert!(a >= 24 && b >= 24, "after resume: {a} and {b} of 25");
+    call.hang_up().await;
+    let events = events_of(&sb, &call.call_id, "call.ended").await;
+    assert_eq!(find(&events, "call.ended")["cause"], "normal");
+}
+
+#[tokio::test]
+async fn a_manager_set_not_to_be_recorded_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start_with(dir.path(), "60s", "record = false").await;
+    let mut call = establish(&sb, "media-private-1").await;
+    let (a, b) = exchange(&call, 25).await;
+    assert!(a >= 24 && b >= 24, "audio still flows: {a} and {b} of 25");
+    call.hang_up().await;
+    let events = events_of(&sb, &call.call_id, "call.ended").await;
+    assert!(find(&events, "call.ended").get("recording").is_none());
+    // Nothing was written, and no recording.ready follows.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = events_of(&sb, &call.call_id, "call.ended").await;
+    assert!(
+        events.iter().all(|e| e["kind"] != "recording.ready"),
+        "{events:#?}"
+    );
+    assert!(!dir.path().join("data/recordings").exists());
 }

@@ -229,10 +229,12 @@ impl State {
         }
         leg.hold = audio.on_hold;
         leg.audio = Some(audio);
-        if side == Side::B && !leg.open {
+        if side == Side::B {
             leg.open = true;
-            self.last_rx = Instant::now();
         }
+        // A new offer or answer (an answer, a resume) starts the media
+        // timeout afresh.
+        self.last_rx = Instant::now();
     }
 }
 
