@@ -189,6 +189,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
+/// A relay under test: sets up one more call.
+#[allow(async_fn_in_trait)]
+trait Relay {
+    async fn add(&mut self, g: &Generator) -> Streams;
+}
+
 /// Switchboard's side: calls set up over SIP, one at a time.
 struct OurCalls {
     trunk: SipClient,
@@ -214,7 +220,9 @@ impl OurCalls {
             n: 0,
         }
     }
+}
 
+impl Relay for OurCalls {
     async fn add(&mut self, g: &Generator) -> Streams {
         let i = g.calls();
         self.n += 1;
@@ -351,6 +359,12 @@ impl Rtpengine {
         Ok(reply[cookie.len() + 1..].to_vec())
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+}
+
+impl Relay for Rtpengine {
     async fn add(&mut self, g: &Generator) -> Streams {
         let i = g.calls();
         let call_id = format!("bench-rtpengine-{i}");
@@ -374,10 +388,6 @@ impl Rtpengine {
             manager_to,
         }
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap()
-    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -388,33 +398,38 @@ struct Capacity {
 }
 
 /// Adds calls step by step, measuring each step; stops at the first step
-/// that loses packets. Returns the largest lossless step.
-async fn ramp<F, Fut>(
+/// that loses packets, or that the generator cannot offer in full (then
+/// the step says nothing about the relay). Returns the largest lossless
+/// step.
+async fn ramp(
     name: &str,
     levels: &[usize],
     seconds: u64,
     pid: u32,
     g: &Generator,
-    mut add: F,
-) -> Capacity
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Streams>,
-{
+    relay: &mut impl Relay,
+) -> Capacity {
     let mut best = Capacity::default();
     for &level in levels {
         let t = Instant::now();
         while g.calls() < level {
-            let s = add().await;
+            let s = relay.add(g).await;
             g.add(s);
         }
         let setup = t.elapsed();
         let (sent, lost, cpu) = g.measure(seconds, pid).await;
         let loss_pct = lost as f64 * 100.0 / sent.max(1) as f64;
+        // 50 packets a second each way.
+        let offered = sent as f64 / (level as f64 * 100.0 * seconds as f64);
         println!(
-            "{name}: {level} calls (set up in {:.1} s): {sent} packets sent, {lost} lost ({loss_pct:.3} %), CPU {cpu:.0} %",
-            setup.as_secs_f64()
+            "{name}: {level} calls (set up in {:.1} s): {sent} packets sent ({:.0} % of 50/s each way), {lost} lost ({loss_pct:.3} %), CPU {cpu:.0} %",
+            setup.as_secs_f64(),
+            offered * 100.0
         );
+        if offered < 0.97 {
+            println!("{name}: the generator could not offer {level} calls in full; stopping there");
+            break;
+        }
         if lost > 0 {
             break;
         }
@@ -454,14 +469,13 @@ async fn main() {
             .unwrap();
         let g = Generator::start();
         let mut calls = OurCalls::new(&sb).await;
-        let calls = std::cell::RefCell::new(&mut calls);
         let cap = ramp(
             "switchboard (recording)",
             &levels,
             seconds,
             sb.pid().unwrap(),
             &g,
-            || async { calls.borrow_mut().add(&g).await },
+            &mut calls,
         )
         .await;
         let recordings = walk_size(&work.path().join("data/recordings"));
@@ -477,14 +491,13 @@ async fn main() {
         let mut engine = Rtpengine::start(30_000, 40_000).await;
         let pid = engine.pid();
         let g = Generator::start();
-        let engine_cell = std::cell::RefCell::new(&mut engine);
         let cap = ramp(
             "rtpengine (no recording)",
             &levels,
             seconds,
             pid,
             &g,
-            || async { engine_cell.borrow_mut().add(&g).await },
+            &mut engine,
         )
         .await;
         drop(g);
