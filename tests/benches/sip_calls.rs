@@ -9,7 +9,9 @@
 //! Needs `sipp`, `kamailio` and the release binary: `cargo build --release
 //! -p switchboard && cargo bench -p switchboard-tests --bench sip_calls`.
 //! Sizes: `SIP_CPS_CALLS` (per round, 20000), `SIP_CPS_SIPP` (uac
-//! processes, 2), `SIP_CPS_IN_FLIGHT` (per process, 100), `SIP_CPS_ROUNDS` (2).
+//! processes, 2), `SIP_CPS_IN_FLIGHT` (per process, 100), `SIP_CPS_ROUNDS` (2),
+//! `SIP_CPS_MEDIA` (1: calls relayed and recorded, the default; 0: SDP
+//! passed through, as Kamailio does).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -120,6 +122,10 @@ async fn main() {
 [[sip.users]]\nextension = \"1001\"\npassword = \"secret\"\nmanager = \"m1\"\n\
 [[sip.trunks]]\nname = \"bench\"\naddresses = [\"127.0.0.1\"]\n\
 [[sip.numbers]]\nnumber = \"+74950000000\"\nmanager = \"m1\"\n";
+    // Media anchored and recorded (the default), or `SIP_CPS_MEDIA=0`:
+    // SDP passed through, as Kamailio does.
+    let media = env_usize("SIP_CPS_MEDIA", 1) != 0;
+    let config = format!("{config}[media]\nenabled = {media}\n");
     let file = work.path().join("switchboard.toml");
     std::fs::write(&file, config).unwrap();
     let sb = Launch::new(&work.path().join("data"))
@@ -148,7 +154,7 @@ async fn main() {
     register(ours, "secret", our_phone_port).await;
     register(theirs, "secret", their_phone_port).await;
     println!(
-        "switchboard on {ours}, kamailio on {theirs}; {procs} SIPp x {in_flight} calls in flight, {total} calls a round"
+        "switchboard on {ours} (media relayed and recorded: {media}), kamailio on {theirs}; {procs} SIPp x {in_flight} calls in flight, {total} calls a round"
     );
 
     let (mut best_ours, mut best_theirs) = (Round::default(), Round::default());
