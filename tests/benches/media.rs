@@ -3,7 +3,7 @@
 //! the same RTP load in the same run.
 //!
 //! Calls are added in steps (`MEDIA_LEVELS`, default
-//! 250,500,1000,1500,2000,2400). Switchboard's calls are set up over SIP
+//! 250,500,750,1000,1250,1500). Switchboard's calls are set up over SIP
 //! (a trunk calls the company number, the bench answers as extension
 //! 1001's phone) and recorded; rtpengine's with ng-protocol offers and
 //! answers. At each step every call carries G.711 μ-law both ways (20 ms
@@ -81,10 +81,24 @@ impl Generator {
             let sock = sock.try_clone().unwrap();
             let (received, stop) = (Arc::clone(&g.received), Arc::clone(&g.stop));
             std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
+                // Up to 64 datagrams a system call (recvmmsg).
+                use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, recvmmsg};
+                use std::os::fd::AsRawFd;
+                let mut bufs = vec![[0u8; 512]; 64];
+                let mut headers = MultiHeaders::<SockaddrIn>::preallocate(64, None);
                 while !stop.load(Ordering::Relaxed) {
-                    if sock.recv_from(&mut buf).is_ok() {
-                        received.fetch_add(1, Ordering::Relaxed);
+                    let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = bufs
+                        .iter_mut()
+                        .map(|b| [std::io::IoSliceMut::new(b)])
+                        .collect();
+                    if let Ok(got) = recvmmsg(
+                        sock.as_raw_fd(),
+                        &mut headers,
+                        iovs.iter_mut(),
+                        MsgFlags::MSG_WAITFORONE,
+                        None,
+                    ) {
+                        received.fetch_add(got.count() as u64, Ordering::Relaxed);
                     }
                 }
             });
@@ -111,17 +125,24 @@ impl Generator {
                 }
                 tick = tick.wrapping_add(1);
                 let calls = calls.read().unwrap().clone();
-                let mut n = 0;
+                // Each socket's packets of this tick, sent 256 to a system
+                // call (sendmmsg).
+                let mut batches: Vec<Vec<(Vec<u8>, SocketAddr)>> = vec![Vec::new(); 2 * SOCKETS];
                 for (i, c) in calls.iter().enumerate() {
                     let ssrc = i as u32;
                     let a = rtp(0, false, tick as u16, tick * 160, ssrc * 2, &frame);
                     let b = rtp(0, false, tick as u16, tick * 160, ssrc * 2 + 1, &frame);
-                    if customer[i % SOCKETS].send_to(&a, c.customer_to).is_ok() {
-                        n += 1;
-                    }
-                    if manager[i % SOCKETS].send_to(&b, c.manager_to).is_ok() {
-                        n += 1;
-                    }
+                    batches[i % SOCKETS].push((a, c.customer_to));
+                    batches[SOCKETS + i % SOCKETS].push((b, c.manager_to));
+                }
+                let mut n = 0;
+                for (k, batch) in batches.iter().enumerate() {
+                    let sock = if k < SOCKETS {
+                        &customer[k]
+                    } else {
+                        &manager[k - SOCKETS]
+                    };
+                    n += send_batch(sock, batch);
                 }
                 sent.fetch_add(n, Ordering::Relaxed);
             }
@@ -172,6 +193,60 @@ impl Drop for Generator {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Sends every packet of `batch` from `sock`, many to a system call;
+/// returns how many went out.
+fn send_batch(sock: &UdpSocket, batch: &[(Vec<u8>, SocketAddr)]) -> u64 {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, sendmmsg};
+    use std::os::fd::AsRawFd;
+    let mut sent = 0u64;
+    for chunk in batch.chunks(256) {
+        let iovs: Vec<[std::io::IoSlice<'_>; 1]> = chunk
+            .iter()
+            .map(|(p, _)| [std::io::IoSlice::new(p)])
+            .collect();
+        let addrs: Vec<Option<SockaddrIn>> = chunk
+            .iter()
+            .map(|(_, to)| match to {
+                SocketAddr::V4(v4) => Some(SockaddrIn::from(*v4)),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrIn>::preallocate(chunk.len(), None);
+        let mut from = 0;
+        while from < chunk.len() {
+            match sendmmsg(
+                sock.as_raw_fd(),
+                &mut headers,
+                &iovs[from..],
+                &addrs[from..],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(done) => {
+                    let k = done.count();
+                    if k == 0 {
+                        break;
+                    }
+                    from += k;
+                    sent += k as u64;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    sent
+}
+
+/// Pins every thread of `pid` (and the threads it starts later) to `cpu`.
+fn pin(pid: u32, cpu: usize) {
+    let ok = std::process::Command::new("taskset")
+        .args(["-apc", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset (util-linux) could not pin {pid} to CPU {cpu}");
 }
 
 /// utime + stime of a process in clock ticks (100 a second).
@@ -445,11 +520,19 @@ async fn ramp(
 #[tokio::main]
 async fn main() {
     let levels: Vec<usize> = std::env::var("MEDIA_LEVELS")
-        .unwrap_or_else(|_| "250,500,1000,1500,2000,2400".into())
+        .unwrap_or_else(|_| "250,500,750,1000,1250,1500".into())
         .split(',')
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     let seconds = env_usize("MEDIA_SECONDS", 5) as u64;
+    // The relay gets CPU 1 to itself, the generator (this process) CPU 0:
+    // a relay's capacity is then what one core carries, not what is left
+    // after the generator. MEDIA_PIN=0 lets both float.
+    let pinned = env_usize("MEDIA_PIN", 1) != 0;
+    if pinned {
+        pin(std::process::id(), 0);
+    }
+    println!("relay pinned to CPU 1, generator to CPU 0: {pinned}");
     let work = tempfile::tempdir().unwrap();
 
     let ours = {
@@ -467,6 +550,9 @@ async fn main() {
             .start()
             .await
             .unwrap();
+        if pinned {
+            pin(sb.pid().unwrap(), 1);
+        }
         let g = Generator::start();
         let mut calls = OurCalls::new(&sb).await;
         let cap = ramp(
@@ -490,6 +576,9 @@ async fn main() {
     let theirs = {
         let mut engine = Rtpengine::start(30_000, 40_000).await;
         let pid = engine.pid();
+        if pinned {
+            pin(pid, 1);
+        }
         let g = Generator::start();
         let cap = ramp(
             "rtpengine (no recording)",

@@ -1,22 +1,52 @@
 //! G.711 (ITU-T) μ-law and A-law to 16-bit linear PCM.
 
+/// Every μ-law byte's sample, computed at compile time.
+const ULAW: [i16; 256] = {
+    let mut t = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = ulaw_of(i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// Every A-law byte's sample, computed at compile time.
+const ALAW: [i16; 256] = {
+    let mut t = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = alaw_of(i as u8);
+        i += 1;
+    }
+    t
+};
+
 /// One μ-law byte to a 16-bit sample.
 pub fn ulaw(byte: u8) -> i16 {
+    ULAW[byte as usize]
+}
+
+/// One A-law byte to a 16-bit sample.
+pub fn alaw(byte: u8) -> i16 {
+    ALAW[byte as usize]
+}
+
+const fn ulaw_of(byte: u8) -> i16 {
     let u = !byte;
     let sign = u & 0x80;
     let exponent = (u >> 4) & 0x07;
-    let mantissa = i32::from(u & 0x0f);
+    let mantissa = (u & 0x0f) as i32;
     let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
     let sample = if sign != 0 { -magnitude } else { magnitude };
     sample as i16
 }
 
-/// One A-law byte to a 16-bit sample.
-pub fn alaw(byte: u8) -> i16 {
+const fn alaw_of(byte: u8) -> i16 {
     let a = byte ^ 0x55;
     let sign = a & 0x80;
     let exponent = (a >> 4) & 0x07;
-    let mantissa = i32::from(a & 0x0f);
+    let mantissa = (a & 0x0f) as i32;
     let magnitude = if exponent == 0 {
         (mantissa << 4) + 8
     } else {
