@@ -267,6 +267,21 @@ async fn cancel_busy_and_no_answer_are_missed_calls() {
 }
 
 #[tokio::test]
+async fn a_call_to_a_manager_with_no_phone_registered_is_missed_as_nobody_available() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = start(dir.path(), None).await;
+    // Nobody registered 1001: the caller gets 480 at once.
+    let t = Instant::now();
+    let status = call(&sb, dir.path(), "uac_unanswered.xml").await;
+    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the caller waited for nobody"
+    );
+    missed_with_reason(&sb, "no_one_available").await;
+}
+
+#[tokio::test]
 async fn every_registered_phone_rings_and_the_first_to_answer_wins() {
     let dir = tempfile::tempdir().unwrap();
     let sb = start(dir.path(), None).await;

@@ -74,8 +74,13 @@ pub trait Anchor: Send + std::fmt::Debug {
     /// SDP crossing an answered call (re-INVITE, UPDATE, or their
     /// answers), written by side A when `from_a`: the other side's copy.
     fn update(&mut self, call: u64, from_a: bool, sdp: &[u8]) -> Result<Vec<u8>, MediaError>;
-    /// The call is over: frees its ports and finishes its recording.
+    /// The call is over: its ports are freed and its recording finished
+    /// at the next [`Anchor::commit`].
     fn end(&mut self, call: u64) -> Option<Summary>;
+    /// Carries out the ends since the last commit. The B2BUA's caller
+    /// commits after queueing the calls' events, so `recording.ready`
+    /// always follows its `call.ended` in the feed.
+    fn commit(&mut self);
 }
 
 /// Even ports of the range, each the RTP half of a pair.
@@ -148,6 +153,8 @@ struct Session {
 pub struct Media {
     shared: Arc<Shared>,
     sessions: HashMap<u64, Session>,
+    /// Sessions ended but not yet told to stop (see `Anchor::commit`).
+    ending: Vec<mpsc::UnboundedSender<Ctl>>,
 }
 
 impl Media {
@@ -187,6 +194,7 @@ impl Media {
             Media {
                 shared: Arc::new(shared),
                 sessions: HashMap::new(),
+                ending: Vec::new(),
             },
             timeouts_rx,
         )
@@ -315,7 +323,7 @@ impl Anchor for Media {
 
     fn end(&mut self, call: u64) -> Option<Summary> {
         let session = self.sessions.remove(&call)?;
-        let _ = session.ctl.send(Ctl::Stop);
+        self.ending.push(session.ctl);
         crate::metrics::MEDIA_SESSIONS.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
         let dtmf = session
             .digits
@@ -326,6 +334,12 @@ impl Anchor for Media {
             dtmf,
             recording: session.recording.filter(|_| session.answered),
         })
+    }
+
+    fn commit(&mut self) {
+        for ctl in self.ending.drain(..) {
+            let _ = ctl.send(Ctl::Stop);
+        }
     }
 }
 

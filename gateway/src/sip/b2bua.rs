@@ -172,6 +172,8 @@ struct Call {
     relays: u32,
     /// The offer the phones get, when the relay anchors the call's media.
     b_offer: Option<Bytes>,
+    /// Some phone was rung (a candidate had a registered contact).
+    rang: bool,
 }
 
 /// A request relayed from one leg to the other (BYE, re-INVITE, UPDATE).
@@ -288,6 +290,14 @@ impl Calls {
     pub fn with_media(mut self, media: Box<dyn Anchor>) -> Self {
         self.media = Some(media);
         self
+    }
+
+    /// Lets the media relay act on the calls that ended; call after their
+    /// events are queued.
+    pub fn commit_media(&mut self) {
+        if let Some(media) = self.media.as_mut() {
+            media.commit();
+        }
     }
 
     /// Rewrites SDP crossing an answered call; passes it through when the
@@ -449,6 +459,7 @@ impl Calls {
             scheduled: None,
             relays: 0,
             b_offer: None,
+            rang: false,
         };
         let trying = Self::a_response(&self.contact(), &call, 100, None);
         let mut out = Vec::new();
@@ -504,9 +515,11 @@ impl Calls {
                 } else {
                     480
                 };
+                // A manager with no registered phone is not there to
+                // answer: that is nobody available, not a missed ring.
                 let why = if call.busy_seen {
                     "busy"
-                } else if call.current.is_none() {
+                } else if !call.rang {
                     "no_one_available"
                 } else {
                     "no_answer"
@@ -519,6 +532,7 @@ impl Calls {
                 continue;
             }
             call.current = Some(cand.clone());
+            call.rang = true;
             call.ring_deadline = Some(now + self.ring_timeout_ms);
             for target in cand.targets {
                 self.add_fork(id, target, 0, now, out);

@@ -340,6 +340,9 @@ impl<L: Location> Core<L> {
                 warn!("call event not written: the feed writer stopped");
             }
         }
+        // Only now do ended calls' recordings finish: their
+        // `recording.ready` follows `call.ended` in the queue.
+        calls.commit_media();
         true
     }
 
