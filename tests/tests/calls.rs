@@ -566,7 +566,8 @@ async fn a_softphone_calls_another_through_switchboard() {
             .rev()
             .filter_map(|i| i["kind"].as_str().map(str::to_owned))
             .collect();
-        if kinds.iter().any(|k| k == "call.ended") {
+        // The recording is finished (and announced) after the call ends.
+        if kinds.iter().any(|k| k == "recording.ready") {
             let ended = items.iter().find(|i| i["kind"] == "call.ended").unwrap();
             assert_eq!(payload(ended)["direction"], "internal", "{ended}");
             assert_eq!(ended["manager"], "m2", "{ended}");
@@ -714,7 +715,7 @@ Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: path-call-1\r\nCSeq: 1 
     let events = call_events(&sb, "call.ended").await;
     assert_eq!(
         kinds(&events),
-        ["call.answered", "call.ended"],
+        ["call.ringing", "call.answered", "call.ended"],
         "{events:#?}"
     );
 }

@@ -1044,6 +1044,13 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
                 out.push(Send { to: src, bytes: b });
             }
         }
+        if !call.ringing_reported {
+            // Answered without a 180 (or its 180 came after the 200): the
+            // phone rang all the same, and every answered call says so.
+            call.ringing_reported = true;
+            let payload = json!({ "extension": call.extension });
+            events.push(event(call, Kind::CallRinging, payload));
+        }
         let payload = json!({
             "extension": call.extension,
             "ring_ms": now.saturating_sub(call.started_ms),
