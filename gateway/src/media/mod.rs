@@ -178,6 +178,9 @@ impl Media {
                 bind
             });
         let (timeouts, timeouts_rx) = mpsc::unbounded_channel();
+        // Shown from the start, not only after the first call.
+        crate::metrics::MEDIA_SESSIONS.set(0);
+        crate::metrics::RECORDING_SECONDS.inc_by(0);
         let shared = Shared {
             bind,
             advertised,
