@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_tests::media::{rtp, sdp, sdp_audio, tone_frame};
 use switchboard_tests::sip::{SipClient, SipReceiver};
-use switchboard_tests::{Launch, Switchboard, env_usize, free_port};
+use switchboard_tests::{Switchboard, bench_gateway, env_usize, free_port};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Source sockets per side; calls take them in turn.
@@ -541,15 +541,7 @@ async fn main() {
 [[sip.users]]\nextension = \"1001\"\npassword = \"secret-1001\"\nmanager = \"m1\"\n\
 [[sip.trunks]]\nname = \"bench\"\naddresses = [\"127.0.0.1\"]\n\
 [[sip.numbers]]\nnumber = \"+74950000000\"\nmanager = \"m1\"\n";
-        let file = work.path().join("switchboard.toml");
-        std::fs::write(&file, config).unwrap();
-        let sb = Launch::new(&work.path().join("data"))
-            .config(&file)
-            .command("gateway")
-            .env("SWITCHBOARD_LOG__LEVEL", "warn,switchboard=info")
-            .start()
-            .await
-            .unwrap();
+        let sb = bench_gateway(work.path(), config).await.unwrap();
         if pinned {
             pin(sb.pid().unwrap(), 1);
         }

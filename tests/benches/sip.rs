@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use switchboard_tests::Launch;
+use switchboard_tests::bench_gateway;
 use switchboard_tests::env_usize;
 use switchboard_tests::sip::{Kamailio, peers_dir, sipp_load, sipp_totals};
 
@@ -162,15 +162,7 @@ async fn main() {
             "[[sip.users]]\nextension = \"user{i:05}\"\npassword = \"secret\"\n"
         ));
     }
-    let file = work.path().join("switchboard.toml");
-    std::fs::write(&file, config).unwrap();
-    let sb = Launch::new(&work.path().join("data"))
-        .config(&file)
-        .command("gateway")
-        .env("SWITCHBOARD_LOG__LEVEL", "warn,switchboard=info")
-        .start()
-        .await
-        .unwrap();
+    let sb = bench_gateway(work.path(), &config).await.unwrap();
     let our_pid = sb.pid().unwrap();
     let ours = (sb.sip_udp.unwrap(), our_pid);
     let kamailio = Kamailio::start(

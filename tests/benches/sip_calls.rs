@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use switchboard_tests::env_usize;
 use switchboard_tests::sip::{Kamailio, SipClient, peers_dir, sipp_load, sipp_totals};
-use switchboard_tests::{Launch, free_port};
+use switchboard_tests::{bench_gateway, free_port};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Round {
@@ -126,15 +126,7 @@ async fn main() {
     // SDP passed through, as Kamailio does.
     let media = env_usize("SIP_CPS_MEDIA", 1) != 0;
     let config = format!("{config}[media]\nenabled = {media}\n");
-    let file = work.path().join("switchboard.toml");
-    std::fs::write(&file, config).unwrap();
-    let sb = Launch::new(&work.path().join("data"))
-        .config(&file)
-        .command("gateway")
-        .env("SWITCHBOARD_LOG__LEVEL", "warn,switchboard=info")
-        .start()
-        .await
-        .unwrap();
+    let sb = bench_gateway(work.path(), &config).await.unwrap();
     let ours = sb.sip_udp.unwrap();
     let (_our_phone, our_phone_port) = answering_phone(work.path(), "uas-ours");
 

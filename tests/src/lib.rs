@@ -306,6 +306,42 @@ impl Switchboard {
         }
     }
 
+    /// Polls `key`'s timeline until an item `keep` accepts is of kind
+    /// `last`; returns the items `keep` accepts, oldest first. Fails after
+    /// `within` with the last answer and the daemon's log.
+    pub async fn timeline_until(
+        &self,
+        key: &str,
+        keep: impl Fn(&Value) -> bool,
+        last: &str,
+        within: Duration,
+    ) -> Result<Vec<Value>> {
+        let started = Instant::now();
+        loop {
+            let (_, body) = self
+                .crm_get(&format!("/v1/contacts/{key}/timeline"))
+                .await?;
+            let mut items: Vec<Value> = body["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| keep(i))
+                .cloned()
+                .collect();
+            if items.iter().any(|i| i["kind"] == last) {
+                items.reverse();
+                return Ok(items);
+            }
+            if started.elapsed() > within {
+                bail!(
+                    "no {last} in {key}'s timeline after {within:?}: {body:#}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every interaction id the CRM holds, through all pages.
     pub async fn all_interaction_ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
@@ -390,6 +426,20 @@ impl Switchboard {
         self.child.kill().await?;
         Ok(())
     }
+}
+
+/// The gateway alone for a benchmark: `config` written to
+/// `work/switchboard.toml`, data under `work/data`, only warnings logged
+/// (and the lines that say it is ready).
+pub async fn bench_gateway(work: &Path, config: &str) -> Result<Switchboard> {
+    let file = work.join("switchboard.toml");
+    std::fs::write(&file, config)?;
+    Launch::new(&work.join("data"))
+        .config(&file)
+        .command("gateway")
+        .env("SWITCHBOARD_LOG__LEVEL", "warn,switchboard=info")
+        .start()
+        .await
 }
 
 /// A lead form with a phone derived from `n`, so every lead is distinct.

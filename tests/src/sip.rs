@@ -434,13 +434,12 @@ impl SipReceiver for SipStream {
     }
 }
 
-/// A SIPp load process for the benchmarks, to be completed with its
-/// target and scenario: on loopback with its own control port, a 4 MiB
-/// socket buffer (bursts wait instead of being dropped), no keyboard,
-/// working and writing its files in `dir`, quiet, killed when dropped.
-pub fn sipp_load(dir: &std::path::Path) -> Result<tokio::process::Command> {
+/// SIPp on loopback with its own control port, no keyboard, working and
+/// writing its files in `dir`, quiet, killed when dropped; to be completed
+/// with its target and scenario.
+fn sipp(dir: &std::path::Path) -> Result<tokio::process::Command> {
     let mut cmd = tokio::process::Command::new("sipp");
-    cmd.args(["-buff_size", "4194304", "-nostdin"])
+    cmd.arg("-nostdin")
         .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
         .arg(crate::free_port()?.to_string())
         .current_dir(dir)
@@ -448,5 +447,27 @@ pub fn sipp_load(dir: &std::path::Path) -> Result<tokio::process::Command> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// A SIPp load process for the benchmarks ([`sipp`] with a 4 MiB socket
+/// buffer, so bursts wait instead of being dropped).
+pub fn sipp_load(dir: &std::path::Path) -> Result<tokio::process::Command> {
+    let mut cmd = sipp(dir)?;
+    cmd.args(["-buff_size", "4194304"]);
+    Ok(cmd)
+}
+
+/// SIPp for one call in a test ([`sipp`] with its own media port), failing
+/// when a message is `timeout` late (e.g. "20s").
+pub fn sipp_once(dir: &std::path::Path, timeout: &str) -> Result<tokio::process::Command> {
+    let mut cmd = sipp(dir)?;
+    cmd.arg("-mp").arg(crate::free_port()?.to_string()).args([
+        "-m",
+        "1",
+        "-timeout",
+        timeout,
+        "-timeout_error",
+    ]);
     Ok(cmd)
 }

@@ -12,7 +12,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard_tests::sip::{SipClient, SipReceiver, SipStream, authorization, peers_dir};
+use switchboard_tests::sip::{
+    SipClient, SipReceiver, SipStream, authorization, peers_dir, sipp_once,
+};
 use switchboard_tests::{Launch, Switchboard, free_port};
 use tokio::net::UdpSocket;
 use tokio::process::Child;
@@ -70,26 +72,11 @@ async fn phone(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> Child
     let port = free_port().unwrap();
     let work = dir.join(format!("uas-{port}"));
     std::fs::create_dir_all(&work).unwrap();
-    let mut cmd = tokio::process::Command::new("sipp");
-    cmd.arg("-sf")
+    let child = sipp_once(&work, "20s")
+        .unwrap()
+        .arg("-sf")
         .arg(peers_dir().join("sipp").join(scenario))
-        .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
-        .arg(free_port().unwrap().to_string())
-        .args([
-            "-p",
-            &port.to_string(),
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "20s",
-            "-timeout_error",
-        ]);
-    let child = cmd
-        .current_dir(&work)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+        .args(["-p", &port.to_string()])
         .spawn()
         .unwrap();
     let mut reg = SipClient::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), sb.sip_udp.unwrap())
@@ -105,17 +92,12 @@ async fn phone(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> Child
 async fn call(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> std::process::ExitStatus {
     let work = dir.join(format!("uac-{scenario}"));
     std::fs::create_dir_all(&work).unwrap();
-    tokio::process::Command::new("sipp")
+    sipp_once(&work, "20s")
+        .unwrap()
         .arg(sb.sip_udp.unwrap().to_string())
         .arg("-sf")
         .arg(peers_dir().join("sipp").join(scenario))
         .args(["-s", COMPANY, "-set", "caller", CALLER])
-        .args(["-i", "127.0.0.1", "-ci", "127.0.0.1", "-cp"])
-        .arg(free_port().unwrap().to_string())
-        .args(["-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error"])
-        .current_dir(&work)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .status()
         .await
         .unwrap()
@@ -130,29 +112,15 @@ async fn finished(mut child: Child) -> std::process::ExitStatus {
 
 /// Call events in the caller's timeline, oldest first, once `last` is there.
 async fn call_events(sb: &Switchboard, last: &str) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let (_, body) = sb
-            .crm_get(&format!("/v1/contacts/tel:{CALLER}/timeline"))
-            .await
-            .unwrap();
-        let mut items: Vec<Value> = body["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i["kind"].as_str().is_some_and(|k| k.starts_with("call.")))
-            .collect();
-        if items.iter().any(|i| i["kind"] == last) {
-            items.reverse();
-            return items;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no {last} after 10 s: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let is_call = |i: &Value| i["kind"].as_str().is_some_and(|k| k.starts_with("call."));
+    sb.timeline_until(
+        &format!("tel:{CALLER}"),
+        is_call,
+        last,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits (10 s at most) for a `call.missed` with this reason.

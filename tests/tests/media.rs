@@ -8,7 +8,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,7 +17,7 @@ use switchboard_tests::media::{
     Recording, alaw_linear, best_alignment, crossings_per_s, pcap_rtp, rtp, sdp, sdp_audio,
     ssrc_of, tone_frame,
 };
-use switchboard_tests::sip::{SipClient, SipReceiver, peers_dir};
+use switchboard_tests::sip::{SipClient, SipReceiver, peers_dir, sipp_once};
 use switchboard_tests::{Launch, Switchboard, free_port};
 use tokio::net::UdpSocket;
 
@@ -301,30 +300,15 @@ async fn collect(sock: &UdpSocket, wait: Duration) -> Vec<(SocketAddr, u32)> {
 
 /// Events of the call (its conversation), once `last` is there.
 async fn events_of(sb: &Switchboard, call_id: &str, last: &str) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let (_, body) = sb
-            .crm_get(&format!("/v1/contacts/tel:{CALLER}/timeline"))
-            .await
-            .unwrap();
-        let mut items: Vec<Value> = body["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i["conversation"] == call_id)
-            .collect();
-        if items.iter().any(|i| i["kind"] == last) {
-            items.reverse();
-            return items;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "no {last} for {call_id}: {body:#}\n{}",
-            sb.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let of_call = |i: &Value| i["conversation"] == call_id;
+    sb.timeline_until(
+        &format!("tel:{CALLER}"),
+        of_call,
+        last,
+        Duration::from_secs(15),
+    )
+    .await
+    .unwrap()
 }
 
 fn find<'a>(events: &'a [Value], kind: &str) -> &'a Value {
@@ -617,26 +601,11 @@ async fn sipp_pcap_audio_and_its_echo_are_both_in_the_recording() {
     let uas_port = free_port().unwrap();
     let work = dir.path().join("uas");
     std::fs::create_dir_all(&work).unwrap();
-    let mut uas = tokio::process::Command::new("sipp")
+    let mut uas = sipp_once(&work, "30s")
+        .unwrap()
         .arg("-sf")
         .arg(peers_dir().join("sipp/uas_echo.xml"))
-        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string(), "-mp"])
-        .arg(free_port().unwrap().to_string())
-        .args([
-            "-rtp_echo",
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-cp",
-        ])
-        .arg(free_port().unwrap().to_string())
-        .current_dir(&work)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+        .args(["-p", &uas_port.to_string(), "-rtp_echo"])
         .spawn()
         .expect("sipp (Debian package sip-tester)");
     let mut reg = SipClient::bind(LOCAL, server).await.unwrap();
@@ -652,34 +621,12 @@ async fn sipp_pcap_audio_and_its_echo_are_both_in_the_recording() {
     // The caller: SIPp playing the pcap after the answer.
     let work = dir.path().join("uac");
     std::fs::create_dir_all(&work).unwrap();
-    let uac = tokio::process::Command::new("sipp")
+    let uac = sipp_once(&work, "30s")
+        .unwrap()
         .arg(server.to_string())
         .arg("-sf")
         .arg(peers_dir().join("sipp/uac_pcap.xml"))
-        .args([
-            "-s",
-            COMPANY,
-            "-set",
-            "caller",
-            CALLER,
-            "-i",
-            "127.0.0.1",
-            "-mp",
-        ])
-        .arg(free_port().unwrap().to_string())
-        .args([
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-cp",
-        ])
-        .arg(free_port().unwrap().to_string())
-        .current_dir(&work)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .args(["-s", COMPANY, "-set", "caller", CALLER])
         .status()
         .await
         .unwrap();

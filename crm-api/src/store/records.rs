@@ -1264,21 +1264,8 @@ impl Store {
         ctx: &Ctx,
         conversation: &str,
     ) -> Result<String, StoreError> {
-        let mut sql = Sql::new(
-            "SELECT i.envelope FROM interactions i JOIN clients c ON c.id = i.client_id \
-             WHERE (i.conversation = $1 OR i.id = $1)",
-        );
-        sql.arg(conversation);
-        sql.visible_to(&ctx.principal, "c");
-        sql.push(" ORDER BY i.occurred_at DESC LIMIT 1");
-        let row = sql
-            .query()
-            .fetch_optional(&self.pool)
+        self.latest_envelope(ctx, "(i.conversation = $1 OR i.id = $1)", conversation)
             .await
-            .map_err(db("read conversation"))?;
-        row.map(|r| r.try_get("envelope").map_err(corrupt("interaction")))
-            .transpose()?
-            .ok_or(StoreError::NotFound)
     }
 
     /// The payload of a call's latest `recording.ready`, if its client is
@@ -1288,23 +1275,40 @@ impl Store {
         ctx: &Ctx,
         conversation: &str,
     ) -> Result<serde_json::Value, StoreError> {
-        let mut sql = Sql::new(
-            "SELECT i.envelope FROM interactions i JOIN clients c ON c.id = i.client_id \
-             WHERE i.conversation = $1 AND i.kind = 'recording.ready'",
-        );
-        sql.arg(conversation);
+        let envelope = self
+            .latest_envelope(
+                ctx,
+                "i.conversation = $1 AND i.kind = 'recording.ready'",
+                conversation,
+            )
+            .await?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&envelope).map_err(|_| StoreError::NotFound)?;
+        Ok(v["payload"].take())
+    }
+
+    /// The envelope of the latest interaction matching `filter` (SQL on
+    /// `i`, with `$1` bound to `arg`) whose client is visible.
+    async fn latest_envelope(
+        &self,
+        ctx: &Ctx,
+        filter: &str,
+        arg: &str,
+    ) -> Result<String, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT i.envelope FROM interactions i JOIN clients c ON c.id = i.client_id WHERE {filter}"
+        ));
+        sql.arg(arg);
         sql.visible_to(&ctx.principal, "c");
         sql.push(" ORDER BY i.occurred_at DESC LIMIT 1");
         let row = sql
             .query()
             .fetch_optional(&self.pool)
             .await
-            .map_err(db("read recording"))?
-            .ok_or(StoreError::NotFound)?;
-        let envelope: String = row.try_get("envelope").map_err(corrupt("interaction"))?;
-        let mut v: serde_json::Value =
-            serde_json::from_str(&envelope).map_err(|_| StoreError::NotFound)?;
-        Ok(v["payload"].take())
+            .map_err(db("read interaction"))?;
+        row.map(|r| r.try_get("envelope").map_err(corrupt("interaction")))
+            .transpose()?
+            .ok_or(StoreError::NotFound)
     }
 
     /// Writes an audit record for an action with no record of its own

@@ -139,9 +139,9 @@ struct Shared {
 #[derive(Debug)]
 struct Session {
     ctl: mpsc::UnboundedSender<Ctl>,
-    /// The caller's last SDP, for the answer's codecs.
+    /// The caller's last SDP (cut to the codecs offered to the phones),
+    /// for the answer's codecs.
     a: Audio,
-    answered: bool,
     digits: Arc<Mutex<String>>,
     recording: Option<String>,
     a_port: u16,
@@ -214,10 +214,6 @@ impl Media {
 
 impl Anchor for Media {
     fn offer(&mut self, call: u64, sdp: &[u8]) -> Result<Vec<u8>, MediaError> {
-        let a = sdp::parse(sdp)?;
-        // Check the codecs before taking ports.
-        let probe = sdp::rewrite(sdp, self.shared.advertised, 0, Some(&self.shared.codecs))?;
-        drop(probe);
         let (a_rtp, a_rtcp, a_port, b_rtp, b_rtcp, b_port) = {
             let mut pool = self.pool();
             let Some((a_rtp, a_rtcp, a_port)) = pool.take(self.shared.bind) else {
@@ -229,12 +225,23 @@ impl Anchor for Media {
             };
             (a_rtp, a_rtcp, a_port, b_rtp, b_rtcp, b_port)
         };
-        let (offer, _) = sdp::rewrite(
+        // The phones' offer, cut to the codecs both sides may use; the
+        // caller's side as that offer describes it.
+        let (offer, a) = match sdp::rewrite(
             sdp,
             self.shared.advertised,
             b_port,
             Some(&self.shared.codecs),
-        )?;
+        ) {
+            Ok(rewritten) => rewritten,
+            Err(e) => {
+                drop((a_rtp, a_rtcp, b_rtp, b_rtcp));
+                let mut pool = self.pool();
+                pool.give(a_port);
+                pool.give(b_port);
+                return Err(e.into());
+            }
+        };
         let (ctl, rx) = mpsc::unbounded_channel();
         let digits = Arc::new(Mutex::new(String::new()));
         let _ = ctl.send(Ctl::Peer {
@@ -261,7 +268,6 @@ impl Anchor for Media {
             Session {
                 ctl,
                 a,
-                answered: false,
                 digits,
                 recording: None,
                 a_port,
@@ -286,7 +292,6 @@ impl Anchor for Media {
             side: Side::B,
             audio: b,
         });
-        session.answered = true;
         if record {
             let now = time::OffsetDateTime::now_utc();
             let rel = format!(
@@ -335,7 +340,8 @@ impl Anchor for Media {
             .clone();
         Some(Summary {
             dtmf,
-            recording: session.recording.filter(|_| session.answered),
+            // Set only on the answer.
+            recording: session.recording,
         })
     }
 
