@@ -89,35 +89,54 @@ impl SipServer {
         media: Option<(switchboard_config::MediaConfig, std::path::PathBuf)>,
     ) -> Result<Self, SipError> {
         let users = Users::from_config(cfg)?;
-        let mut udp = Vec::new();
-        for addr in &cfg.udp_listen {
-            let socket = bind_udp(*addr).map_err(|source| SipError::Bind {
-                transport: "UDP",
-                addr: *addr,
-                source,
-            })?;
-            udp.push(Arc::new(socket));
-        }
-        let mut tcp = Vec::new();
-        for addr in &cfg.tcp_listen {
-            // Port 0 for both: TCP takes the port UDP got, as phones expect.
-            let addr = match (addr.port(), udp.first()) {
-                (0, Some(u))
-                    if addr.ip() == u.local_addr().map(|a| a.ip()).unwrap_or(addr.ip()) =>
-                {
-                    u.local_addr().unwrap_or(*addr)
-                }
-                _ => *addr,
-            };
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| SipError::Bind {
-                    transport: "TCP",
-                    addr,
+        // Port 0 for both: TCP takes the port UDP got, as phones expect. If
+        // another process holds that port for TCP, UDP tries another one.
+        let mut attempt = 0;
+        let (udp, tcp) = loop {
+            attempt += 1;
+            let mut udp = Vec::new();
+            for addr in &cfg.udp_listen {
+                let socket = bind_udp(*addr).map_err(|source| SipError::Bind {
+                    transport: "UDP",
+                    addr: *addr,
                     source,
                 })?;
-            tcp.push(listener);
-        }
+                udp.push(Arc::new(socket));
+            }
+            let mut tcp = Vec::new();
+            let mut retry = false;
+            for addr in &cfg.tcp_listen {
+                let (addr, derived) = match (addr.port(), udp.first()) {
+                    (0, Some(u))
+                        if addr.ip() == u.local_addr().map(|a| a.ip()).unwrap_or(addr.ip()) =>
+                    {
+                        (u.local_addr().unwrap_or(*addr), true)
+                    }
+                    _ => (*addr, false),
+                };
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => tcp.push(listener),
+                    Err(source)
+                        if derived
+                            && attempt < 8
+                            && source.kind() == std::io::ErrorKind::AddrInUse =>
+                    {
+                        retry = true;
+                        break;
+                    }
+                    Err(source) => {
+                        return Err(SipError::Bind {
+                            transport: "TCP",
+                            addr,
+                            source,
+                        });
+                    }
+                }
+            }
+            if !retry {
+                break (udp, tcp);
+            }
+        };
         let mut tls = Vec::new();
         let acceptor = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
             (Some(cert), Some(key)) => {
