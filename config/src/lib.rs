@@ -5,6 +5,7 @@
 //! variables, and validated before anything binds a port. Every error names
 //! the key, the value it got and what would be valid.
 
+mod email;
 mod env;
 mod error;
 mod media;
@@ -15,6 +16,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use email::*;
 pub use error::ConfigError;
 pub use media::*;
 pub use model::*;

@@ -20,6 +20,7 @@ pub struct Config {
     pub routing: crate::routing::RoutingConfig,
     pub sip: crate::sip::SipConfig,
     pub media: crate::media::MediaConfig,
+    pub email: crate::email::EmailConfig,
     pub shutdown: ShutdownConfig,
 }
 

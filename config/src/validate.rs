@@ -170,6 +170,13 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_routing(&config.routing)?;
     crate::sip::validate_sip(&config.sip)?;
     crate::media::validate_media(&config.media)?;
+    let managers: Vec<&str> = config
+        .routing
+        .managers
+        .iter()
+        .map(|m| m.id.as_str())
+        .collect();
+    crate::email::validate_email(&config.email, &managers)?;
     for (i, u) in config.sip.users.iter().enumerate() {
         // Without routing, manager ids are labels for events.
         if !u.manager.is_empty()

@@ -1,0 +1,55 @@
+//! Content-addressed files under the data directory: `<dir>/ab/abcdef…`
+//! named by their SHA-256, the same layout the CRM keeps its attachments in,
+//! so a letter's attachment and a file a manager uploaded are one store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    dir: PathBuf,
+}
+
+impl Blobs {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, sha: &str) -> Option<PathBuf> {
+        (sha.len() == 64
+            && sha
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| self.dir.join(&sha[..2]).join(sha))
+    }
+
+    /// Stores `data` (durably, once) and returns its SHA-256 in hex.
+    pub fn put(&self, data: &[u8]) -> std::io::Result<String> {
+        let sha = hex::encode(Sha256::digest(data));
+        let Some(path) = self.path(&sha) else {
+            return Err(std::io::Error::other("bad digest"));
+        };
+        if path.exists() {
+            return Ok(sha);
+        }
+        let dir = path.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{sha}.{}.part", std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(sha)
+    }
+
+    /// A stored file's bytes; `None` when the digest is malformed or absent.
+    pub fn read(&self, sha: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(sha)?).ok()
+    }
+}

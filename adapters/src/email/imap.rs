@@ -1,0 +1,235 @@
+//! Reading a mailbox over IMAP: select the folder, take every letter above
+//! the remembered UID (all of them again, deduplicated, when UIDVALIDITY
+//! changed), then wait with IDLE — or poll — and repeat. Any failure drops
+//! the connection and reconnects with backoff; the cursor only moves after
+//! the letters are in the feed.
+
+use std::time::Duration;
+
+use async_imap::{Client, Session};
+use futures::TryStreamExt;
+use switchboard_config::{Mailbox, Security};
+use time::OffsetDateTime;
+
+use super::net::{self, Conn, IO_TIMEOUT};
+use super::{Email, Fetched, MailError, backoff};
+use crate::AdapterContext;
+use crate::metrics;
+
+/// Letters fetched per command.
+const CHUNK: usize = 100;
+/// IDLE is restarted this often (servers drop it after 30 minutes).
+const IDLE_FOR: Duration = Duration::from_secs(25 * 60);
+
+pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
+    let m = metrics::Email::of(&mb.name);
+    let health = Email::health_name(&mb.name);
+    let mut attempt = 0u32;
+    loop {
+        let outcome = tokio::select! {
+            r = read(&email, &mb, &ctx, &mut attempt) => r,
+            () = ctx.shutdown.cancelled() => return,
+        };
+        if let Err(e) = outcome {
+            m.connected("failed");
+            m.up(false);
+            ctx.health.set(&health, Err(e.to_string()));
+            tracing::warn!(mailbox = %mb.name, error = %e, retry_in = ?backoff(attempt), "imap mailbox unavailable");
+        } else {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff(attempt)) => {}
+            () = ctx.shutdown.cancelled() => return,
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Logs in over the mailbox's transport.
+pub(crate) async fn login(email: &Email, mb: &Mailbox) -> Result<Session<Conn>, MailError> {
+    let server = &mb.incoming.server;
+    let tcp = net::tcp(server, server.port_or(993, 143)).await?;
+    let client = match server.security {
+        Security::Tls => greeted(Client::new(net::tls(server, tcp).await?)).await?,
+        Security::None => greeted(Client::new(Box::new(tcp) as Conn)).await?,
+        Security::Starttls => {
+            let mut plain = greeted(Client::new(tcp)).await?;
+            timed(plain.run_command_and_check_ok("STARTTLS", None)).await?;
+            Client::new(net::tls(server, plain.into_inner()).await?)
+        }
+    };
+    let session = tokio::time::timeout(
+        IO_TIMEOUT,
+        client.login(&server.username, email.password(&mb.name)),
+    )
+    .await
+    .map_err(|_| MailError::Server("login timed out".into()))?
+    .map_err(|(e, _)| MailError::Server(format!("login as {} refused: {e}", server.username)))?;
+    Ok(session)
+}
+
+async fn greeted<T>(mut client: Client<T>) -> Result<Client<T>, MailError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
+{
+    match tokio::time::timeout(IO_TIMEOUT, client.read_response()).await {
+        Ok(Ok(Some(_))) => Ok(client),
+        Ok(Ok(None)) => Err(MailError::Server("server closed before greeting".into())),
+        Ok(Err(e)) => Err(MailError::Server(format!("no greeting: {e}"))),
+        Err(_) => Err(MailError::Server("no greeting within 30 s".into())),
+    }
+}
+
+async fn timed<T>(f: impl Future<Output = async_imap::error::Result<T>>) -> Result<T, MailError> {
+    tokio::time::timeout(IO_TIMEOUT, f)
+        .await
+        .map_err(|_| MailError::Server("the server did not answer within 30 s".into()))?
+        .map_err(|e| MailError::Server(format!("imap: {e}")))
+}
+
+/// One connection's life: returns `Ok` only at shutdown.
+async fn read(
+    email: &Email,
+    mb: &Mailbox,
+    ctx: &AdapterContext,
+    attempt: &mut u32,
+) -> Result<(), MailError> {
+    let m = metrics::Email::of(&mb.name);
+    let mut session = login(email, mb).await?;
+    let folder = timed(session.select(&mb.incoming.folder)).await?;
+    let validity = folder.uid_validity.unwrap_or(0);
+    let mut last = match email.state().cursor(&mb.name)? {
+        Some((v, uid)) if v == validity => uid,
+        Some((v, _)) => {
+            tracing::info!(mailbox = %mb.name, old = v, new = validity,
+                "UIDVALIDITY changed; reading the folder again (letters already taken are skipped)");
+            0
+        }
+        None => 0,
+    };
+    let idle = mb.incoming.idle && timed(session.capabilities()).await?.has_str("IDLE");
+    m.connected("ok");
+    m.up(true);
+    ctx.health.set(&Email::health_name(&mb.name), Ok(()));
+    *attempt = 0;
+    tracing::info!(mailbox = %mb.name, folder = %mb.incoming.folder, idle, "imap mailbox connected");
+    loop {
+        last = catch_up(email, mb, ctx, &mut session, validity, last).await?;
+        // Something arrived while we were fetching: fetch again first.
+        let mut changed = false;
+        while let Ok(_news) = session.unsolicited_responses.try_recv() {
+            changed = true;
+        }
+        if changed {
+            continue;
+        }
+        if idle {
+            let mut handle = session.idle();
+            timed(handle.init()).await?;
+            let woke = {
+                let (wait, _stop) = handle.wait_with_timeout(IDLE_FOR);
+                tokio::select! {
+                    r = wait => Some(r),
+                    () = ctx.shutdown.cancelled() => None,
+                }
+            };
+            match woke {
+                None => return Ok(()),
+                Some(r) => {
+                    r.map_err(|e| MailError::Server(format!("idle: {e}")))?;
+                }
+            }
+            session = timed(handle.done()).await?;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(mb.incoming.poll_interval) => {}
+                () = ctx.shutdown.cancelled() => return Ok(()),
+            }
+            timed(session.noop()).await?;
+        }
+    }
+}
+
+/// Takes every letter above UID `last`; returns the new last UID.
+async fn catch_up(
+    email: &Email,
+    mb: &Mailbox,
+    ctx: &AdapterContext,
+    session: &mut Session<Conn>,
+    validity: u32,
+    mut last: u32,
+) -> Result<u32, MailError> {
+    let mut uids: Vec<u32> = timed(session.uid_search(format!("UID {}:*", last.saturating_add(1))))
+        .await?
+        .into_iter()
+        .filter(|&u| u > last)
+        .collect();
+    uids.sort_unstable();
+    let limit = email.inner.config.max_letter_bytes;
+    for chunk in uids.chunks(CHUNK) {
+        let set = chunk
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sizes: Vec<(u32, u64)> = timed(async {
+            session
+                .uid_fetch(&set, "(UID RFC822.SIZE)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?
+        .iter()
+        .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
+        .collect();
+        let (small, large): (Vec<_>, Vec<_>) = sizes.iter().partition(|(_, s)| *s <= limit);
+        let mut batch = Vec::with_capacity(chunk.len());
+        for (uids, query, too_large) in [
+            (small, "(UID INTERNALDATE BODY.PEEK[])", false),
+            (
+                large,
+                "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])",
+                true,
+            ),
+        ] {
+            if uids.is_empty() {
+                continue;
+            }
+            let set = uids
+                .iter()
+                .map(|(u, _)| u.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let fetched = tokio::time::timeout(Duration::from_secs(300), async {
+                session
+                    .uid_fetch(&set, query)
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await
+            .map_err(|_| MailError::Server("fetching letters took over 5 minutes".into()))?
+            .map_err(|e| MailError::Server(format!("imap fetch: {e}")))?;
+            for f in fetched {
+                let Some(uid) = f.uid else { continue };
+                let raw = if too_large { f.header() } else { f.body() };
+                batch.push(Fetched {
+                    raw: raw.unwrap_or_default().to_vec(),
+                    arrived: f
+                        .internal_date()
+                        .and_then(|d| OffsetDateTime::from_unix_timestamp(d.timestamp()).ok()),
+                    too_large: too_large.then(|| u64::from(f.size.unwrap_or(0))),
+                    position: uid.to_string(),
+                    key: None,
+                });
+            }
+        }
+        batch.sort_by_key(|f| f.position.parse::<u32>().unwrap_or(0));
+        let top = chunk.last().copied().unwrap_or(last);
+        email.take(mb, batch, Some((validity, top)), ctx).await?;
+        last = top;
+    }
+    Ok(last)
+}

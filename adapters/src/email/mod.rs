@@ -1,0 +1,459 @@
+//! The email channel: every letter that reaches a configured mailbox (IMAP
+//! with IDLE, or POP3) becomes one interaction; the CRM's replies go out
+//! through the mailbox's SMTP server and come back as `message.sent`.
+//!
+//! Nothing is lost or repeated: a letter is published to the feed before
+//! its cursor moves (IMAP UID / POP3 UIDL, kept in `email.sqlite`), and its
+//! interaction id is derived from the mailbox and the letter (Message-ID,
+//! or the raw bytes' digest), so a letter taken twice — after a crash
+//! between the two steps, or a UIDVALIDITY change — is the same event and
+//! the CRM's dedupe absorbs it; a known letter is not even published again.
+
+mod blobs;
+mod forms;
+mod imap;
+pub mod letter;
+mod net;
+mod pop3;
+mod smtp;
+mod state;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use switchboard_config::{EmailConfig, MailProtocol, Mailbox};
+use switchboard_storage::{Channel, Command, Contact, ContactKey, Interaction, Kind, NewRecord};
+use time::OffsetDateTime;
+
+pub use blobs::Blobs;
+pub use letter::{Auto, Letter};
+pub use state::{Known, MailState, StateError};
+
+use crate::{Adapter, AdapterContext, CommandError};
+
+/// Why a mailbox could not be read or a letter not sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MailError {
+    /// The server refused, failed or went away; retrying later may work.
+    #[error("{0}")]
+    Server(String),
+    /// The configuration cannot work (bad CA file, bad host name).
+    #[error("{0}")]
+    Config(String),
+    /// Our own storage failed (state file, feed); retrying may work.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<StateError> for MailError {
+    fn from(e: StateError) -> Self {
+        MailError::Local(e.to_string())
+    }
+}
+
+/// A letter as a server handed it over.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub raw: Vec<u8>,
+    /// The server's arrival time (IMAP INTERNALDATE).
+    pub arrived: Option<OffsetDateTime>,
+    /// Its size on the server, when only its headers were downloaded
+    /// because of `email.max_letter_bytes`.
+    pub too_large: Option<u64>,
+    /// IMAP UID or POP3 UIDL.
+    pub position: String,
+    /// What identifies the letter in the mailbox when not its Message-ID
+    /// (POP3: `uidl:<UIDL>`).
+    pub key: Option<String>,
+}
+
+/// Every configured mailbox, its state and its sending side.
+#[derive(Debug, Clone)]
+pub struct Email {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EmailConfig,
+    passwords: HashMap<String, (String, Option<String>)>,
+    state: MailState,
+    blobs: Blobs,
+    country: phonenumber::country::Id,
+}
+
+impl Email {
+    /// Opens `<data_dir>/email.sqlite` and reads the mailboxes' passwords.
+    /// `config` must have passed validation.
+    pub fn new(
+        config: &EmailConfig,
+        data_dir: &Path,
+        country: phonenumber::country::Id,
+    ) -> Result<Self, MailError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| MailError::Local(e.to_string()))?;
+        let state = MailState::open(&data_dir.join("email.sqlite"))?;
+        let mut passwords = HashMap::new();
+        for (i, m) in config.mailboxes.iter().enumerate() {
+            let key = format!("email.mailboxes[{i}]");
+            let incoming = m
+                .incoming
+                .server
+                .resolve_password(&format!("{key}.incoming"))
+                .map_err(|e| MailError::Config(e.to_string()))?;
+            let smtp = match &m.smtp {
+                Some(s) => Some(
+                    s.resolve_password(&format!("{key}.smtp"))
+                        .map_err(|e| MailError::Config(e.to_string()))?,
+                ),
+                None => None,
+            };
+            passwords.insert(m.name.clone(), (incoming, smtp));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                passwords,
+                state,
+                blobs: Blobs::new(data_dir.join("attachments")),
+                country,
+            }),
+        })
+    }
+
+    pub fn state(&self) -> &MailState {
+        &self.inner.state
+    }
+
+    fn mailbox(&self, name: &str) -> Option<&Mailbox> {
+        self.inner.config.mailboxes.iter().find(|m| m.name == name)
+    }
+
+    fn password(&self, mailbox: &str) -> &str {
+        self.inner
+            .passwords
+            .get(mailbox)
+            .map_or("", |(p, _)| p.as_str())
+    }
+
+    /// The readiness check name of a mailbox.
+    pub fn health_name(mailbox: &str) -> String {
+        format!("email:{mailbox}")
+    }
+
+    /// Turns fetched letters into interactions: letters taken before are
+    /// skipped, the rest published in one batch; then they are remembered
+    /// and the cursor moves. Returns how many were published.
+    pub(crate) async fn take(
+        &self,
+        mailbox: &Mailbox,
+        batch: Vec<Fetched>,
+        cursor: Option<(u32, u32)>,
+        ctx: &AdapterContext,
+    ) -> Result<usize, MailError> {
+        let this = self.clone();
+        let mb = mailbox.clone();
+        let (records, known) = tokio::task::spawn_blocking(move || this.prepare(&mb, batch))
+            .await
+            .map_err(|e| MailError::Local(format!("letter parsing failed: {e}")))??;
+        let published = records.len();
+        if !records.is_empty() {
+            ctx.feed
+                .append_batch(records)
+                .await
+                .map_err(|e| MailError::Local(format!("feed: {e}")))?;
+        }
+        let state = self.inner.state.clone();
+        let name = mailbox.name.clone();
+        tokio::task::spawn_blocking(move || state.commit(&name, &known, cursor))
+            .await
+            .map_err(|e| MailError::Local(e.to_string()))??;
+        Ok(published)
+    }
+
+    /// Parses a batch and builds its records (blocking: parsing, files,
+    /// the state file).
+    fn prepare(
+        &self,
+        mailbox: &Mailbox,
+        batch: Vec<Fetched>,
+    ) -> Result<(Vec<NewRecord>, Vec<Known>), MailError> {
+        let metrics = crate::metrics::Email::of(&mailbox.name);
+        let mut records = Vec::new();
+        let mut known: Vec<Known> = Vec::new();
+        for f in batch {
+            let letter = Letter::parse(
+                &f.raw,
+                &self.inner.blobs,
+                self.inner.config.max_attachment_bytes,
+            );
+            let key = match (&f.key, &letter.message_id) {
+                (Some(k), _) => k.clone(),
+                (None, Some(id)) => format!("mid:{id}"),
+                (None, None) => format!("sha256:{}", letter.raw_sha256),
+            };
+            if self.inner.state.is_known(&mailbox.name, &key)? || known.iter().any(|k| k.key == key)
+            {
+                metrics.letters("duplicate");
+                continue;
+            }
+            if !letter.problems.is_empty()
+                && let Err(e) = self.inner.blobs.put(&f.raw)
+            {
+                tracing::warn!(mailbox = %mailbox.name, error = %e, "raw letter not kept");
+            }
+            let contact = contact_of(&letter);
+            let thread = self.thread_of(&letter, &contact.key, &known)?;
+            let id = letter_id(&mailbox.name, &key, f.arrived.or(letter.date));
+            let mut ev = match forms::lead(&self.inner.config.forms, &letter, self.inner.country) {
+                Some(lead) if letter.auto.is_none() => {
+                    metrics.letters("lead");
+                    lead.into_interaction(&letter)
+                }
+                _ => {
+                    metrics.letters(match (&letter.auto, letter.problems.is_empty()) {
+                        (Some(_), _) => "auto",
+                        (None, false) => "problem",
+                        (None, true) => "received",
+                    });
+                    Interaction::new(
+                        Kind::MessageReceived,
+                        Channel::Email,
+                        contact.clone(),
+                        f.arrived
+                            .or(letter.date)
+                            .unwrap_or_else(OffsetDateTime::now_utc),
+                        Value::Null,
+                    )
+                }
+            };
+            ev.id = id;
+            if let Some(at) = f.arrived.or(letter.date) {
+                ev.occurred_at = at;
+            }
+            ev.conversation = Some(thread.clone());
+            if !mailbox.owner.is_empty() {
+                ev.manager = Some(mailbox.owner.clone());
+            }
+            let mut payload = payload_of(&letter, mailbox, &f);
+            if let Value::Object(extra) = std::mem::take(&mut ev.payload)
+                && let Value::Object(p) = &mut payload
+            {
+                p.extend(extra);
+            }
+            ev.payload = payload;
+            records.push(NewRecord::interaction(&ev).map_err(|e| MailError::Local(e.to_string()))?);
+            let mut references = letter.references.clone();
+            references.extend(letter.message_id.clone());
+            known.push(Known {
+                key,
+                message_id: letter.message_id.clone(),
+                thread,
+                contact: ev.contact.key.clone(),
+                subject: letter::thread_subject(&letter.subject),
+                title: letter.subject.clone(),
+                interaction: ev.id.to_string(),
+                references: references.join(" "),
+            });
+        }
+        Ok((records, known))
+    }
+
+    /// The conversation a letter belongs to: the thread of the letter it
+    /// answers (In-Reply-To, References), the root of its References, the
+    /// latest thread with the same sender under the same subject when the
+    /// subject says it is an answer, or a new thread.
+    fn thread_of(
+        &self,
+        letter: &Letter,
+        contact: &str,
+        batch: &[Known],
+    ) -> Result<String, MailError> {
+        let mut ids: Vec<String> = letter.in_reply_to.clone();
+        ids.extend(letter.references.iter().rev().cloned());
+        for id in &ids {
+            if let Some(k) = batch.iter().find(|k| k.message_id.as_ref() == Some(id)) {
+                return Ok(k.thread.clone());
+            }
+        }
+        if let Some(t) = self.inner.state.thread_of_any(&ids)? {
+            return Ok(t);
+        }
+        let root = letter
+            .references
+            .first()
+            .or(letter.in_reply_to.first())
+            .cloned();
+        if let Some(root) = root {
+            return Ok(thread_id(&root));
+        }
+        let subject = letter::thread_subject(&letter.subject);
+        if letter::is_reply_subject(&letter.subject) && !subject.is_empty() {
+            if let Some(k) = batch
+                .iter()
+                .rev()
+                .find(|k| k.contact == contact && k.subject == subject)
+            {
+                return Ok(k.thread.clone());
+            }
+            if let Some(t) = self.inner.state.thread_by_subject(contact, &subject)? {
+                return Ok(t);
+            }
+        }
+        Ok(thread_id(
+            letter.message_id.as_deref().unwrap_or(&letter.raw_sha256),
+        ))
+    }
+}
+
+/// A conversation id safe in a URL path: `mail-` and 24 hex digits of the
+/// thread root's digest.
+pub fn thread_id(root: &str) -> String {
+    let digest = Sha256::digest(root.as_bytes());
+    format!("mail-{}", &hex::encode(digest)[..24])
+}
+
+/// The envelope id of a letter: a UUIDv7 whose time is the letter's and
+/// whose other bits come from the mailbox and the letter's key, so the same
+/// letter is always the same event.
+fn letter_id(mailbox: &str, key: &str, at: Option<OffsetDateTime>) -> uuid::Uuid {
+    let digest = Sha256::digest(format!("{mailbox}\n{key}").as_bytes());
+    let millis = at.map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+fn contact_of(letter: &Letter) -> Contact {
+    match &letter.from {
+        Some((address, name)) => Contact {
+            key: ContactKey::email(address).into_string(),
+            phone: None,
+            email: Some(address.clone()),
+            user_id: None,
+            name: name.clone(),
+        },
+        // A letter without a sender still arrives, under one "unknown" key.
+        None => Contact {
+            key: ContactKey::account(Channel::Email, "unknown-sender").into_string(),
+            phone: None,
+            email: None,
+            user_id: None,
+            name: None,
+        },
+    }
+}
+
+fn payload_of(letter: &Letter, mailbox: &Mailbox, f: &Fetched) -> Value {
+    let attachments: Vec<Value> = letter
+        .parts
+        .iter()
+        .map(|p| {
+            let mut a = json!({
+                "name": p.name,
+                "content_type": p.content_type,
+                "size": p.size,
+                "inline": p.inline,
+            });
+            if let Some(sha) = &p.sha256 {
+                a["sha256"] = json!(sha);
+            }
+            if let Some(cid) = &p.content_id {
+                a["content_id"] = json!(cid);
+            }
+            if let Some(why) = p.skipped {
+                a["not_stored"] = json!(why);
+            }
+            a
+        })
+        .collect();
+    let mut p = json!({
+        "line": mailbox.name,
+        "mailbox": mailbox.address,
+        "subject": letter.subject,
+        "text": letter.text,
+        "size": f.too_large.unwrap_or(letter.raw_size),
+        "position": f.position,
+    });
+    let set = |p: &mut Value, k: &str, v: Value| {
+        if !v.is_null() && v != json!([]) && v != json!(false) && v != json!(0) {
+            p[k] = v;
+        }
+    };
+    set(&mut p, "message_id", json!(letter.message_id));
+    set(&mut p, "in_reply_to", json!(letter.in_reply_to));
+    set(&mut p, "references", json!(letter.references));
+    set(&mut p, "from", json!(letter.sender()));
+    set(&mut p, "reply_to", json!(letter.reply_to));
+    set(&mut p, "to", json!(letter.to));
+    set(&mut p, "cc", json!(letter.cc));
+    set(
+        &mut p,
+        "date",
+        json!(letter.date.and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })),
+    );
+    set(&mut p, "html", json!(letter.html));
+    set(&mut p, "truncated", json!(letter.truncated));
+    set(&mut p, "attachments", json!(attachments));
+    set(&mut p, "more_attachments", json!(letter.more_parts));
+    set(&mut p, "auto", json!(letter.auto.map(Auto::as_str)));
+    if !letter.problems.is_empty() {
+        p["parse_error"] = json!(letter.problems.join("; "));
+        p["raw_sha256"] = json!(letter.raw_sha256);
+    }
+    if f.too_large.is_some() {
+        p["too_large"] = json!(true);
+    }
+    p
+}
+
+impl Adapter for Email {
+    fn lines(&self) -> Vec<String> {
+        self.inner
+            .config
+            .mailboxes
+            .iter()
+            .map(|m| format!("email:{}", m.name))
+            .collect()
+    }
+
+    fn run(&self, ctx: AdapterContext) -> BoxFuture<'static, ()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for m in this.inner.config.mailboxes.clone() {
+                ctx.health
+                    .set(&Email::health_name(&m.name), Err("connecting".into()));
+                crate::metrics::Email::of(&m.name).up(false);
+                let (this, ctx) = (this.clone(), ctx.clone());
+                tasks.spawn(async move {
+                    match m.incoming.protocol {
+                        MailProtocol::Imap => imap::run(this, m, ctx).await,
+                        MailProtocol::Pop3 => pop3::run(this, m, ctx).await,
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    }
+
+    fn execute<'a>(
+        &'a self,
+        cmd: &'a Command,
+        ctx: &'a AdapterContext,
+    ) -> BoxFuture<'a, Result<(), CommandError>> {
+        Box::pin(smtp::execute(self, cmd, ctx))
+    }
+}
+
+/// Backoff between reconnections: 1 s doubling to 60 s.
+pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempt.min(6)).min(std::time::Duration::from_secs(60))
+}

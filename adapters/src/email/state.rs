@@ -1,0 +1,217 @@
+//! What the email adapter must remember across restarts, in
+//! `<data_dir>/email.sqlite`: each mailbox's IMAP cursor (UIDVALIDITY and
+//! the last UID taken), every letter taken (by key, for dedupe after a
+//! UIDVALIDITY change or a POP3 UIDL list, and by Message-ID for
+//! threading and replies), and the commands already carried out.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A letter as remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    pub key: String,
+    pub message_id: Option<String>,
+    pub thread: String,
+    pub contact: String,
+    /// Thread subject (see `letter::thread_subject`).
+    pub subject: String,
+    /// The subject as written, for "Re:".
+    pub title: String,
+    pub interaction: String,
+    /// References to repeat in a reply (space-separated ids).
+    pub references: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailState {
+    db: Arc<Mutex<Connection>>,
+}
+
+/// The state file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("email state: {0}")]
+pub struct StateError(#[from] rusqlite::Error);
+
+impl MailState {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS cursors (
+                 mailbox TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS letters (
+                 mailbox TEXT NOT NULL, key TEXT NOT NULL, message_id TEXT, thread TEXT NOT NULL,
+                 contact TEXT NOT NULL, subject TEXT NOT NULL, title TEXT NOT NULL,
+                 interaction TEXT NOT NULL, refs TEXT NOT NULL,
+                 PRIMARY KEY (mailbox, key));
+             CREATE INDEX IF NOT EXISTS letters_message_id ON letters (message_id);
+             CREATE INDEX IF NOT EXISTS letters_subject ON letters (contact, subject);
+             CREATE INDEX IF NOT EXISTS letters_interaction ON letters (interaction);
+             CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, message_id TEXT NOT NULL);",
+        )?;
+        Ok(Self {
+            db: Arc::new(Mutex::new(db)),
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The IMAP cursor: (UIDVALIDITY, last UID taken).
+    pub fn cursor(&self, mailbox: &str) -> Result<Option<(u32, u32)>, StateError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT uidvalidity, last_uid FROM cursors WHERE mailbox = ?1",
+                [mailbox],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Whether `key` was taken from `mailbox` before.
+    pub fn is_known(&self, mailbox: &str, key: &str) -> Result<bool, StateError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM letters WHERE mailbox = ?1 AND key = ?2",
+                [mailbox, key],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The thread of the first of `ids` (Message-IDs) that is known.
+    pub fn thread_of_any(&self, ids: &[String]) -> Result<Option<String>, StateError> {
+        let db = self.db();
+        let mut q =
+            db.prepare_cached("SELECT thread FROM letters WHERE message_id = ?1 LIMIT 1")?;
+        for id in ids {
+            if let Some(t) = q.query_row([id], |r| r.get(0)).optional()? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The latest thread with this contact under this thread subject.
+    pub fn thread_by_subject(
+        &self,
+        contact: &str,
+        subject: &str,
+    ) -> Result<Option<String>, StateError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT thread FROM letters WHERE contact = ?1 AND subject = ?2 \
+                 ORDER BY rowid DESC LIMIT 1",
+                [contact, subject],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The letter an interaction (or the newest letter of a thread) was.
+    pub fn letter_for(&self, interaction_or_thread: &str) -> Result<Option<Known>, StateError> {
+        let db = self.db();
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok(Known {
+                key: r.get(0)?,
+                message_id: r.get(1)?,
+                thread: r.get(2)?,
+                contact: r.get(3)?,
+                subject: r.get(4)?,
+                title: r.get(5)?,
+                interaction: r.get(6)?,
+                references: r.get(7)?,
+            })
+        };
+        let cols = "key, message_id, thread, contact, subject, title, interaction, refs";
+        if let Some(k) = db
+            .query_row(
+                &format!("SELECT {cols} FROM letters WHERE interaction = ?1"),
+                [interaction_or_thread],
+                row,
+            )
+            .optional()?
+        {
+            return Ok(Some(k));
+        }
+        Ok(db
+            .query_row(
+                &format!(
+                    "SELECT {cols} FROM letters WHERE thread = ?1 AND message_id IS NOT NULL \
+                     ORDER BY rowid DESC LIMIT 1"
+                ),
+                [interaction_or_thread],
+                row,
+            )
+            .optional()?)
+    }
+
+    /// Records letters taken (ignoring ones already known) and moves the
+    /// cursor, in one transaction.
+    pub fn commit(
+        &self,
+        mailbox: &str,
+        letters: &[Known],
+        cursor: Option<(u32, u32)>,
+    ) -> Result<(), StateError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR IGNORE INTO letters \
+                 (mailbox, key, message_id, thread, contact, subject, title, interaction, refs) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for k in letters {
+                ins.execute(params![
+                    mailbox,
+                    k.key,
+                    k.message_id,
+                    k.thread,
+                    k.contact,
+                    k.subject,
+                    k.title,
+                    k.interaction,
+                    k.references
+                ])?;
+            }
+        }
+        if let Some((validity, uid)) = cursor {
+            tx.execute(
+                "INSERT INTO cursors (mailbox, uidvalidity, last_uid) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = ?2, last_uid = ?3",
+                params![mailbox, validity, uid],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The Message-ID a command's letter was sent with, if it was sent.
+    pub fn command_done(&self, id: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .db()
+            .query_row("SELECT message_id FROM commands WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn record_command(&self, id: &str, message_id: &str) -> Result<(), StateError> {
+        self.db().execute(
+            "INSERT OR IGNORE INTO commands (id, message_id) VALUES (?1, ?2)",
+            [id, message_id],
+        )?;
+        Ok(())
+    }
+}
