@@ -29,7 +29,7 @@ impl Default for EmailConfig {
         Self {
             mailboxes: Vec::new(),
             max_attachment_bytes: 25 * 1024 * 1024,
-            max_letter_bytes: 64 * 1024 * 1024,
+            max_letter_bytes: 100 * 1024 * 1024,
             forms: Vec::new(),
         }
     }
@@ -205,13 +205,24 @@ impl Default for Incoming {
     }
 }
 
-fn validate_server(key: &str, s: &Server) -> Result<(), ConfigError> {
+/// `login_optional`: an SMTP relay may accept mail without logging in
+/// (empty username and password).
+fn validate_server(key: &str, s: &Server, login_optional: bool) -> Result<(), ConfigError> {
     if s.host.is_empty() || s.host.contains(|c: char| c.is_whitespace() || c == '/') {
         return Err(ConfigError::invalid(
             &format!("{key}.host"),
             &s.host,
             "a host name or IP address",
         ));
+    }
+    let sources = [
+        !s.password.is_empty(),
+        s.password_file.is_some(),
+        !s.password_env.is_empty(),
+    ];
+    let anonymous = s.username.is_empty() && !sources.contains(&true);
+    if login_optional && anonymous {
+        return Ok(());
     }
     if s.username.is_empty() {
         return Err(ConfigError::invalid(
@@ -220,11 +231,6 @@ fn validate_server(key: &str, s: &Server) -> Result<(), ConfigError> {
             "the account's login",
         ));
     }
-    let sources = [
-        !s.password.is_empty(),
-        s.password_file.is_some(),
-        !s.password_env.is_empty(),
-    ];
     if sources.iter().filter(|&&set| set).count() != 1 {
         return Err(ConfigError::invalid(
             &format!("{key}.password"),
@@ -299,7 +305,7 @@ pub(crate) fn validate_email(e: &EmailConfig, managers: &[&str]) -> Result<(), C
                 "the id of one of routing.managers, or empty for a shared mailbox",
             ));
         }
-        validate_server(&format!("{key}.incoming"), &m.incoming.server)?;
+        validate_server(&format!("{key}.incoming"), &m.incoming.server, false)?;
         if m.incoming.protocol == MailProtocol::Imap && m.incoming.folder.is_empty() {
             return Err(ConfigError::invalid(
                 &format!("{key}.incoming.folder"),
@@ -316,7 +322,7 @@ pub(crate) fn validate_email(e: &EmailConfig, managers: &[&str]) -> Result<(), C
             ));
         }
         if let Some(smtp) = &m.smtp {
-            validate_server(&format!("{key}.smtp"), smtp)?;
+            validate_server(&format!("{key}.smtp"), smtp, true)?;
         }
     }
     for (i, f) in e.forms.iter().enumerate() {

@@ -399,7 +399,9 @@ impl Dispatcher {
         let Some(w) = workload_of(ev.channel, ev.kind).filter(|w| *w != Workload::Call) else {
             return;
         };
-        if !self.shared.dir.is_enabled() || ev.manager.is_some() {
+        // Auto-replies, bounces and bulk mail are nobody's work.
+        if !self.shared.dir.is_enabled() || ev.manager.is_some() || ev.payload.get("auto").is_some()
+        {
             return;
         }
         let key: Key = (Arc::clone(&contact), w);

@@ -4,6 +4,7 @@
 //! into a `lead.received` interaction in the feed; SIP, media, WebRTC and
 //! the adapters' webhooks join it as their issues land.
 
+pub mod channels;
 pub mod dispatch;
 mod http;
 pub mod media;
@@ -66,6 +67,26 @@ impl Gateway {
     /// Every route: leads, the OpenAPI document, health and metrics.
     pub fn router(&self) -> Router {
         service_router("gateway", http::routes(self), self.readiness.clone())
+    }
+
+    /// `/readyz` also reports each channel line's health (`email:sales`).
+    pub fn watch_channels(
+        &self,
+        health: switchboard_adapters::Health,
+        shutdown: CancellationToken,
+    ) {
+        let readiness = self.readiness.clone();
+        tokio::spawn(async move {
+            loop {
+                for (line, state) in health.snapshot() {
+                    readiness.set(&line, state);
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        });
     }
 
     /// Serves until `shutdown`; `/readyz` follows the feed writer.

@@ -55,6 +55,13 @@ macro_rules! counter_vec {
 }
 
 counter_vec!(
+    COMMANDS,
+    "switchboard_commands_total",
+    "Commands from the CRM, by channel and outcome (done, rejected, retried, not_ours, unreadable).",
+    &["channel", "outcome"]
+);
+
+counter_vec!(
     SIP_REQUESTS,
     "switchboard_sip_requests_total",
     "SIP requests received, by method.",

@@ -14,14 +14,19 @@ use tokio_util::sync::CancellationToken;
 /// Named readiness checks; `/readyz` is 200 only when all pass.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    checks: Arc<RwLock<BTreeMap<&'static str, Result<(), String>>>>,
+    checks: Arc<RwLock<BTreeMap<String, Result<(), String>>>>,
 }
 
 impl Readiness {
     /// Sets one check's state; `Err` carries why it is not ready.
-    pub fn set(&self, check: &'static str, state: Result<(), String>) {
+    pub fn set(&self, check: &str, state: Result<(), String>) {
         let mut checks = self.checks.write().unwrap_or_else(|p| p.into_inner());
-        checks.insert(check, state);
+        match checks.get_mut(check) {
+            Some(s) => *s = state,
+            None => {
+                checks.insert(check.to_owned(), state);
+            }
+        }
     }
 
     /// Re-evaluates one check every `every` until `stop` fires.
@@ -62,7 +67,7 @@ impl Readiness {
                     Ok(()) => "ok".to_owned(),
                     Err(why) => why.clone(),
                 };
-                ((*k).to_owned(), serde_json::Value::String(v))
+                (k.clone(), serde_json::Value::String(v))
             })
             .collect();
         (

@@ -3,6 +3,7 @@
 //! loopback ports the OS picks, talk to them as a user would, and stop only
 //! the processes started here.
 
+pub mod mail;
 pub mod media;
 pub mod sip;
 
@@ -261,6 +262,20 @@ impl Switchboard {
         Ok(self.http.request(method, self.gateway_url(path)?))
     }
 
+    /// POST of a JSON body on the CRM API as an administrator; status and
+    /// JSON body.
+    pub async fn crm_post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(self.crm_url(path)?)
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
     /// GET on the CRM API as an administrator; status and JSON body.
     pub async fn crm_get(&self, path: &str) -> Result<(u16, Value)> {
         let resp = self
@@ -491,6 +506,35 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Every interaction in the embedded feed under `data_dir`, in feed order
+/// (repeats included: a test that counts them sees duplicates), read as a
+/// fresh consumer group.
+pub async fn feed_interactions(data_dir: &Path) -> Result<Vec<switchboard_storage::Interaction>> {
+    use switchboard_storage::{FeedSource, LogConsumer, LogOptions, Topic};
+    static READER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let group = format!(
+        "test-reader-{}-{}",
+        std::process::id(),
+        READER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut c = LogConsumer::open(
+        &data_dir.join("feed.sqlite"),
+        &group,
+        &[Topic::Interactions],
+        LogOptions::default(),
+    )?;
+    let mut out = Vec::new();
+    loop {
+        let batch = c.poll(10_000, Duration::from_millis(1)).await?;
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        for r in batch {
+            out.push(serde_json::from_slice(&r.value)?);
+        }
+    }
 }
 
 /// A free loopback port (bound and released; the race is acceptable here).

@@ -16,8 +16,10 @@ use super::{Email, Fetched, MailError, backoff};
 use crate::AdapterContext;
 use crate::metrics;
 
-/// Letters fetched per command.
-const CHUNK: usize = 100;
+/// Letters whose sizes are asked per command.
+const CHUNK: usize = 200;
+/// Bytes of letters downloaded and published at once.
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// IDLE is restarted this often (servers drop it after 30 minutes).
 const IDLE_FOR: Duration = Duration::from_secs(25 * 60);
 
@@ -151,6 +153,59 @@ async fn read(
     }
 }
 
+/// Downloads a group of letters: whole when within `limit`, headers only
+/// beyond it.
+async fn download(
+    session: &mut Session<Conn>,
+    group: &[(u32, u64)],
+    limit: u64,
+) -> Result<Vec<Fetched>, MailError> {
+    let (small, large): (Vec<_>, Vec<_>) = group.iter().partition(|(_, s)| *s <= limit);
+    let mut batch = Vec::with_capacity(group.len());
+    for (uids, query, too_large) in [
+        (small, "(UID INTERNALDATE BODY.PEEK[])", false),
+        (
+            large,
+            "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])",
+            true,
+        ),
+    ] {
+        if uids.is_empty() {
+            continue;
+        }
+        let set = uids
+            .iter()
+            .map(|(u, _)| u.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let fetched = tokio::time::timeout(Duration::from_secs(300), async {
+            session
+                .uid_fetch(&set, query)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await
+        .map_err(|_| MailError::Server("fetching letters took over 5 minutes".into()))?
+        .map_err(|e| MailError::Server(format!("imap fetch: {e}")))?;
+        for f in fetched {
+            let Some(uid) = f.uid else { continue };
+            let raw = if too_large { f.header() } else { f.body() };
+            batch.push(Fetched {
+                raw: raw.unwrap_or_default().to_vec(),
+                arrived: f
+                    .internal_date()
+                    .and_then(|d| OffsetDateTime::from_unix_timestamp(d.timestamp()).ok()),
+                too_large: too_large.then(|| u64::from(f.size.unwrap_or(0))),
+                position: uid.to_string(),
+                key: None,
+            });
+        }
+    }
+    batch.sort_by_key(|f| f.position.parse::<u32>().unwrap_or(0));
+    Ok(batch)
+}
+
 /// Takes every letter above UID `last`; returns the new last UID.
 async fn catch_up(
     email: &Email,
@@ -173,7 +228,7 @@ async fn catch_up(
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let sizes: Vec<(u32, u64)> = timed(async {
+        let mut sizes: Vec<(u32, u64)> = timed(async {
             session
                 .uid_fetch(&set, "(UID RFC822.SIZE)")
                 .await?
@@ -184,52 +239,29 @@ async fn catch_up(
         .iter()
         .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
         .collect();
-        let (small, large): (Vec<_>, Vec<_>) = sizes.iter().partition(|(_, s)| *s <= limit);
-        let mut batch = Vec::with_capacity(chunk.len());
-        for (uids, query, too_large) in [
-            (small, "(UID INTERNALDATE BODY.PEEK[])", false),
-            (
-                large,
-                "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])",
-                true,
-            ),
-        ] {
-            if uids.is_empty() {
-                continue;
+        sizes.sort_unstable();
+        // Downloaded in groups of at most BATCH_BYTES (one letter at least),
+        // so a run of big letters never sits in memory at once.
+        let mut groups: Vec<Vec<(u32, u64)>> = Vec::new();
+        let mut bytes = 0u64;
+        for &(uid, size) in &sizes {
+            // A letter over the limit costs only its headers.
+            let cost = if size > limit { 64 * 1024 } else { size };
+            match groups.last_mut() {
+                Some(g) if bytes + cost <= BATCH_BYTES => g.push((uid, size)),
+                _ => {
+                    groups.push(vec![(uid, size)]);
+                    bytes = 0;
+                }
             }
-            let set = uids
-                .iter()
-                .map(|(u, _)| u.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let fetched = tokio::time::timeout(Duration::from_secs(300), async {
-                session
-                    .uid_fetch(&set, query)
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .await
-            .map_err(|_| MailError::Server("fetching letters took over 5 minutes".into()))?
-            .map_err(|e| MailError::Server(format!("imap fetch: {e}")))?;
-            for f in fetched {
-                let Some(uid) = f.uid else { continue };
-                let raw = if too_large { f.header() } else { f.body() };
-                batch.push(Fetched {
-                    raw: raw.unwrap_or_default().to_vec(),
-                    arrived: f
-                        .internal_date()
-                        .and_then(|d| OffsetDateTime::from_unix_timestamp(d.timestamp()).ok()),
-                    too_large: too_large.then(|| u64::from(f.size.unwrap_or(0))),
-                    position: uid.to_string(),
-                    key: None,
-                });
-            }
+            bytes += cost;
         }
-        batch.sort_by_key(|f| f.position.parse::<u32>().unwrap_or(0));
-        let top = chunk.last().copied().unwrap_or(last);
-        email.take(mb, batch, Some((validity, top)), ctx).await?;
-        last = top;
+        for group in groups {
+            let batch = download(session, &group, limit).await?;
+            let top = group.iter().map(|(u, _)| *u).max().unwrap_or(last);
+            email.take(mb, batch, Some((validity, top)), ctx).await?;
+            last = last.max(top);
+        }
     }
     Ok(last)
 }

@@ -305,14 +305,15 @@ fn transport(
         Security::Starttls => Tls::Required(params()?),
         Security::None => Tls::None,
     };
-    Ok(
-        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
-            .port(smtp.port_or(465, 587))
-            .tls(tls)
-            .credentials(Credentials::new(smtp.username.clone(), password))
-            .timeout(Some(Duration::from_secs(30)))
-            .build(),
-    )
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
+        .port(smtp.port_or(465, 587))
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(30)));
+    // An empty username: a relay that takes mail without logging in.
+    if !smtp.username.is_empty() {
+        builder = builder.credentials(Credentials::new(smtp.username.clone(), password));
+    }
+    Ok(builder.build())
 }
 
 /// APPENDs the letter to the mailbox's Sent folder, creating it if needed.

@@ -206,6 +206,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let client_id = match client_of(tx, ids).await? {
             Some(id) => id,
+            // An auto-reply, bounce or bulk letter from someone unknown is
+            // kept in the feed's record but makes no potential client.
+            None if ev.payload.get("auto").is_some() => return Ok(()),
             None => {
                 // The client is named after the interaction that made it.
                 let id = ev.id.to_string();

@@ -7,9 +7,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use switchboard_adapters::email::Email;
+use switchboard_adapters::{AdapterContext, Health};
 use switchboard_config::{Config, ConfigError, FeedBackend, redact_url};
 use switchboard_crm::{Crm, Store};
 use switchboard_gateway::Gateway;
+use switchboard_gateway::channels::{COMMANDS_GROUP, Channels};
 use switchboard_gateway::dispatch::{Dispatcher, ROUTING_GROUP};
 use switchboard_gateway::sip::{SipReloader, SipServer};
 use switchboard_kafka::{KafkaSource, Relay, RelayOptions};
@@ -173,6 +176,32 @@ pub(crate) async fn run(
             tracing::info!(users = config.sip.users.len(), realm = %config.sip.realm, "SIP registrar up");
             sip_reload = Some(spawn_sip_reload(sip.reloader(), config_file.clone()));
             sip_task = Some(tokio::spawn(sip.serve(http_stop.clone())));
+        }
+        if !config.email.mailboxes.is_empty() {
+            let country = std::str::FromStr::from_str(&config.gateway.default_country)
+                .unwrap_or(phonenumber::country::Id::RU);
+            let email = Email::new(&config.email, &config.node.data_dir, country)
+                .context("cannot start the email channel (email.mailboxes)")?;
+            let ctx = AdapterContext {
+                shutdown: http_stop.clone(),
+                feed: feed.clone(),
+                data_dir: config.node.data_dir.clone(),
+                health: Health::default(),
+            };
+            gateway.watch_channels(ctx.health.clone(), http_stop.clone());
+            let mut channels = Channels::new(ctx);
+            channels.add(std::sync::Arc::new(email));
+            tracing::info!(mailboxes = config.email.mailboxes.len(), "email channel up");
+            routing.push(match config.feed.backend {
+                FeedBackend::Sqlite => {
+                    tokio::spawn(channels.run(feed.consumer(COMMANDS_GROUP, &[Topic::Commands])?))
+                }
+                FeedBackend::Kafka => tokio::spawn(channels.run(KafkaSource::new(
+                    &config.feed,
+                    COMMANDS_GROUP,
+                    &[Topic::Commands],
+                )?)),
+            });
         }
         servers.push((
             "gateway",
