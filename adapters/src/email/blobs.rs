@@ -31,6 +31,14 @@ impl Blobs {
 
     /// Stores `data` (durably, once) and returns its SHA-256 in hex.
     pub fn put(&self, data: &[u8]) -> std::io::Result<String> {
+        let sha = self.put_deferred(data)?;
+        self.sync()?;
+        Ok(sha)
+    }
+
+    /// Stores `data` once without waiting for the disk; [`Blobs::sync`]
+    /// makes everything stored so far durable in one flush.
+    pub fn put_deferred(&self, data: &[u8]) -> std::io::Result<String> {
         let sha = hex::encode(Sha256::digest(data));
         let Some(path) = self.path(&sha) else {
             return Err(std::io::Error::other("bad digest"));
@@ -43,9 +51,16 @@ impl Blobs {
         let tmp = dir.join(format!(".{sha}.{}.part", std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         Ok(sha)
+    }
+
+    /// Flushes the store's file system: every file put before is on disk,
+    /// with its name. One call covers a whole batch of letters.
+    pub fn sync(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let dir = std::fs::File::open(&self.dir)?;
+        nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
     }
 
     /// A stored file's bytes; `None` when the digest is malformed or absent.

@@ -16,8 +16,8 @@ use super::{Email, Fetched, MailError, backoff};
 use crate::AdapterContext;
 use crate::metrics;
 
-/// Letters whose sizes are asked per command.
-const CHUNK: usize = 200;
+/// Letters downloaded and published at once.
+const GROUP_LETTERS: usize = 500;
 /// Bytes of letters downloaded and published at once.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// IDLE is restarted this often (servers drop it after 30 minutes).
@@ -207,6 +207,11 @@ async fn download(
 }
 
 /// Takes every letter above UID `last`; returns the new last UID.
+///
+/// One command lists the new letters' sizes; they are then downloaded in
+/// groups (at most `GROUP_LETTERS` letters and `BATCH_BYTES` bytes), and
+/// while one group is parsed and published the next one downloads. Groups
+/// are published and their cursor committed strictly in order.
 async fn catch_up(
     email: &Email,
     mb: &Mailbox,
@@ -215,53 +220,85 @@ async fn catch_up(
     validity: u32,
     mut last: u32,
 ) -> Result<u32, MailError> {
-    let mut uids: Vec<u32> = timed(session.uid_search(format!("UID {}:*", last.saturating_add(1))))
-        .await?
-        .into_iter()
-        .filter(|&u| u > last)
-        .collect();
-    uids.sort_unstable();
+    let started = std::time::Instant::now();
+    let range = format!("{}:*", last.saturating_add(1));
+    let mut sizes: Vec<(u32, u64)> = timed(async {
+        session
+            .uid_fetch(&range, "(UID RFC822.SIZE)")
+            .await?
+            .try_collect::<Vec<_>>()
+            .await
+    })
+    .await?
+    .iter()
+    .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
+    // "n:*" names the last letter even when its UID is below n.
+    .filter(|(uid, _)| *uid > last)
+    .collect();
+    sizes.sort_unstable();
     let limit = email.inner.config.max_letter_bytes;
-    for chunk in uids.chunks(CHUNK) {
-        let set = chunk
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut sizes: Vec<(u32, u64)> = timed(async {
-            session
-                .uid_fetch(&set, "(UID RFC822.SIZE)")
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await?
-        .iter()
-        .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
-        .collect();
-        sizes.sort_unstable();
-        // Downloaded in groups of at most BATCH_BYTES (one letter at least),
-        // so a run of big letters never sits in memory at once.
-        let mut groups: Vec<Vec<(u32, u64)>> = Vec::new();
-        let mut bytes = 0u64;
-        for &(uid, size) in &sizes {
-            // A letter over the limit costs only its headers.
-            let cost = if size > limit { 64 * 1024 } else { size };
-            match groups.last_mut() {
-                Some(g) if bytes + cost <= BATCH_BYTES => g.push((uid, size)),
-                _ => {
-                    groups.push(vec![(uid, size)]);
-                    bytes = 0;
-                }
+    let mut groups: Vec<Vec<(u32, u64)>> = Vec::new();
+    let mut bytes = 0u64;
+    for &(uid, size) in &sizes {
+        // A letter over the limit costs only its headers.
+        let cost = if size > limit { 64 * 1024 } else { size };
+        match groups.last_mut() {
+            Some(g) if bytes + cost <= BATCH_BYTES && g.len() < GROUP_LETTERS => {
+                g.push((uid, size));
             }
-            bytes += cost;
+            _ => {
+                groups.push(vec![(uid, size)]);
+                bytes = 0;
+            }
         }
-        for group in groups {
-            let batch = download(session, &group, limit).await?;
-            let top = group.iter().map(|(u, _)| *u).max().unwrap_or(last);
-            email.take(mb, batch, Some((validity, top)), ctx).await?;
+        bytes += cost;
+    }
+    let mut publishing: Option<(u32, tokio::task::JoinHandle<Result<usize, MailError>>)> = None;
+    for group in &groups {
+        let batch = match download(session, group, limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Let the group in flight finish before reconnecting.
+                if let Some((_, task)) = publishing.take() {
+                    let _ = task.await;
+                }
+                return Err(e);
+            }
+        };
+        // Parsing this group overlaps publishing the one before.
+        let parsed = match email.parse(batch).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some((_, task)) = publishing.take() {
+                    let _ = task.await;
+                }
+                return Err(e);
+            }
+        };
+        if let Some((top, task)) = publishing.take() {
+            task.await
+                .map_err(|e| MailError::Local(format!("publishing failed: {e}")))??;
             last = last.max(top);
         }
+        let top = group.iter().map(|(u, _)| *u).max().unwrap_or(last);
+        let (email, mb, ctx) = (email.clone(), mb.clone(), ctx.clone());
+        publishing = Some((
+            top,
+            tokio::spawn(async move { email.take(&mb, parsed, Some((validity, top)), &ctx).await }),
+        ));
+    }
+    if let Some((top, task)) = publishing {
+        task.await
+            .map_err(|e| MailError::Local(format!("publishing failed: {e}")))??;
+        last = last.max(top);
+    }
+    if !sizes.is_empty() {
+        tracing::info!(
+            mailbox = %mb.name,
+            letters = sizes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "letters taken"
+        );
     }
     Ok(last)
 }

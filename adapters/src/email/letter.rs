@@ -85,7 +85,7 @@ pub struct Letter {
 
 impl Letter {
     /// Reads `raw`, storing attachments up to `max_attachment` bytes each in
-    /// `blobs`. Never fails: a letter nothing can be made of is a letter
+    /// `blobs` (not yet flushed: see [`Blobs::sync`]). Never fails: a letter nothing can be made of is a letter
     /// with problems.
     pub fn parse(raw: &[u8], blobs: &Blobs, max_attachment: u64) -> Self {
         let mut letter = Letter {
@@ -186,7 +186,7 @@ impl Letter {
             if stored.size > max_attachment {
                 stored.skipped = Some("larger than email.max_attachment_bytes");
             } else {
-                match blobs.put(data) {
+                match blobs.put_deferred(data) {
                     Ok(sha) => stored.sha256 = Some(sha),
                     Err(e) => {
                         tracing::warn!(error = %e, "attachment not stored");

@@ -72,6 +72,13 @@ pub(crate) struct Fetched {
     pub key: Option<String>,
 }
 
+/// A batch of letters, parsed.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    batch: Vec<Fetched>,
+    letters: Vec<Letter>,
+}
+
 /// Every configured mailbox, its state and its sending side.
 #[derive(Debug, Clone)]
 pub struct Email {
@@ -145,21 +152,44 @@ impl Email {
         format!("email:{mailbox}")
     }
 
-    /// Turns fetched letters into interactions: letters taken before are
+    /// Parses fetched letters and stores their attachments durably
+    /// (blocking work, on the blocking pool). Independent of any state, so
+    /// one batch is parsed while the one before it is published.
+    pub(crate) async fn parse(&self, batch: Vec<Fetched>) -> Result<Parsed, MailError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let letters = this.parse_all(&batch);
+            // Attachments are on disk before their letters are in the feed.
+            if letters
+                .iter()
+                .any(|l| !l.parts.is_empty() || !l.problems.is_empty())
+            {
+                this.inner
+                    .blobs
+                    .sync()
+                    .map_err(|e| MailError::Local(format!("attachments not flushed: {e}")))?;
+            }
+            Ok(Parsed { batch, letters })
+        })
+        .await
+        .map_err(|e| MailError::Local(format!("letter parsing failed: {e}")))?
+    }
+
+    /// Turns parsed letters into interactions: letters taken before are
     /// skipped, the rest published in one batch; then they are remembered
     /// and the cursor moves. Returns how many were published.
     pub(crate) async fn take(
         &self,
         mailbox: &Mailbox,
-        batch: Vec<Fetched>,
+        parsed: Parsed,
         cursor: Option<(u32, u32)>,
         ctx: &AdapterContext,
     ) -> Result<usize, MailError> {
         let this = self.clone();
         let mb = mailbox.clone();
-        let (records, known) = tokio::task::spawn_blocking(move || this.prepare(&mb, batch))
+        let (records, known) = tokio::task::spawn_blocking(move || this.resolve(&mb, parsed))
             .await
-            .map_err(|e| MailError::Local(format!("letter parsing failed: {e}")))??;
+            .map_err(|e| MailError::Local(format!("letter filing failed: {e}")))??;
         let published = records.len();
         if !records.is_empty() {
             ctx.feed
@@ -175,22 +205,17 @@ impl Email {
         Ok(published)
     }
 
-    /// Parses a batch and builds its records (blocking: parsing, files,
+    /// Dedupes, threads and builds the records of parsed letters (blocking:
     /// the state file).
-    fn prepare(
+    fn resolve(
         &self,
         mailbox: &Mailbox,
-        batch: Vec<Fetched>,
+        parsed: Parsed,
     ) -> Result<(Vec<NewRecord>, Vec<Known>), MailError> {
         let metrics = crate::metrics::Email::of(&mailbox.name);
         let mut records = Vec::new();
         let mut known: Vec<Known> = Vec::new();
-        for f in batch {
-            let letter = Letter::parse(
-                &f.raw,
-                &self.inner.blobs,
-                self.inner.config.max_attachment_bytes,
-            );
+        for (f, letter) in parsed.batch.into_iter().zip(parsed.letters) {
             let key = match (&f.key, &letter.message_id) {
                 (Some(k), _) => k.clone(),
                 (None, Some(id)) => format!("mid:{id}"),
@@ -200,11 +225,6 @@ impl Email {
             {
                 metrics.letters("duplicate");
                 continue;
-            }
-            if !letter.problems.is_empty()
-                && let Err(e) = self.inner.blobs.put(&f.raw)
-            {
-                tracing::warn!(mailbox = %mailbox.name, error = %e, "raw letter not kept");
             }
             let contact = contact_of(&letter);
             let thread = self.thread_of(&letter, &contact.key, &known)?;
@@ -261,6 +281,40 @@ impl Email {
             });
         }
         Ok((records, known))
+    }
+
+    /// Parses a batch on two threads (parsing and storing attachments is
+    /// most of the work and each letter is independent).
+    fn parse_all(&self, batch: &[Fetched]) -> Vec<Letter> {
+        let parse = |f: &Fetched| {
+            let letter = Letter::parse(
+                &f.raw,
+                &self.inner.blobs,
+                self.inner.config.max_attachment_bytes,
+            );
+            // A letter that could not be read whole is kept raw.
+            if !letter.problems.is_empty()
+                && let Err(e) = self.inner.blobs.put_deferred(&f.raw)
+            {
+                tracing::warn!(error = %e, "raw letter not kept");
+            }
+            letter
+        };
+        if batch.len() < 16 {
+            return batch.iter().map(parse).collect();
+        }
+        let (first, second) = batch.split_at(batch.len() / 2);
+        std::thread::scope(|scope| {
+            let helper = scope.spawn(|| second.iter().map(parse).collect::<Vec<_>>());
+            let mut letters: Vec<Letter> = first.iter().map(parse).collect();
+            match helper.join() {
+                Ok(rest) => letters.extend(rest),
+                // A panic in the parser is not expected; parse again here so
+                // it surfaces on this thread rather than being lost.
+                Err(_) => letters.extend(second.iter().map(parse)),
+            }
+            letters
+        })
     }
 
     /// The conversation a letter belongs to: the thread of the letter it

@@ -81,7 +81,8 @@ async fn poll(email: &Email, mb: &Mailbox, ctx: &AdapterContext) -> Result<usize
                 key: Some(format!("uidl:{uidl}")),
             });
         }
-        taken += email.take(mb, batch, None, ctx).await?;
+        let parsed = email.parse(batch).await?;
+        taken += email.take(mb, parsed, None, ctx).await?;
     }
     pop.quit().await;
     Ok(taken)

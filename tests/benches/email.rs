@@ -1,0 +1,191 @@
+//! Email ingestion: letters in a Dovecot mailbox into the feed, beside a
+//! bare IMAP fetch of the same letters with Python's `imaplib` in the same
+//! run (the ceiling: what reading the mailbox alone costs).
+//!
+//! `EMAIL_LETTERS` letters (10000) — plain and HTML bodies in UTF-8 and
+//! KOI8-R, one in ten with a small PDF attachment — are written into the
+//! Maildir; Dovecot indexes them once (a warm-up SELECT), then each round
+//! times `imaplib` fetching them all (`UID FETCH 1:* BODY.PEEK[]`) and a
+//! fresh `switchboard gateway` taking them from connect to the last one in
+//! the feed (parsed, attachments stored, published, cursor committed).
+//! `EMAIL_ROUNDS` (2) rounds; the best of each side is reported.
+//!
+//! Needs `dovecot` and the release binary: `cargo build --release -p
+//! switchboard && cargo bench -p switchboard-tests --bench email`.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use switchboard_tests::mail::Dovecot;
+use switchboard_tests::{bench_gateway, env_usize, feed_interactions};
+
+const USER: &str = "bench";
+const PASS: &str = "bench-secret";
+
+fn letter(i: usize) -> Vec<u8> {
+    let body = format!(
+        "Здравствуйте!\r\n\r\nПрошу выставить счёт на {i} штук товара из прайс-листа, \
+         доставка до склада в Подольске. Оплата по безналу.\r\n\r\n\
+         С уважением,\r\nИван Петров\r\nООО «Ромашка», тел. +7 916 123-45-67\r\n"
+    );
+    let mut raw = format!(
+        "From: =?utf-8?B?0JjQstCw0L0=?= <client{}@example.ru>\r\nTo: sales@example.com\r\n\
+         Subject: Order {i}\r\nMessage-ID: <bench-{i}@example.ru>\r\n\
+         Date: Wed, 02 Dec 2026 10:00:00 +0300\r\nMIME-Version: 1.0\r\n",
+        i % 2000
+    );
+    if i % 10 == 0 {
+        raw.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"m{i}\"\r\n\r\n--m{i}\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n--m{i}\r\n\
+             Content-Type: application/pdf; name=\"request-{i}.pdf\"\r\n\
+             Content-Disposition: attachment; filename=\"request-{i}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        ));
+        for line in 0..40 {
+            raw.push_str(&format!("JVBERi0xLjQK{:064}\r\n", i * 100 + line));
+        }
+        raw.push_str(&format!("--m{i}--\r\n"));
+    } else {
+        raw.push_str(&format!(
+            "Content-Type: multipart/alternative; boundary=\"a{i}\"\r\n\r\n--a{i}\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n--a{i}\r\n\
+             Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+             <html><body><p>{}</p></body></html>\r\n--a{i}--\r\n",
+            body.replace("\r\n", "<br>")
+        ));
+    }
+    raw.into_bytes()
+}
+
+/// Seconds `imaplib` takes to fetch every letter of the INBOX, and how many.
+fn imaplib_fetch(port: u16) -> (f64, usize) {
+    let script = format!(
+        r#"
+import imaplib, time
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{USER}", "{PASS}")
+t = time.perf_counter()
+m.select("INBOX")
+typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
+n = sum(1 for d in data if isinstance(d, tuple))
+print(time.perf_counter() - t, n)
+m.logout()
+"#
+    );
+    let python = std::env::var("AIOSMTPD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut parts = text.split_whitespace();
+    (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let letters = env_usize("EMAIL_LETTERS", 10_000);
+    let rounds = env_usize("EMAIL_ROUNDS", 2);
+    let dovecot = Dovecot::start(&[(USER, PASS)]).await.unwrap();
+    let bytes: usize = (0..letters).map(|i| letter(i).len()).sum();
+    dovecot
+        .fill_maildir(USER, (0..letters).map(letter))
+        .unwrap();
+    println!(
+        "{letters} letters, {:.1} MB, in the Maildir",
+        bytes as f64 / 1e6
+    );
+    // Dovecot indexes the new Maildir once, before anything is timed.
+    let (_, n) = imaplib_fetch(dovecot.imap_port);
+    assert_eq!(n, letters, "dovecot serves every letter");
+
+    let (mut best_ours, mut best_ceiling) = (0f64, 0f64);
+    for round in 1..=rounds {
+        let (secs, n) = imaplib_fetch(dovecot.imap_port);
+        assert_eq!(n, letters);
+        let ceiling = letters as f64 / secs;
+        best_ceiling = best_ceiling.max(ceiling);
+
+        let work = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"
+[sip]
+enabled = false
+
+[[email.mailboxes]]
+name = "sales"
+address = "sales@example.com"
+
+[email.mailboxes.incoming]
+host = "127.0.0.1"
+port = {}
+security = "none"
+username = "{USER}"
+password = "{PASS}"
+"#,
+            dovecot.imap_port
+        );
+        let started = Instant::now();
+        let sb = bench_gateway(work.path(), &config).await.unwrap();
+        let deadline = Duration::from_secs(600);
+        loop {
+            let taken = sb
+                .gateway_metric(
+                    "switchboard_email_letters_total",
+                    &[("mailbox", "sales"), ("outcome", "received")],
+                )
+                .await
+                .unwrap();
+            if taken as usize >= letters {
+                break;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "{taken} of {letters} after {deadline:?}:\n{}",
+                sb.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sb.wait_for_log("letters taken", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let wall = started.elapsed().as_secs_f64();
+        // The daemon logs how long taking the letters took, from asking the
+        // server for them to the last one committed (login and SELECT aside,
+        // as imaplib's time leaves out its login).
+        let logs = sb.logs();
+        let taken_ms: f64 = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "letters taken")
+            .filter_map(|v| v["ms"].as_f64())
+            .sum();
+        if std::env::var_os("EMAIL_BENCH_LOG").is_some() {
+            println!("{logs}");
+        }
+        assert!(taken_ms > 0.0, "no 'letters taken' in the log:\n{logs}");
+        let secs_ours = taken_ms / 1000.0;
+        let ours = letters as f64 / secs_ours;
+        best_ours = best_ours.max(ours);
+        sb.terminate(Duration::from_secs(30)).await.unwrap();
+        let events = feed_interactions(&work.path().join("data")).await.unwrap();
+        assert_eq!(events.len(), letters, "every letter once in the feed");
+        println!(
+            "round {round}: switchboard {ours:.0} letters/s ({secs_ours:.2} s from the first fetch to the last letter \
+             committed; {wall:.2} s with the daemon's start), imaplib {ceiling:.0} letters/s ({secs:.2} s)"
+        );
+    }
+    println!(
+        "BENCH email_ingest_per_s={best_ours:.0} imap_fetch_ceiling_per_s={best_ceiling:.0} email_ratio={:.2}",
+        best_ours / best_ceiling
+    );
+}
