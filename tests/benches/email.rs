@@ -35,7 +35,7 @@ fn letter(i: usize) -> Vec<u8> {
          Date: Wed, 02 Dec 2026 10:00:00 +0300\r\nMIME-Version: 1.0\r\n",
         i % 2000
     );
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         raw.push_str(&format!(
             "Content-Type: multipart/mixed; boundary=\"m{i}\"\r\n\r\n--m{i}\r\n\
              Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n--m{i}\r\n\

@@ -22,6 +22,85 @@ pub struct Dovecot {
     dir: tempfile::TempDir,
     pub imap_port: u16,
     pub pop3_port: u16,
+    /// Implicit-TLS ports, when started with [`Dovecot::start_tls`].
+    pub imaps_port: u16,
+    pub pop3s_port: u16,
+}
+
+/// A test certificate authority and a server certificate it signed for
+/// 127.0.0.1 and localhost, made with `openssl`.
+#[derive(Debug)]
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn make(dir: &Path) -> Result<Self> {
+        let p = |n: &str| dir.join(n);
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let run = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new("openssl").args(args).output()?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let s = |p: PathBuf| p.display().to_string();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Switchboard Test CA",
+            "-keyout",
+            &s(p("ca.key")),
+            "-out",
+            &s(p("ca.pem")),
+        ])?;
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &s(p("key.pem")),
+            "-out",
+            &s(p("req.csr")),
+        ])?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &s(p("req.csr")),
+            "-CA",
+            &s(p("ca.pem")),
+            "-CAkey",
+            &s(p("ca.key")),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &s(p("ext.cnf")),
+            "-out",
+            &s(p("cert.pem")),
+        ])?;
+        Ok(Self {
+            ca: p("ca.pem"),
+            cert: p("cert.pem"),
+            key: p("key.pem"),
+        })
+    }
 }
 
 /// The unprivileged account mail is kept as: `nobody` when the tests run
@@ -47,6 +126,16 @@ impl Dovecot {
     /// Starts Dovecot with `users` (name, password) and waits until IMAP
     /// answers.
     pub async fn start(users: &[(&str, &str)]) -> Result<Self> {
+        Self::launch(users, None).await
+    }
+
+    /// Like [`Dovecot::start`], with TLS from `ca`'s server certificate:
+    /// STARTTLS/STLS on the plain ports, and IMAPS and POP3S.
+    pub async fn start_tls(users: &[(&str, &str)], ca: &TestCa) -> Result<Self> {
+        Self::launch(users, Some(ca)).await
+    }
+
+    async fn launch(users: &[(&str, &str)], tls: Option<&TestCa>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("dovecot").tempdir()?;
         let root = dir.path();
         let (user, group, owner) = mail_account();
@@ -71,6 +160,21 @@ impl Dovecot {
             }
         }
         let (imap_port, pop3_port) = (free_port()?, free_port()?);
+        let (imaps_port, pop3s_port, ssl) = match tls {
+            Some(ca) => {
+                // Dovecot reads the key as root before dropping privileges.
+                (
+                    free_port()?,
+                    free_port()?,
+                    format!(
+                        "ssl = yes\nssl_cert = <{}\nssl_key = <{}",
+                        ca.cert.display(),
+                        ca.key.display()
+                    ),
+                )
+            }
+            None => (0, 0, "ssl = no".to_owned()),
+        };
         let (internal, login) = if owner.is_some() {
             ("dovecot".to_owned(), "dovenull".to_owned())
         } else {
@@ -83,6 +187,9 @@ impl Dovecot {
             .replace("@DIR@", &root.display().to_string())
             .replace("@IMAP_PORT@", &imap_port.to_string())
             .replace("@POP3_PORT@", &pop3_port.to_string())
+            .replace("@IMAPS_PORT@", &imaps_port.to_string())
+            .replace("@POP3S_PORT@", &pop3s_port.to_string())
+            .replace("@SSL@", &ssl)
             .replace("@MAIL_USER@", &user)
             .replace("@MAIL_GROUP@", &group)
             .replace("@INTERNAL_USER@", &internal)
@@ -103,6 +210,8 @@ impl Dovecot {
             dir,
             imap_port,
             pop3_port,
+            imaps_port,
+            pop3s_port,
         };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", imap_port)).await.is_err() {
@@ -368,13 +477,11 @@ pub fn hostile_corpus() -> Vec<(&'static str, Vec<u8>)> {
     ));
     out.push((
         "bad encodings",
-        format!(
-            "From: =?utf-8?B?!!!notbase64?= <enc@example.ru>\r\nSubject: =?x-unknown?Q?=ZZ=?=\r\n\
-             Message-ID: <enc@hostile.example>\r\nMIME-Version: 1.0\r\n\
-             Content-Type: text/plain; charset=x-no-such-charset\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
-             broken =ZZ escape =\r\n=E9t=C3\r\n"
-        )
-        .into_bytes(),
+        b"From: =?utf-8?B?!!!notbase64?= <enc@example.ru>\r\nSubject: =?x-unknown?Q?=ZZ=?=\r\n\
+          Message-ID: <enc@hostile.example>\r\nMIME-Version: 1.0\r\n\
+          Content-Type: text/plain; charset=x-no-such-charset\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+          broken =ZZ escape =\r\n=E9t=C3\r\n"
+            .to_vec(),
     ));
     let mut invalid_utf8 =
         head("utf8", "Content-Type: text/plain; charset=utf-8\r\n\r\n").into_bytes();

@@ -578,3 +578,117 @@ async fn hostile_letters_are_all_accounted_for() {
     assert_eq!(status, 200);
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }
+
+/// STARTTLS and implicit TLS, with the server's certificate checked against
+/// the mailbox's `ca_file`; a server the mailbox cannot verify is reported
+/// in `/readyz` and nothing is read from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_starttls_are_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = switchboard_tests::mail::TestCa::make(dir.path()).unwrap();
+    let dovecot = Dovecot::start_tls(&[("imapuser", PASS), ("popuser", PASS)], &ca)
+        .await
+        .unwrap();
+    dovecot
+        .append(
+            "imapuser",
+            PASS,
+            "INBOX",
+            &[letter(
+                "a@example.ru",
+                "over starttls",
+                "tls1@example.ru",
+                "secret",
+            )],
+        )
+        .await
+        .unwrap();
+    dovecot
+        .append(
+            "popuser",
+            PASS,
+            "INBOX",
+            &[letter(
+                "b@example.ru",
+                "over pop3s",
+                "tls2@example.ru",
+                "secret too",
+            )],
+        )
+        .await
+        .unwrap();
+    let ca_file = ca.ca.display();
+    let text = format!(
+        r#"
+[[email.mailboxes]]
+name = "starttls"
+address = "a@example.com"
+[email.mailboxes.incoming]
+host = "127.0.0.1"
+port = {imap}
+security = "starttls"
+username = "imapuser"
+password = "{PASS}"
+ca_file = "{ca_file}"
+
+[[email.mailboxes]]
+name = "pop3s"
+address = "b@example.com"
+[email.mailboxes.incoming]
+protocol = "pop3"
+host = "127.0.0.1"
+port = {pop3s}
+security = "tls"
+username = "popuser"
+password = "{PASS}"
+ca_file = "{ca_file}"
+poll_interval = "1s"
+
+[[email.mailboxes]]
+name = "untrusted"
+address = "c@example.com"
+[email.mailboxes.incoming]
+host = "127.0.0.1"
+port = {imaps}
+security = "tls"
+username = "imapuser"
+password = "{PASS}"
+"#,
+        imap = dovecot.imap_port,
+        pop3s = dovecot.pop3s_port,
+        imaps = dovecot.imaps_port,
+    );
+    let cfg = dir.path().join("switchboard.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let data = dir.path().join("data");
+    let sb = start(&data, &cfg).await;
+    let events = email_events(&sb, &data, 2, Duration::from_secs(20)).await;
+    let mut lines: Vec<_> = events
+        .iter()
+        .map(|e| e.payload["line"].as_str().unwrap().to_owned())
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["pop3s", "starttls"]);
+    let started = Instant::now();
+    let ready = loop {
+        let (status, ready) = sb.get_text("gateway", "/readyz").await.unwrap();
+        if ready.contains(r#""email:starttls":"ok""#)
+            && ready.contains(r#""email:pop3s":"ok""#)
+            && ready.contains("email:untrusted")
+            && !ready.contains(r#""email:untrusted":"connecting""#)
+        {
+            assert_eq!(status, 503, "{ready}");
+            break ready;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ready.to_lowercase().contains("certificate"), "{ready}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        feed_interactions(&data).await.unwrap().len(),
+        2,
+        "nothing from the untrusted server"
+    );
+    sb.terminate(Duration::from_secs(10)).await.unwrap();
+}

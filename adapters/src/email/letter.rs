@@ -478,8 +478,7 @@ mod tests {
     fn encoding_koi8(s: &str) -> Vec<u8> {
         const KOI8_LOWER: &str = "юабцдефгхийклмнопярстужвьызшэщчъ";
         const KOI8_UPPER: &str = "ЮАБЦДЕФГХИЙКЛМНОПЯРСТУЖВЬЫЗШЭЩЧЪ";
-        let bytes = s
-            .chars()
+        s.chars()
             .map(|c| {
                 if let Some(i) = KOI8_LOWER.chars().position(|x| x == c) {
                     0xC0 + i as u8
@@ -493,8 +492,7 @@ mod tests {
                     c as u8
                 }
             })
-            .collect();
-        bytes
+            .collect()
     }
 
     /// windows-1251 of Cyrillic text.

@@ -215,14 +215,14 @@ impl Email {
         let metrics = crate::metrics::Email::of(&mailbox.name);
         let mut records = Vec::new();
         let mut known: Vec<Known> = Vec::new();
+        let mut taken = std::collections::HashSet::new();
         for (f, letter) in parsed.batch.into_iter().zip(parsed.letters) {
             let key = match (&f.key, &letter.message_id) {
                 (Some(k), _) => k.clone(),
                 (None, Some(id)) => format!("mid:{id}"),
                 (None, None) => format!("sha256:{}", letter.raw_sha256),
             };
-            if self.inner.state.is_known(&mailbox.name, &key)? || known.iter().any(|k| k.key == key)
-            {
+            if taken.contains(&key) || self.inner.state.is_known(&mailbox.name, &key)? {
                 metrics.letters("duplicate");
                 continue;
             }
@@ -269,6 +269,7 @@ impl Email {
             records.push(NewRecord::interaction(&ev).map_err(|e| MailError::Local(e.to_string()))?);
             let mut references = letter.references.clone();
             references.extend(letter.message_id.clone());
+            taken.insert(key.clone());
             known.push(Known {
                 key,
                 message_id: letter.message_id.clone(),
