@@ -381,3 +381,94 @@ fn the_demo_configuration_is_valid() {
         [std::net::IpAddr::from([127, 0, 0, 1])]
     );
 }
+
+#[test]
+fn email_mistakes_name_the_key_and_never_show_the_password() {
+    let mailbox = |extra: &str, incoming: &str| {
+        format!(
+            "[[email.mailboxes]]\nname = \"sales\"\naddress = \"sales@example.com\"\n{extra}\n\
+             [email.mailboxes.incoming]\nhost = \"imap.example.com\"\nusername = \"u\"\n{incoming}\n"
+        )
+    };
+    for (toml, key) in [
+        (mailbox("", ""), "email.mailboxes[0].incoming.password"),
+        (
+            mailbox("", "password = \"p\"\npassword_env = \"X\""),
+            "email.mailboxes[0].incoming.password",
+        ),
+        (
+            mailbox("", "password_env = \"SWITCHBOARD_TEST_SURELY_UNSET\""),
+            "email.mailboxes[0].incoming.password_env",
+        ),
+        (
+            mailbox("", "password_file = \"/nonexistent/pass\""),
+            "email.mailboxes[0].incoming.password_file",
+        ),
+        (
+            // The server keys are flattened into `incoming`: serde names the
+            // table and the bad value with its choices.
+            mailbox("", "password = \"hunter2\"\nsecurity = \"ssl\""),
+            "unknown variant `ssl`, expected one of `tls`, `starttls`, `none`",
+        ),
+        (
+            mailbox("", "password = \"hunter2\"\npoll_interval = \"0s\""),
+            "email.mailboxes[0].incoming.poll_interval",
+        ),
+        (
+            mailbox("", "password = \"hunter2\"\nprotocol = \"pop3\"")
+                .replace("imap.example.com", "imap example"),
+            "email.mailboxes[0].incoming.host",
+        ),
+        (
+            mailbox("owner = \"nobody\"", "password = \"hunter2\""),
+            "email.mailboxes[0].owner",
+        ),
+        (
+            mailbox("", "password = \"hunter2\"").replace("sales@example.com", "sales"),
+            "email.mailboxes[0].address",
+        ),
+        (
+            format!(
+                "{}{}",
+                mailbox("", "password = \"hunter2\""),
+                mailbox("", "password = \"hunter2\"")
+            ),
+            "email.mailboxes[1].name",
+        ),
+        (
+            format!(
+                "{}[email.mailboxes.smtp]\nhost = \"smtp.example.com\"\nusername = \"u\"\n",
+                mailbox("", "password = \"hunter2\"")
+            ),
+            "email.mailboxes[0].smtp.password",
+        ),
+        (
+            "[[email.forms]]\nname = \"f\"\nfrom = \"forms@example.com\"\n[email.forms.fields]\nname = \"Имя\"\n"
+                .to_owned(),
+            "email.forms[0].fields",
+        ),
+        (
+            "[[email.forms]]\nname = \"f\"\nfrom = \"a@b.c\"\n[email.forms.fields]\nphone = \"Тел\"\nfax = \"Факс\"\n"
+                .to_owned(),
+            "email.forms[0].fields.fax",
+        ),
+    ] {
+        let routing = "[[routing.managers]]\nid = \"ivanov\"\n[[routing.queues]]\nname = \"q\"\n";
+        let err = Config::from_toml_str(&format!("{routing}{toml}"), no_env())
+            .expect_err(&format!("should be rejected: {toml}"));
+        assert!(
+            err.to_string().contains(key) || err.key() == Some(key),
+            "{toml}\n→ {err} (expected {key})"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+    // An SMTP relay without a login, and a personal mailbox, are fine.
+    let ok = format!(
+        "[[routing.managers]]\nid = \"ivanov\"\n[[routing.queues]]\nname = \"q\"\n{}[email.mailboxes.smtp]\nhost = \"127.0.0.1\"\nport = 25\nsecurity = \"none\"\n",
+        mailbox("owner = \"ivanov\"", "password = \"hunter2\"")
+    );
+    let c = Config::from_toml_str(&ok, no_env()).unwrap();
+    assert_eq!(c.email.mailboxes[0].owner, "ivanov");
+    assert_eq!(c.email.mailboxes[0].incoming.server.port_or(993, 143), 993);
+    assert!(!format!("{:?}", c.email).contains("hunter2"));
+}
