@@ -1,8 +1,9 @@
 //! The gateway daemon's library: everything that faces customers' channels.
 //!
-//! Today it serves the site widget's lead form over HTTP and turns each lead
-//! into a `lead.received` interaction in the feed; SIP, media, WebRTC and
-//! the adapters' webhooks join it as their issues land.
+//! It serves the site widget's lead form over HTTP, routes contacts to
+//! managers, terminates SIP with its media relay, and runs the channel
+//! adapters (email) with the Commands the CRM sends them; WebRTC and the
+//! messengers' webhooks join it as their issues land.
 
 pub mod channels;
 pub mod dispatch;
