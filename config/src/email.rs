@@ -22,6 +22,9 @@ pub struct EmailConfig {
     pub max_letter_bytes: u64,
     /// Rules that turn feedback-form letters into `lead.received`.
     pub forms: Vec<FormRule>,
+    /// Letter templates (`<name>.txt`, minijinja; an optional first line
+    /// `Subject: …`) the CRM's commands may name.
+    pub templates_dir: Option<PathBuf>,
 }
 
 impl Default for EmailConfig {
@@ -31,6 +34,7 @@ impl Default for EmailConfig {
             max_attachment_bytes: 25 * 1024 * 1024,
             max_letter_bytes: 100 * 1024 * 1024,
             forms: Vec::new(),
+            templates_dir: None,
         }
     }
 }
@@ -264,6 +268,15 @@ pub(crate) fn validate_email(e: &EmailConfig, managers: &[&str]) -> Result<(), C
             "email.max_letter_bytes",
             e.max_letter_bytes,
             "a size in bytes of at least 65536",
+        ));
+    }
+    if let Some(dir) = &e.templates_dir
+        && !dir.is_dir()
+    {
+        return Err(ConfigError::invalid(
+            "email.templates_dir",
+            dir.display(),
+            "a readable directory of <name>.txt templates",
         ));
     }
     let mut names = BTreeSet::new();

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use mail_parser::MimeHeaders;
 use serde_json::json;
 use switchboard_storage::{Interaction, Kind};
 use switchboard_tests::mail::{Dovecot, SmtpSink, letter};
@@ -689,6 +690,123 @@ password = "{PASS}"
         feed_interactions(&data).await.unwrap().len(),
         2,
         "nothing from the untrusted server"
+    );
+    sb.terminate(Duration::from_secs(10)).await.unwrap();
+}
+
+/// The "one click" offer: a template filled with the CRM's data and a file
+/// from the client's card, sent as a reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_offer_with_a_file_from_the_card_goes_out() {
+    let dovecot = Dovecot::start(&[(USER, PASS)]).await.unwrap();
+    let smtp = SmtpSink::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        templates.join("offer.txt"),
+        "Subject: Коммерческое предложение: {{ product }}\n\n\
+         {{ contact.name }}, цена {{ product }} — {{ price }} ₽ за м².\nОтдел продаж, {{ mailbox }}\n",
+    )
+    .unwrap();
+    let cfg = config(dir.path(), "imap", dovecot.imap_port, Some(smtp.port));
+    dovecot
+        .append(
+            USER,
+            PASS,
+            "INBOX",
+            &[letter(
+                "Мария <maria@example.ru>",
+                "Ламинат",
+                "o1@example.ru",
+                "Пришлите предложение",
+            )],
+        )
+        .await
+        .unwrap();
+    let sb = Launch::new(&data)
+        .config(&cfg)
+        .env(
+            "SWITCHBOARD_EMAIL__TEMPLATES_DIR",
+            templates.display().to_string(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let events = email_events(&sb, &data, 1, Duration::from_secs(20)).await;
+    let first = events[0].id.to_string();
+    sb.wait_for_timeline("email:maria@example.ru", &first, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The client was made from this first letter; a price list goes on its card.
+    let price_list = b"%PDF-1.4\nprice list\n".to_vec();
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/clients/{first}/attachments?filename=price.pdf",
+            sb.crm.unwrap()
+        ))
+        .bearer_auth(&sb.token)
+        .header("content-type", "application/pdf")
+        .body(price_list.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let file: serde_json::Value = resp.json().await.unwrap();
+    let conversation = events[0].conversation.clone().unwrap();
+    let (status, body) = sb
+        .crm_post(
+            &format!("/v1/conversations/{conversation}/replies"),
+            &json!({"template": "offer", "data": {"product": "ламинат", "price": 990}, "attachment_ids": [file["id"]]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    // A template that does not exist is refused by the gateway, not sent.
+    let (status, _) = sb
+        .crm_post(
+            &format!("/v1/conversations/{conversation}/replies"),
+            &json!({"template": "nope"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+
+    let started = Instant::now();
+    let received = loop {
+        let r = smtp.received().unwrap();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing sent: {}",
+            sb.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&received[0])
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("Коммерческое предложение: ламинат"));
+    assert_eq!(
+        parsed.body_text(0).unwrap().trim().replace("\r\n", "\n"),
+        "Мария, цена ламинат — 990 ₽ за м².\nОтдел продаж, sales@example.com"
+    );
+    let attachment = parsed.attachment(0).unwrap();
+    assert_eq!(attachment.attachment_name(), Some("price.pdf"));
+    assert_eq!(attachment.contents(), price_list.as_slice());
+    assert_eq!(parsed.in_reply_to().as_text(), Some("o1@example.ru"));
+    sb.wait_for_log("command rejected", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(sb.logs().contains("no template named"), "{}", sb.logs());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        smtp.received().unwrap().len(),
+        1,
+        "only the good command was sent"
     );
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }

@@ -17,6 +17,7 @@ mod net;
 mod pop3;
 mod smtp;
 mod state;
+mod templates;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -92,6 +93,7 @@ struct Inner {
     state: MailState,
     blobs: Blobs,
     country: phonenumber::country::Id,
+    templates: templates::Templates,
 }
 
 impl Email {
@@ -128,6 +130,7 @@ impl Email {
                 state,
                 blobs: Blobs::new(data_dir.join("attachments")),
                 country,
+                templates: templates::Templates::load(config.templates_dir.as_deref())?,
             }),
         })
     }

@@ -72,12 +72,39 @@ async fn send(
         .or_else(|| cmd.contact.key.strip_prefix("email:").map(str::to_owned))
         .filter(|a| a.contains('@'))
         .ok_or_else(|| CommandError::Rejected("the contact has no email address".into()))?;
-    let text = cmd
+    let (mut text, template_subject) = match cmd.payload.get("template").and_then(Value::as_str) {
+        Some(name) => {
+            let contact = serde_json::to_value(&cmd.contact).unwrap_or_default();
+            let r = email
+                .inner
+                .templates
+                .render(
+                    name,
+                    cmd.payload.get("data").unwrap_or(&Value::Null),
+                    &contact,
+                    &mb.address,
+                )
+                .map_err(CommandError::Rejected)?;
+            (r.text, r.subject)
+        }
+        None => (String::new(), None),
+    };
+    // Text the manager wrote comes before the template's.
+    if let Some(own) = cmd
         .payload
         .get("text")
         .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+        .filter(|t| !t.is_empty())
+    {
+        text = if text.is_empty() {
+            own.to_owned()
+        } else {
+            format!("{own}\n\n{text}")
+        };
+    }
+    if text.trim().is_empty() {
+        return Err(CommandError::Rejected("the letter has no text".into()));
+    }
     let state = email.state().clone();
     let answered = [
         cmd.payload.get("reply_to").and_then(Value::as_str),
@@ -88,7 +115,10 @@ async fn send(
     .find_map(|id| state.letter_for(id).ok().flatten());
     let subject = match (
         &answered,
-        cmd.payload.get("subject").and_then(Value::as_str),
+        cmd.payload
+            .get("subject")
+            .and_then(Value::as_str)
+            .or(template_subject.as_deref()),
     ) {
         (_, Some(s)) if !s.trim().is_empty() => s.trim().to_owned(),
         (Some(k), _) if is_reply_subject(&k.title) => k.title.clone(),

@@ -778,7 +778,21 @@ async fn send_command(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewReply {
+    /// What the manager writes; may be empty when a template is named.
+    #[serde(default)]
     text: String,
+    /// A letter template of the line (email: `email.templates_dir`), filled
+    /// with `data`, the contact and the mailbox.
+    #[serde(default)]
+    template: Option<String>,
+    /// Values for the template (an object: a price list, an offer's items).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    data: Option<serde_json::Value>,
+    /// Files of the client's card to attach (ids from
+    /// `POST /v1/clients/{id}/attachments`).
+    #[serde(default)]
+    attachment_ids: Vec<String>,
 }
 
 /// Replies in a conversation (or to one interaction) on its channel: the
@@ -792,7 +806,7 @@ pub(crate) struct NewReply {
         (status = 202, description = "Handed to the gateway", body = Accepted),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No such conversation, or not yours", body = ErrorBody),
-        (status = 422, description = "Empty text", body = ErrorBody),
+        (status = 422, description = "Empty text without a template, data not an object, or an unknown file", body = ErrorBody),
     )
 )]
 pub(crate) async fn reply(
@@ -801,14 +815,39 @@ pub(crate) async fn reply(
     Path(id): Path<String>,
     JsonOrForm(r): JsonOrForm<NewReply>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if r.text.trim().is_empty() || r.text.chars().count() > 20_000 {
+    let templated = r.template.as_deref().is_some_and(|t| !t.trim().is_empty());
+    if (!templated && r.text.trim().is_empty()) || r.text.chars().count() > 20_000 {
         return Err(ApiError::validation(
             [(
                 "text".to_owned(),
-                "must be 1 to 20000 characters".to_owned(),
+                "must be 1 to 20000 characters (or empty with a template)".to_owned(),
             )]
             .into(),
         ));
+    }
+    if r.data.as_ref().is_some_and(|d| !d.is_object()) {
+        return Err(ApiError::validation(
+            [("data".to_owned(), "must be an object".to_owned())].into(),
+        ));
+    }
+    if r.attachment_ids.len() > 20 {
+        return Err(ApiError::validation(
+            [("attachment_ids".to_owned(), "at most 20 files".to_owned())].into(),
+        ));
+    }
+    let mut files = Vec::new();
+    for id in &r.attachment_ids {
+        match state.store.attachment(&ctx, id).await {
+            Ok(a) => files.push(serde_json::json!({
+                "sha256": a.sha256, "name": a.filename, "content_type": a.content_type,
+            })),
+            Err(crate::store::StoreError::NotFound) => {
+                return Err(ApiError::validation(
+                    [("attachment_ids".to_owned(), format!("no such file: {id}"))].into(),
+                ));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
     }
     let head = state
         .store
@@ -835,7 +874,17 @@ pub(crate) async fn reply(
                 .clone()
                 .unwrap_or_else(|| head.id.to_string()),
         ),
-        payload: serde_json::json!({"text": r.text, "reply_to": head.id.to_string()}),
+        payload: {
+            let mut p = serde_json::json!({"text": r.text, "reply_to": head.id.to_string()});
+            if templated {
+                p["template"] = serde_json::json!(r.template);
+                p["data"] = r.data.unwrap_or_else(|| serde_json::json!({}));
+            }
+            if !files.is_empty() {
+                p["attachments"] = serde_json::json!(files);
+            }
+            p
+        },
     };
     send_command(&state, &ctx, &cmd, "reply").await
 }
