@@ -15,6 +15,8 @@ use tokio::process::{Child, Command};
 
 use crate::free_port;
 
+static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A Dovecot serving IMAP and POP3 on loopback, killed on drop.
 #[derive(Debug)]
 pub struct Dovecot {
@@ -195,17 +197,8 @@ impl Dovecot {
             .replace("@INTERNAL_USER@", &internal)
             .replace("@LOGIN_USER@", &login);
         std::fs::write(root.join("dovecot.conf"), conf)?;
-        let child = Command::new(dovecot_bin())
-            .arg("-c")
-            .arg(root.join("dovecot.conf"))
-            .arg("-F")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting dovecot (apt-get install dovecot-imapd dovecot-pop3d)")?;
-        let d = Dovecot {
+        let child = spawn_master(root)?;
+        let mut d = Dovecot {
             child,
             dir,
             imap_port,
@@ -213,14 +206,41 @@ impl Dovecot {
             imaps_port,
             pop3s_port,
         };
+        d.wait_listening().await?;
+        Ok(d)
+    }
+
+    async fn wait_listening(&mut self) -> Result<()> {
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", imap_port)).await.is_err() {
+        while TcpStream::connect(("127.0.0.1", self.imap_port))
+            .await
+            .is_err()
+        {
             if started.elapsed() > Duration::from_secs(15) {
-                bail!("dovecot did not listen within 15 s: {}", d.log());
+                bail!("dovecot did not listen within 15 s: {}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(d)
+        Ok(())
+    }
+
+    /// Stops the server the way an operator does (SIGTERM: every connection
+    /// is closed) and waits for it to exit.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+        }
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await??;
+        Ok(())
+    }
+
+    /// Starts the server again on the same ports and mail.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.child = spawn_master(self.dir.path())?;
+        self.wait_listening().await
     }
 
     /// Dovecot's own log.
@@ -296,7 +316,11 @@ impl Dovecot {
         }
         let mut n = 0;
         for (i, raw) in letters.into_iter().enumerate() {
-            let path = maildir.join("new").join(format!("1764000000.M{i}P1.bench"));
+            let path = maildir.join("new").join(format!(
+                "{}.M{i}P{}.test",
+                std::process::id(),
+                NEXT_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
             std::fs::write(&path, raw)?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
@@ -345,6 +369,19 @@ impl Drop for Dovecot {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
+}
+
+fn spawn_master(root: &Path) -> Result<Child> {
+    Command::new(dovecot_bin())
+        .arg("-c")
+        .arg(root.join("dovecot.conf"))
+        .arg("-F")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting dovecot (apt-get install dovecot-imapd dovecot-pop3d)")
 }
 
 fn dovecot_bin() -> PathBuf {

@@ -810,3 +810,85 @@ async fn a_templated_offer_with_a_file_from_the_card_goes_out() {
     );
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }
+
+/// The mail server goes away: the mailbox is reported not ready, the
+/// adapter reconnects with backoff when the server is back, and the letter
+/// delivered meanwhile arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_outage_delays_letters_and_loses_none() {
+    let mut dovecot = Dovecot::start(&[(USER, PASS)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = config(dir.path(), "imap", dovecot.imap_port, None);
+    dovecot
+        .append(
+            USER,
+            PASS,
+            "INBOX",
+            &[letter("a@example.ru", "before", "before@example.ru", "1")],
+        )
+        .await
+        .unwrap();
+    let sb = start(&data, &cfg).await;
+    email_events(&sb, &data, 1, Duration::from_secs(20)).await;
+
+    dovecot.stop().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let (status, ready) = sb.get_text("gateway", "/readyz").await.unwrap();
+        if status == 503
+            && ready.contains("email:sales")
+            && !ready.contains(r#""email:sales":"ok""#)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{status} {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sb.gateway_metric("switchboard_email_mailbox_up", &[("mailbox", "sales")])
+            .await
+            .unwrap(),
+        0.0
+    );
+    // Delivered by the MTA while IMAP is down.
+    dovecot
+        .fill_maildir(
+            USER,
+            [letter("b@example.ru", "during", "during@example.ru", "2")],
+        )
+        .unwrap();
+    dovecot.restart().await.unwrap();
+    let events = email_events(&sb, &data, 2, Duration::from_secs(30)).await;
+    assert_eq!(events[1].payload["message_id"], "during@example.ru");
+    dovecot
+        .append(
+            USER,
+            PASS,
+            "INBOX",
+            &[letter("c@example.ru", "after", "after@example.ru", "3")],
+        )
+        .await
+        .unwrap();
+    email_events(&sb, &data, 3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<_> = feed_interactions(&data)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e.payload["message_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        ["before@example.ru", "during@example.ru", "after@example.ru"]
+    );
+    sb.terminate(Duration::from_secs(10)).await.unwrap();
+}
