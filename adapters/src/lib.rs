@@ -57,11 +57,6 @@ impl Health {
         lines.insert(line.to_owned(), state);
     }
 
-    pub fn get(&self, line: &str) -> Option<Result<(), String>> {
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        lines.get(line).cloned()
-    }
-
     pub fn snapshot(&self) -> BTreeMap<String, Result<(), String>> {
         self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -3,7 +3,7 @@
 //! so a letter's attachment and a file a manager uploaded are one store.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -15,10 +15,6 @@ pub struct Blobs {
 impl Blobs {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn path(&self, sha: &str) -> Option<PathBuf> {
