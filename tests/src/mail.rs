@@ -400,12 +400,28 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> Result<Self> {
+        Self::launch(None).await
+    }
+
+    /// Requires STARTTLS with `ca`'s server certificate before any mail.
+    pub async fn start_tls(ca: &TestCa) -> Result<Self> {
+        Self::launch(Some(ca)).await
+    }
+
+    async fn launch(tls: Option<&TestCa>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("smtp").tempdir()?;
         let port = free_port()?;
         let python = std::env::var_os("AIOSMTPD_PYTHON").unwrap_or_else(|| "python3".into());
-        let child = Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"));
+        if let Some(ca) = tls {
+            cmd.arg("--tlscert")
+                .arg(&ca.cert)
+                .arg("--tlskey")
+                .arg(&ca.key);
+        }
+        let child = cmd
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(dir.path().join("Maildir"))
             .stdin(Stdio::null())

@@ -590,6 +590,7 @@ async fn tls_and_starttls_are_verified_against_the_configured_ca() {
     let dovecot = Dovecot::start_tls(&[("imapuser", PASS), ("popuser", PASS)], &ca)
         .await
         .unwrap();
+    let smtp = SmtpSink::start_tls(&ca).await.unwrap();
     dovecot
         .append(
             "imapuser",
@@ -631,6 +632,11 @@ security = "starttls"
 username = "imapuser"
 password = "{PASS}"
 ca_file = "{ca_file}"
+[email.mailboxes.smtp]
+host = "127.0.0.1"
+port = {smtp}
+security = "starttls"
+ca_file = "{ca_file}"
 
 [[email.mailboxes]]
 name = "pop3s"
@@ -658,6 +664,7 @@ password = "{PASS}"
         imap = dovecot.imap_port,
         pop3s = dovecot.pop3s_port,
         imaps = dovecot.imaps_port,
+        smtp = smtp.port,
     );
     let cfg = dir.path().join("switchboard.toml");
     std::fs::write(&cfg, text).unwrap();
