@@ -18,6 +18,8 @@ use crate::metrics;
 
 /// Letters downloaded and published at once.
 const GROUP_LETTERS: usize = 500;
+/// Letters whose sizes one command asks for.
+const SIZE_WINDOW: usize = 5_000;
 /// Bytes of letters downloaded and published at once.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// IDLE is restarted this often (servers drop it after 30 minutes).
@@ -208,7 +210,7 @@ async fn download(
 
 /// Takes every letter above UID `last`; returns the new last UID.
 ///
-/// One command lists the new letters' sizes; they are then downloaded in
+/// The new letters are listed, their sizes asked; they are then downloaded in
 /// groups (at most `GROUP_LETTERS` letters and `BATCH_BYTES` bytes), and
 /// while one group is parsed and published the next one downloads. Groups
 /// are published and their cursor committed strictly in order.
@@ -221,20 +223,33 @@ async fn catch_up(
     mut last: u32,
 ) -> Result<u32, MailError> {
     let started = std::time::Instant::now();
-    let range = format!("{}:*", last.saturating_add(1));
-    let mut sizes: Vec<(u32, u64)> = timed(async {
-        session
-            .uid_fetch(&range, "(UID RFC822.SIZE)")
-            .await?
-            .try_collect::<Vec<_>>()
-            .await
-    })
-    .await?
-    .iter()
-    .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
-    // "n:*" names the last letter even when its UID is below n.
-    .filter(|(uid, _)| *uid > last)
-    .collect();
+    let mut uids: Vec<u32> = timed(session.uid_search(format!("UID {}:*", last.saturating_add(1))))
+        .await?
+        .into_iter()
+        // "n:*" names the last letter even when its UID is below n.
+        .filter(|&u| u > last)
+        .collect();
+    uids.sort_unstable();
+    // Sizes are asked for a window of UIDs at a time, so a first pass over
+    // a huge folder never holds a million parsed responses.
+    let mut sizes: Vec<(u32, u64)> = Vec::with_capacity(uids.len());
+    for window in uids.chunks(SIZE_WINDOW) {
+        let (first, end) = (window[0], window[window.len() - 1]);
+        let fetched = timed(async {
+            session
+                .uid_fetch(format!("{first}:{end}"), "(UID RFC822.SIZE)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        sizes.extend(
+            fetched
+                .iter()
+                .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
+                .filter(|(uid, _)| (first..=end).contains(uid)),
+        );
+    }
     sizes.sort_unstable();
     let limit = email.inner.config.max_letter_bytes;
     let mut groups: Vec<Vec<(u32, u64)>> = Vec::new();
