@@ -75,6 +75,12 @@ pub enum CommandError {
     Rejected(String),
 }
 
+/// Backoff before retry `attempt` (0-based) after a failure: 1 s doubling
+/// to 60 s. Adapters reconnect and the gateway retries commands with it.
+pub fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempt.min(6)).min(std::time::Duration::from_secs(60))
+}
+
 /// One kind of channel.
 pub trait Adapter: Send + Sync + std::fmt::Debug + 'static {
     /// The command targets this adapter executes, e.g. `email:sales`.

@@ -135,13 +135,7 @@ impl Server {
     /// the server's dotted key, for the error.
     pub fn resolve_password(&self, key: &str) -> Result<String, ConfigError> {
         if let Some(path) = &self.password_file {
-            return std::fs::read_to_string(path)
-                .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| ConfigError::SecretFile {
-                    key: format!("{key}.password_file"),
-                    path: path.clone(),
-                    reason: e.to_string(),
-                });
+            return ConfigError::read_secret_file(&format!("{key}.password_file"), path);
         }
         if !self.password_env.is_empty() {
             return std::env::var(&self.password_env).map_err(|_| {

@@ -45,6 +45,18 @@ impl ConfigError {
         }
     }
 
+    /// Reads a secret from `path` (one trailing line break dropped);
+    /// an unreadable file is a [`ConfigError::SecretFile`] naming `key`.
+    pub(crate) fn read_secret_file(key: &str, path: &std::path::Path) -> Result<String, Self> {
+        std::fs::read_to_string(path)
+            .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| Self::SecretFile {
+                key: key.to_owned(),
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The dotted key this error is about, when it is about one key.
     pub fn key(&self) -> Option<&str> {
         match self {

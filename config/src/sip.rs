@@ -217,15 +217,7 @@ impl SipUser {
     /// The password, reading `password_file` when set.
     pub fn resolve_password(&self) -> Result<String, ConfigError> {
         match &self.password_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| {
-                    ConfigError::invalid(
-                        "sip.users[].password_file",
-                        path.display(),
-                        format!("a readable file ({e})"),
-                    )
-                }),
+            Some(path) => ConfigError::read_secret_file("sip.users[].password_file", path),
             None => Ok(self.password.clone()),
         }
     }
@@ -410,21 +402,7 @@ pub(crate) fn validate_sip(s: &SipConfig) -> Result<(), ConfigError> {
                 ));
             }
             Some(path) => {
-                u.resolve_password().map_err(|e| match e {
-                    ConfigError::Invalid {
-                        value,
-                        expected,
-                        origin,
-                        ..
-                    } => ConfigError::Invalid {
-                        key: format!("{key}.password_file"),
-                        value,
-                        expected,
-                        origin,
-                    },
-                    other => other,
-                })?;
-                let _ = path;
+                ConfigError::read_secret_file(&format!("{key}.password_file"), path)?;
             }
             None if u.password.len() < 6 => {
                 return Err(ConfigError::invalid(

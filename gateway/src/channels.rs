@@ -112,8 +112,7 @@ async fn execute_commands<S: FeedSource>(
                         break;
                     }
                     Err(e) => {
-                        let wait = Duration::from_secs(1u64 << failures.min(6))
-                            .min(Duration::from_secs(60));
+                        let wait = switchboard_adapters::backoff(failures);
                         failures = failures.saturating_add(1);
                         tracing::warn!(command = %cmd.id, target = %cmd.target, error = %e, retry_in = ?wait, "command failed");
                         COMMANDS.with_label_values(&[channel, "retried"]).inc();

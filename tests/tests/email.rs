@@ -93,6 +93,24 @@ async fn email_events(
     }
 }
 
+/// Waits (at most 20 s) until the SMTP server has received a letter;
+/// returns every letter it has.
+async fn sent_letters(smtp: &SmtpSink, sb: &Switchboard) -> Vec<Vec<u8>> {
+    let started = Instant::now();
+    loop {
+        let r = smtp.received().unwrap();
+        if !r.is_empty() {
+            return r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing sent: {}",
+            sb.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn koi8r(s: &str) -> Vec<u8> {
     const LOWER: &str = "юабцдефгхийклмнопярстужвьызшэщчъ";
     const UPPER: &str = "ЮАБЦДЕФГХИЙКЛМНОПЯРСТУЖВЬЫЗШЭЩЧЪ";
@@ -132,24 +150,8 @@ fn legacy_letter(charset: &str, from: &str, id: &str, body: &[u8]) -> Vec<u8> {
 }
 
 fn b64(data: &[u8]) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,19 +365,7 @@ async fn a_reply_from_the_crm_goes_out_threaded_and_lands_in_sent() {
     assert_eq!(status, 202, "{body}");
 
     // The SMTP server receives it, threaded under the customer's letter.
-    let started = Instant::now();
-    let received = loop {
-        let r = smtp.received().unwrap();
-        if !r.is_empty() {
-            break r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing sent: {}",
-            sb.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let received = sent_letters(&smtp, &sb).await;
     assert_eq!(received.len(), 1);
     let sent = String::from_utf8_lossy(&received[0]).to_string();
     assert!(sent.contains("In-Reply-To: <q1@example.ru>"), "{sent}");
@@ -780,19 +770,7 @@ async fn a_templated_offer_with_a_file_from_the_card_goes_out() {
         .unwrap();
     assert_eq!(status, 202);
 
-    let started = Instant::now();
-    let received = loop {
-        let r = smtp.received().unwrap();
-        if !r.is_empty() {
-            break r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing sent: {}",
-            sb.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let received = sent_letters(&smtp, &sb).await;
     let parsed = mail_parser::MessageParser::default()
         .parse(&received[0])
         .unwrap();

@@ -12,9 +12,8 @@ use switchboard_config::{Mailbox, Security};
 use time::OffsetDateTime;
 
 use super::net::{self, Conn, IO_TIMEOUT};
-use super::{Email, Fetched, MailError, backoff};
-use crate::AdapterContext;
-use crate::metrics;
+use super::{Email, Fetched, MailError, report};
+use crate::{AdapterContext, backoff};
 
 /// Letters downloaded and published at once.
 const GROUP_LETTERS: usize = 500;
@@ -26,22 +25,15 @@ const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 const IDLE_FOR: Duration = Duration::from_secs(25 * 60);
 
 pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
-    let m = metrics::Email::of(&mb.name);
-    let health = Email::health_name(&mb.name);
     let mut attempt = 0u32;
     loop {
         let outcome = tokio::select! {
             r = read(&email, &mb, &ctx, &mut attempt) => r,
             () = ctx.shutdown.cancelled() => return,
         };
-        if let Err(e) = outcome {
-            m.connected("failed");
-            m.up(false);
-            ctx.health.set(&health, Err(e.to_string()));
-            tracing::warn!(mailbox = %mb.name, error = %e, retry_in = ?backoff(attempt), "imap mailbox unavailable");
-        } else {
-            return;
-        }
+        let Err(e) = outcome else { return };
+        report(&mb.name, &ctx, Err(&e));
+        tracing::warn!(mailbox = %mb.name, error = %e, retry_in = ?backoff(attempt), "imap mailbox unavailable");
         tokio::select! {
             () = tokio::time::sleep(backoff(attempt)) => {}
             () = ctx.shutdown.cancelled() => return,
@@ -99,7 +91,6 @@ async fn read(
     ctx: &AdapterContext,
     attempt: &mut u32,
 ) -> Result<(), MailError> {
-    let m = metrics::Email::of(&mb.name);
     let mut session = login(email, mb).await?;
     let folder = timed(session.select(&mb.incoming.folder)).await?;
     let validity = folder.uid_validity.unwrap_or(0);
@@ -113,9 +104,7 @@ async fn read(
         None => 0,
     };
     let idle = mb.incoming.idle && timed(session.capabilities()).await?.has_str("IDLE");
-    m.connected("ok");
-    m.up(true);
-    ctx.health.set(&Email::health_name(&mb.name), Ok(()));
+    report(&mb.name, ctx, Ok(()));
     *attempt = 0;
     tracing::info!(mailbox = %mb.name, folder = %mb.incoming.folder, idle, "imap mailbox connected");
     loop {

@@ -375,11 +375,15 @@ pub fn thread_id(root: &str) -> String {
     format!("mail-{}", &hex::encode(digest)[..24])
 }
 
-/// The envelope id of a letter: a UUIDv7 whose time is the letter's and
-/// whose other bits come from the mailbox and the letter's key, so the same
-/// letter is always the same event.
+/// The envelope id of a letter: the same for every time it is taken.
 fn letter_id(mailbox: &str, key: &str, at: Option<OffsetDateTime>) -> uuid::Uuid {
-    let digest = Sha256::digest(format!("{mailbox}\n{key}").as_bytes());
+    stable_id(&format!("{mailbox}\n{key}"), at)
+}
+
+/// A UUIDv7 whose time is `at` (0 when unknown) and whose other bits come
+/// from `seed`'s digest, so one seed always makes one id.
+pub(crate) fn stable_id(seed: &str, at: Option<OffsetDateTime>) -> uuid::Uuid {
+    let digest = Sha256::digest(seed.as_bytes());
     let millis = at.map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
     let mut random = [0u8; 10];
     random.copy_from_slice(&digest[..10]);
@@ -511,7 +515,14 @@ impl Adapter for Email {
     }
 }
 
-/// Backoff between reconnections: 1 s doubling to 60 s.
-pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
-    std::time::Duration::from_secs(1u64 << attempt.min(6)).min(std::time::Duration::from_secs(60))
+/// Reports a mailbox's incoming side: connected (or polled) fine, or why
+/// not — the connections counter, the up gauge and `/readyz`.
+pub(crate) fn report(mailbox: &str, ctx: &AdapterContext, state: Result<(), &MailError>) {
+    let m = crate::metrics::Email::of(mailbox);
+    m.connected(if state.is_ok() { "ok" } else { "failed" });
+    m.up(state.is_ok());
+    ctx.health.set(
+        &Email::health_name(mailbox),
+        state.map_err(ToString::to_string),
+    );
 }

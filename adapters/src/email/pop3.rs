@@ -6,9 +6,8 @@ use switchboard_config::{Mailbox, Security};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::net::{self, Conn, IO_TIMEOUT};
-use super::{Email, Fetched, MailError, backoff};
-use crate::AdapterContext;
-use crate::metrics;
+use super::{Email, Fetched, MailError, report};
+use crate::{AdapterContext, backoff};
 
 /// Letters published per batch.
 const CHUNK: usize = 100;
@@ -16,8 +15,6 @@ const CHUNK: usize = 100;
 const MAX_LINE: usize = 64 * 1024;
 
 pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
-    let m = metrics::Email::of(&mb.name);
-    let health = Email::health_name(&mb.name);
     let mut attempt = 0u32;
     loop {
         let outcome = tokio::select! {
@@ -27,18 +24,14 @@ pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
         let wait = match outcome {
             Ok(n) => {
                 attempt = 0;
-                m.connected("ok");
-                m.up(true);
-                ctx.health.set(&health, Ok(()));
+                report(&mb.name, &ctx, Ok(()));
                 if n > 0 {
                     tracing::debug!(mailbox = %mb.name, letters = n, "pop3 letters taken");
                 }
                 mb.incoming.poll_interval
             }
             Err(e) => {
-                m.connected("failed");
-                m.up(false);
-                ctx.health.set(&health, Err(e.to_string()));
+                report(&mb.name, &ctx, Err(&e));
                 tracing::warn!(mailbox = %mb.name, error = %e, "pop3 mailbox unavailable");
                 attempt = attempt.saturating_add(1);
                 backoff(attempt - 1)

@@ -17,7 +17,6 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use switchboard_config::{MailProtocol, Mailbox, Security, Server};
 use switchboard_storage::{Channel, Command, CommandKind, Interaction, Kind};
 
@@ -268,11 +267,7 @@ async fn send(
 
 /// The `message.sent` id of a command: the same for every replay.
 fn sent_id(cmd: &Command) -> uuid::Uuid {
-    let digest = Sha256::digest(format!("sent\n{}", cmd.id).as_bytes());
-    let mut random = [0u8; 10];
-    random.copy_from_slice(&digest[..10]);
-    let millis = (cmd.issued_at.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+    super::stable_id(&format!("sent\n{}", cmd.id), Some(cmd.issued_at))
 }
 
 /// Name, media type (valid for `ContentType::parse`), bytes.
