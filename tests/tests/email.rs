@@ -688,6 +688,31 @@ password = "{PASS}"
         2,
         "nothing from the untrusted server"
     );
+
+    // A reply goes out over SMTP with STARTTLS (the server requires it).
+    let over_starttls = events
+        .iter()
+        .find(|e| e.payload["line"] == "starttls")
+        .unwrap();
+    sb.wait_for_timeline(
+        "email:a@example.ru",
+        &over_starttls.id.to_string(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let conversation = over_starttls.conversation.clone().unwrap();
+    let (status, _) = sb
+        .crm_post(
+            &format!("/v1/conversations/{conversation}/replies"),
+            &json!({"text": "over TLS"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    let received = sent_letters(&smtp, &sb).await;
+    let sent = String::from_utf8_lossy(&received[0]).to_string();
+    assert!(sent.contains("In-Reply-To: <tls1@example.ru>"), "{sent}");
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }
 
