@@ -5,6 +5,7 @@
 //! variables, and validated before anything binds a port. Every error names
 //! the key, the value it got and what would be valid.
 
+mod channels;
 mod email;
 mod env;
 mod error;
@@ -16,6 +17,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use channels::*;
 pub use email::*;
 pub use error::ConfigError;
 pub use media::*;

@@ -21,6 +21,8 @@ pub struct Config {
     pub sip: crate::sip::SipConfig,
     pub media: crate::media::MediaConfig,
     pub email: crate::email::EmailConfig,
+    /// Messengers and lead services (`[[channels]]`, one per line).
+    pub channels: Vec<crate::channels::ChannelConfig>,
     pub shutdown: ShutdownConfig,
 }
 

@@ -99,6 +99,28 @@ fn example_file_documents_every_key_and_is_valid() {
                 .contains_key(optional)
         );
     }
+    // Each kind of channel: its first example lists every key it has.
+    let channels = example["channels"].as_array().unwrap();
+    for entry in [
+        ChannelConfig::Telegram(TelegramConfig::default()),
+        ChannelConfig::Vk(VkConfig::default()),
+        ChannelConfig::Viber(ViberConfig::default()),
+        ChannelConfig::Jivosite(JivositeConfig::default()),
+    ] {
+        let kind = entry.kind();
+        let first = channels
+            .iter()
+            .find(|c| c["type"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("example has no {kind} channel"))
+            .as_table()
+            .unwrap();
+        for key in toml::Table::try_from(&entry).unwrap().keys() {
+            assert!(
+                first.contains_key(key),
+                "example's {kind} channel lacks `{key}`"
+            );
+        }
+    }
     let c = Config::load_from(Some(&path), no_env()).unwrap();
     assert_eq!(c.routing.managers.len(), 2);
     assert_eq!(
@@ -471,4 +493,78 @@ fn email_mistakes_name_the_key_and_never_show_the_password() {
     assert_eq!(c.email.mailboxes[0].owner, "ivanov");
     assert_eq!(c.email.mailboxes[0].incoming.server.port_or(993, 143), 993);
     assert!(!format!("{:?}", c.email).contains("hunter2"));
+}
+
+#[test]
+fn channel_mistakes_name_the_key_and_never_show_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("tg.token");
+    std::fs::write(&token_file, "42:from-a-file\n").unwrap();
+    let routing = "[[routing.managers]]\nid = \"ivanov\"\n[[routing.queues]]\nname = \"q\"\n";
+    for (toml, key) in [
+        ("[[channels]]\ntype = \"telegram\"\nname = \"tg\"\n".to_owned(), "channels[0].token"),
+        (
+            "[[channels]]\ntype = \"telegram\"\nname = \"tg\"\ntoken = { env = \"SWITCHBOARD_TEST_SURELY_UNSET\" }\n".to_owned(),
+            "channels[0].token",
+        ),
+        (
+            "[[channels]]\ntype = \"telegram\"\nname = \"tg\"\ntoken = { file = \"/nonexistent/tg\" }\n".to_owned(),
+            "channels[0].token",
+        ),
+        (
+            "[[channels]]\ntype = \"telegram\"\nname = \"tg\"\ntoken = \"hunter2\"\nmode = \"webhook\"\nwebhook_secret = \"has spaces\"\n".to_owned(),
+            "channels[0].webhook_secret",
+        ),
+        (
+            "[[channels]]\ntype = \"telegram\"\nname = \"t g\"\ntoken = \"hunter2\"\n".to_owned(),
+            "channels[0].name",
+        ),
+        (
+            "[[channels]]\ntype = \"telegram\"\nname = \"tg\"\ntoken = \"hunter2\"\nowner = \"petrov\"\n".to_owned(),
+            "channels[0].owner",
+        ),
+        (
+            "[[channels]]\ntype = \"telegram\"\nname = \"tg\"\ntoken = \"hunter2\"\n[[channels]]\ntype = \"viber\"\nname = \"tg\"\nauth_token = \"hunter2\"\n".to_owned(),
+            "channels[1].name",
+        ),
+        (
+            "[[channels]]\ntype = \"vk\"\nname = \"vk\"\nconfirmation = \"c\"\nsecret = \"hunter2\"\naccess_token = \"hunter2\"\n".to_owned(),
+            "channels[0].group_id",
+        ),
+        (
+            "[[channels]]\ntype = \"vk\"\nname = \"vk\"\ngroup_id = 5\nconfirmation = \"c\"\nsecret = \"hunter2\"\naccess_token = \"hunter2\"\napi_url = \"ftp://x\"\n".to_owned(),
+            "channels[0].api_url",
+        ),
+        (
+            "[[channels]]\ntype = \"jivosite\"\nname = \"jivo\"\ntoken = \"hunter2\"\n".to_owned(),
+            "channels[0].token",
+        ),
+        (
+            "[[channels]]\ntype = \"whatsapp\"\nname = \"w\"\n".to_owned(),
+            "unknown variant `whatsapp`",
+        ),
+        (
+            "[[channels]]\ntype = \"viber\"\nname = \"v\"\nauth_token = \"hunter2\"\ntoken = \"x\"\n".to_owned(),
+            "unknown field `token`",
+        ),
+    ] {
+        let err = Config::from_toml_str(&format!("{routing}{toml}"), no_env())
+            .expect_err(&format!("should be rejected: {toml}"));
+        assert!(
+            err.to_string().contains(key) || err.key() == Some(key),
+            "{toml}\n→ {err} (expected {key})"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+    let ok = format!(
+        "{routing}[[channels]]\ntype = \"telegram\"\nname = \"tg\"\nowner = \"ivanov\"\ntoken = {{ file = \"{}\" }}\n",
+        token_file.display()
+    );
+    let c = Config::from_toml_str(&ok, no_env()).unwrap();
+    let ChannelConfig::Telegram(t) = &c.channels[0] else {
+        panic!("not telegram: {:?}", c.channels[0]);
+    };
+    assert_eq!(t.token.resolve("channels[0].token").unwrap(), "42:from-a-file");
+    assert_eq!(c.channels[0].owner(), "ivanov");
+    assert!(!format!("{c:?}").contains("from-a-file"));
 }

@@ -177,6 +177,7 @@ pub(crate) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         .map(|m| m.id.as_str())
         .collect();
     crate::email::validate_email(&config.email, &managers)?;
+    crate::channels::validate_channels(&config.channels, &managers)?;
     for (i, u) in config.sip.users.iter().enumerate() {
         // Without routing, manager ids are labels for events.
         if !u.manager.is_empty()
