@@ -5,10 +5,15 @@
 //!
 //! Every channel implements [`Adapter`]: it receives until the context's
 //! shutdown token fires, and executes the commands addressed to its lines.
-//! Today: the site widget's lead form and email (IMAP, POP3, SMTP).
+//! Today: the site widget's lead form, email (IMAP, POP3, SMTP), and the
+//! messengers and lead services of [`messengers`], whose webhooks wait in
+//! the [`inbox`] until they become interactions.
 
+pub mod blobs;
 pub mod contact;
 pub mod email;
+pub mod inbox;
+pub mod messengers;
 pub mod metrics;
 pub mod widget;
 
@@ -17,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use switchboard_storage::{Command, FeedLog};
+use switchboard_storage::{Command, FeedLog, Interaction};
 use tokio_util::sync::CancellationToken;
 
 /// What the gateway gives every adapter.
@@ -31,15 +36,24 @@ pub struct AdapterContext {
     pub data_dir: PathBuf,
     /// Per-line health, shown by the gateway's `/readyz`.
     pub health: Health,
+    /// Where webhook deliveries (and polled updates) wait to be processed,
+    /// and which commands were carried out.
+    pub inbox: inbox::Inbox,
 }
 
 impl AdapterContext {
     /// A context for tests: a fresh token and health board.
+    ///
+    /// # Panics
+    /// When the inbox cannot be created in `data_dir`.
+    #[allow(clippy::expect_used)]
     pub fn for_test(feed: FeedLog, data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         Self {
             shutdown: CancellationToken::new(),
             feed,
-            data_dir: data_dir.into(),
+            inbox: inbox::Inbox::open(&data_dir.join("inbox.sqlite")).expect("test inbox"),
+            data_dir,
             health: Health::default(),
         }
     }
@@ -96,4 +110,117 @@ pub trait Adapter: Send + Sync + std::fmt::Debug + 'static {
         cmd: &'a Command,
         ctx: &'a AdapterContext,
     ) -> BoxFuture<'a, Result<(), CommandError>>;
+
+    /// The lines whose webhooks this adapter answers at `/v1/hooks/<line>`.
+    fn hooks(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Checks one delivery to `/v1/hooks/<line>` (signature or secret,
+    /// shape, the service's delivery id) and says what to store and what
+    /// to answer. It runs on the request path, so it does no I/O.
+    fn accept(&self, line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {
+        let _ = (line, req);
+        Err(HookError::NotFound)
+    }
+
+    /// Turns one stored delivery into interactions (downloading what it
+    /// refers to). `Ok(vec![])`: nothing a customer did (a status event).
+    fn process<'a>(
+        &'a self,
+        delivery: &'a inbox::Delivery,
+        ctx: &'a AdapterContext,
+    ) -> BoxFuture<'a, Result<Vec<Interaction>, CommandError>> {
+        let _ = (delivery, ctx);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// One webhook delivery as the gateway received it.
+#[derive(Debug, Clone, Copy)]
+pub struct HookRequest<'a> {
+    pub headers: &'a http::HeaderMap,
+    /// The secret path segment of `/v1/hooks/<line>/<token>`, if any.
+    pub token: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl HookRequest<'_> {
+    /// A header's value as text (`None` when absent or not ASCII).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What to do with a verified delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Store the body under this delivery id (the service's own); `None`:
+    /// nothing to keep (a handshake, a status ping).
+    pub store: Option<String>,
+    /// What the service expects to hear back.
+    pub reply: HookReply,
+}
+
+/// The answer to a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl HookReply {
+    /// 200 with a plain-text body (VK wants `ok`).
+    pub fn text(body: impl Into<String>) -> Self {
+        Self {
+            status: 200,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    /// 200 with a JSON body.
+    pub fn json(body: &serde_json::Value) -> Self {
+        Self {
+            status: 200,
+            content_type: "application/json",
+            body: body.to_string(),
+        }
+    }
+}
+
+/// Why a delivery was refused; the gateway answers and stores nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// No line of that name takes webhooks (404).
+    #[error("no webhook line of this name")]
+    NotFound,
+    /// The signature or secret is missing or wrong (403).
+    #[error("not signed by the service: {0}")]
+    Forbidden(&'static str),
+    /// The body is not what the service sends (400).
+    #[error("malformed delivery: {0}")]
+    Malformed(String),
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A UUIDv7 that is the same every time for the same `seed`: an event
+/// re-published after a crash or a redelivery has the id consumers already
+/// absorbed. `at` gives the timestamp part (none: the epoch).
+pub fn stable_id(seed: &str, at: Option<time::OffsetDateTime>) -> uuid::Uuid {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(seed.as_bytes());
+    let millis = at.map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }

@@ -47,6 +47,17 @@ metric!(
     "1 while the mailbox's incoming server is connected (IMAP) or its last poll worked (POP3).",
     &["mailbox"]
 );
+metric!(
+    MESSAGES_METRIC,
+    IntCounterVec,
+    register_int_counter_vec,
+    "switchboard_messenger_messages_total",
+    "Messenger and lead-service events, by channel and outcome (received, lead, ignored, rejected, retried, sent, send_failed).",
+    &["channel", "outcome"]
+);
+
+/// Messenger and lead-service outcomes, by channel (`telegram`) and outcome.
+pub static MESSAGES: &LazyLock<IntCounterVec> = &MESSAGES_METRIC;
 
 /// One mailbox's metrics.
 #[derive(Debug, Clone, Copy)]

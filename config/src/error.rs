@@ -32,11 +32,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(
-        key: &str,
-        value: impl std::fmt::Debug,
-        expected: impl Into<String>,
-    ) -> Self {
+    pub fn invalid(key: &str, value: impl std::fmt::Debug, expected: impl Into<String>) -> Self {
         Self::Invalid {
             key: key.to_owned(),
             value: Some(format!("{value:?}")),

@@ -564,7 +564,10 @@ fn channel_mistakes_name_the_key_and_never_show_the_secret() {
     let ChannelConfig::Telegram(t) = &c.channels[0] else {
         panic!("not telegram: {:?}", c.channels[0]);
     };
-    assert_eq!(t.token.resolve("channels[0].token").unwrap(), "42:from-a-file");
+    assert_eq!(
+        t.token.resolve("channels[0].token").unwrap(),
+        "42:from-a-file"
+    );
     assert_eq!(c.channels[0].owner(), "ivanov");
     assert!(!format!("{c:?}").contains("from-a-file"));
 }

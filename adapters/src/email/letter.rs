@@ -9,7 +9,7 @@ use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::blobs::Blobs;
+use crate::blobs::Blobs;
 
 /// Bodies beyond these sizes are cut (the payload says so).
 const MAX_TEXT: usize = 256 * 1024;

@@ -9,7 +9,6 @@
 //! between the two steps, or a UIDVALIDITY change — is the same event and
 //! the CRM's dedupe absorbs it; a known letter is not even published again.
 
-mod blobs;
 mod forms;
 mod imap;
 pub mod letter;
@@ -30,7 +29,7 @@ use switchboard_config::{EmailConfig, MailProtocol, Mailbox};
 use switchboard_storage::{Channel, Command, Contact, ContactKey, Interaction, Kind, NewRecord};
 use time::OffsetDateTime;
 
-pub use blobs::Blobs;
+pub use crate::blobs::Blobs;
 pub use letter::{Auto, Letter};
 pub use state::{Known, MailState, StateError};
 
@@ -377,18 +376,11 @@ pub fn thread_id(root: &str) -> String {
 
 /// The envelope id of a letter: the same for every time it is taken.
 fn letter_id(mailbox: &str, key: &str, at: Option<OffsetDateTime>) -> uuid::Uuid {
-    stable_id(&format!("{mailbox}\n{key}"), at)
+    crate::stable_id(&format!("{mailbox}\n{key}"), at)
 }
 
 /// A UUIDv7 whose time is `at` (0 when unknown) and whose other bits come
 /// from `seed`'s digest, so one seed always makes one id.
-pub(crate) fn stable_id(seed: &str, at: Option<OffsetDateTime>) -> uuid::Uuid {
-    let digest = Sha256::digest(seed.as_bytes());
-    let millis = at.map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
-    let mut random = [0u8; 10];
-    random.copy_from_slice(&digest[..10]);
-    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
-}
 
 fn contact_of(letter: &Letter) -> Contact {
     match &letter.from {

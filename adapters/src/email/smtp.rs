@@ -267,7 +267,7 @@ async fn send(
 
 /// The `message.sent` id of a command: the same for every replay.
 fn sent_id(cmd: &Command) -> uuid::Uuid {
-    super::stable_id(&format!("sent\n{}", cmd.id), Some(cmd.issued_at))
+    crate::stable_id(&format!("sent\n{}", cmd.id), Some(cmd.issued_at))
 }
 
 /// Name, media type (valid for `ContentType::parse`), bytes.

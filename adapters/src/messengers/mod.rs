@@ -1,0 +1,250 @@
+//! Messengers and lead services: Telegram (teloxide), VK (Callback API and
+//! `messages.send`), Viber (REST bot API) and JivoSite (Webhooks API), one
+//! adapter per `[[channels]]` line.
+//!
+//! Every delivery is checked on the request path ([`crate::Adapter::accept`]:
+//! signature or secret, the service's delivery id), stored in the
+//! [`crate::inbox`], acknowledged, and turned into interactions from there
+//! ([`crate::Adapter::process`]), so files are downloaded after the service
+//! has its answer. Conversations are `<channel>:<line>:<peer>`: a reply from
+//! the CRM names the conversation, and the peer in it is who gets the
+//! message.
+
+mod jivosite;
+mod telegram;
+mod viber;
+mod vk;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard_config::{ChannelConfig, ConfigError};
+use switchboard_storage::{Channel, Command, Contact, ContactKey, Interaction, Kind};
+use time::OffsetDateTime;
+
+use crate::blobs::Blobs;
+use crate::inbox::Delivery;
+use crate::metrics::MESSAGES;
+use crate::{Adapter, AdapterContext, CommandError};
+
+/// The adapters for `[[channels]]`, one per line.
+pub fn build(
+    configs: &[ChannelConfig],
+    data_dir: &Path,
+    country: phonenumber::country::Id,
+) -> Result<Vec<Arc<dyn Adapter>>, ConfigError> {
+    let blobs = Blobs::new(data_dir.join("attachments"));
+    let mut out: Vec<Arc<dyn Adapter>> = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let key = format!("channels[{i}]");
+        match c {
+            ChannelConfig::Telegram(t) => {
+                out.push(Arc::new(telegram::Telegram::new(t, &key, blobs.clone())?));
+            }
+            ChannelConfig::Vk(v) => out.push(Arc::new(vk::Vk::new(v, &key, country)?)),
+            ChannelConfig::Viber(v) => out.push(Arc::new(viber::Viber::new(v, &key)?)),
+            ChannelConfig::Jivosite(j) => {
+                out.push(Arc::new(jivosite::Jivosite::new(j, &key, country)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The HTTP client of the services' APIs: bounded in time, rustls.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
+
+/// One line: its name, kind and owner, and how its events look.
+#[derive(Debug, Clone)]
+struct Line {
+    name: String,
+    channel: Channel,
+    owner: Option<String>,
+}
+
+impl Line {
+    fn new(name: &str, channel: Channel, owner: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            channel,
+            owner: (!owner.is_empty()).then(|| owner.to_owned()),
+        }
+    }
+
+    /// The command target (`telegram:<name>`).
+    fn target(&self) -> String {
+        format!("{}:{}", self.channel.as_str(), self.name)
+    }
+
+    fn conversation(&self, peer: &str) -> String {
+        format!("{}:{}:{peer}", self.channel.as_str(), self.name)
+    }
+
+    /// The peer a reply goes to, from the command's conversation.
+    fn peer_of<'a>(&self, cmd: &'a Command) -> Result<&'a str, CommandError> {
+        let prefix = format!("{}:{}:", self.channel.as_str(), self.name);
+        cmd.conversation
+            .as_deref()
+            .and_then(|c| c.strip_prefix(&prefix))
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                CommandError::Rejected(format!(
+                    "conversation {:?} is not one of line {}",
+                    cmd.conversation,
+                    self.target()
+                ))
+            })
+    }
+
+    fn account(&self, user_id: &str, name: Option<String>) -> Contact {
+        Contact {
+            key: ContactKey::account(self.channel, user_id).into_string(),
+            phone: None,
+            email: None,
+            user_id: Some(user_id.to_owned()),
+            name: name.filter(|n| !n.trim().is_empty()),
+        }
+    }
+
+    /// An event of a delivery; `part` tells apart several events of one
+    /// delivery. Its id is the same whenever the delivery is processed.
+    fn event(
+        &self,
+        kind: Kind,
+        delivery: &Delivery,
+        part: &str,
+        contact: Contact,
+        at: OffsetDateTime,
+        mut payload: Value,
+    ) -> Interaction {
+        payload["line"] = json!(self.name);
+        let mut ev = Interaction::new(kind, self.channel, contact, at, payload);
+        ev.id = crate::stable_id(&format!("{}\n{}\n{part}", self.name, delivery.id), Some(at));
+        ev.manager.clone_from(&self.owner);
+        ev
+    }
+
+    /// `message.sent` for a command carried out, with what the service
+    /// said (`result`: its message id).
+    fn sent(&self, cmd: &Command, result: &Value) -> Interaction {
+        let mut payload = json!({
+            "line": self.name,
+            "text": cmd.payload.get("text").cloned().unwrap_or(Value::Null),
+            "command_id": cmd.id.to_string(),
+        });
+        if let (Some(p), Some(r)) = (payload.as_object_mut(), result.as_object()) {
+            for (k, v) in r {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+        let mut ev = Interaction::new(
+            Kind::MessageSent,
+            self.channel,
+            cmd.contact.clone(),
+            OffsetDateTime::now_utc(),
+            payload,
+        );
+        ev.id = crate::stable_id(&format!("sent\n{}", cmd.id), Some(cmd.issued_at));
+        ev.manager.clone_from(&cmd.manager);
+        ev.conversation.clone_from(&cmd.conversation);
+        ev
+    }
+
+    /// Carries out `cmd` at most once: `send` runs unless a run before
+    /// finished; then the outcome is recorded and `message.sent` published
+    /// (again, with the same id, if a crash came between).
+    async fn deliver<F>(
+        &self,
+        cmd: &Command,
+        ctx: &AdapterContext,
+        send: F,
+    ) -> Result<(), CommandError>
+    where
+        F: std::future::Future<Output = Result<Value, CommandError>>,
+    {
+        let id = cmd.id.to_string();
+        let known = ctx
+            .inbox
+            .was_done(&id)
+            .await
+            .map_err(|e| CommandError::Retry(e.to_string()))?;
+        let result = match known {
+            Some(r) => serde_json::from_str(&r).unwrap_or(Value::Null),
+            None => {
+                let channel = self.channel.as_str();
+                let result = send.await.inspect_err(|_| {
+                    MESSAGES.with_label_values(&[channel, "send_failed"]).inc();
+                })?;
+                MESSAGES.with_label_values(&[channel, "sent"]).inc();
+                if let Err(e) = ctx.inbox.command_done(&id, &result.to_string()).await {
+                    tracing::error!(command = %id, error = %e, "sent, but not recorded: a replay would send it again");
+                }
+                result
+            }
+        };
+        ctx.feed
+            .publish(&self.sent(cmd, &result))
+            .await
+            .map_err(|e| CommandError::Retry(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// The text of a `message.send` command.
+fn command_text(cmd: &Command) -> Result<&str, CommandError> {
+    if cmd.kind != switchboard_storage::CommandKind::MessageSend {
+        return Err(CommandError::Rejected(format!(
+            "{:?} is not carried out on this channel",
+            cmd.kind
+        )));
+    }
+    cmd.payload
+        .get("text")
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| CommandError::Rejected("no text to send".into()))
+}
+
+/// Classifies a failed HTTP exchange with a service's API.
+fn http_failure(what: &str, e: &reqwest::Error) -> CommandError {
+    match e.status() {
+        Some(s) if s.is_client_error() && s.as_u16() != 429 => {
+            CommandError::Rejected(format!("{what}: {e}"))
+        }
+        _ => CommandError::Retry(format!("{what}: {e}")),
+    }
+}
+
+/// The delivery body as JSON, or why not.
+fn body_json(body: &[u8]) -> Result<Value, crate::HookError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| crate::HookError::Malformed(format!("not JSON: {e}")))?;
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(crate::HookError::Malformed("not a JSON object".into()))
+    }
+}
+
+/// A stored delivery that does not parse any more cannot become anything;
+/// it is kept in the inbox, marked rejected.
+fn stored_json(d: &Delivery) -> Result<Value, CommandError> {
+    serde_json::from_slice(&d.body).map_err(|e| CommandError::Rejected(format!("stored body: {e}")))
+}
+
+/// Unix seconds (as the services send them) to a time; now when absent.
+fn unix_time(secs: Option<i64>) -> OffsetDateTime {
+    secs.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or_else(OffsetDateTime::now_utc)
+}
+
+#[cfg(test)]
+mod tests;
