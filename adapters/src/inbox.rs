@@ -63,7 +63,7 @@ fn storage(e: rusqlite::Error) -> InboxError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub seq: i64,
-    /// The line (`[[channels]].name`) it arrived on.
+    /// The line it arrived for (`telegram:<name>`).
     pub line: String,
     /// The service's own id of the delivery (Telegram `update_id`, VK
     /// `event_id`, Viber `message_token`, …).
@@ -215,6 +215,11 @@ impl Inbox {
             reply,
         })
         .await
+    }
+
+    /// The highest sequence number stored so far.
+    pub fn last_stored(&self) -> i64 {
+        *self.stored.borrow()
     }
 
     /// Waits until something is stored after `seq` (or the writer stops).

@@ -111,16 +111,17 @@ pub trait Adapter: Send + Sync + std::fmt::Debug + 'static {
         ctx: &'a AdapterContext,
     ) -> BoxFuture<'a, Result<(), CommandError>>;
 
-    /// The lines whose webhooks this adapter answers at `/v1/hooks/<line>`.
-    fn hooks(&self) -> Vec<String> {
+    /// The webhooks this adapter answers: `(name, line)`, the delivery to
+    /// `/v1/hooks/<name>` being stored for `line` (`telegram:<name>`).
+    fn hooks(&self) -> Vec<(String, String)> {
         Vec::new()
     }
 
-    /// Checks one delivery to `/v1/hooks/<line>` (signature or secret,
+    /// Checks one delivery to `/v1/hooks/<name>` (signature or secret,
     /// shape, the service's delivery id) and says what to store and what
     /// to answer. It runs on the request path, so it does no I/O.
-    fn accept(&self, line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {
-        let _ = (line, req);
+    fn accept(&self, name: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {
+        let _ = (name, req);
         Err(HookError::NotFound)
     }
 

@@ -1,5 +1,6 @@
 //! The channel adapters beside the gateway: each one receives until
-//! shutdown, and every command the CRM writes to the feed's `commands`
+//! shutdown, their webhook deliveries are processed from the inbox, and
+//! every command the CRM writes to the feed's `commands`
 //! topic is handed to the adapter serving the line it names. A command
 //! that fails for a reason that may pass (a mail server down) is retried
 //! with backoff before anything after it; the batch is committed only once
@@ -36,6 +37,11 @@ impl Channels {
         self.adapters.push(adapter);
     }
 
+    /// The webhooks of every adapter added so far.
+    pub fn hooks(&self) -> crate::hooks::Hooks {
+        crate::hooks::Hooks::new(&self.adapters, self.ctx.inbox.clone())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.adapters.is_empty()
     }
@@ -51,6 +57,10 @@ impl Channels {
         for a in &self.adapters {
             tasks.spawn(a.run(self.ctx.clone()));
         }
+        tasks.spawn(crate::hooks::process(
+            self.adapters.clone(),
+            self.ctx.clone(),
+        ));
         tasks.spawn(execute_commands(self.adapters, self.ctx, source));
         while tasks.join_next().await.is_some() {}
     }
@@ -94,6 +104,7 @@ async fn execute_commands<S: FeedSource>(
                 }
             };
             let channel = cmd.channel.as_str();
+            tracing::debug!(command = %cmd.id, target = %cmd.target, "command read");
             let Some((_, adapter)) = lines.iter().find(|(l, _)| *l == cmd.target) else {
                 // Calls and lines of other channels are not ours.
                 COMMANDS.with_label_values(&[channel, "not_ours"]).inc();
@@ -102,6 +113,7 @@ async fn execute_commands<S: FeedSource>(
             loop {
                 match adapter.execute(&cmd, &ctx).await {
                     Ok(()) => {
+                        tracing::info!(command = %cmd.id, target = %cmd.target, "command carried out");
                         failures = 0;
                         COMMANDS.with_label_values(&[channel, "done"]).inc();
                         break;

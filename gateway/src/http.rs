@@ -59,8 +59,22 @@ pub(crate) fn routes(gateway: &Gateway) -> Router {
         .layer(Extension(BodyLimit(gateway.config.max_body_bytes)))
         .layer(DefaultBodyLimit::disable())
         .layer(cors);
-    Router::new()
-        .merge(leads)
+    let mut router = Router::new().merge(leads);
+    if let Some(hooks) = &gateway.hooks {
+        // Services retry what we refuse; bodies are read within the limit
+        // (413 beyond it, before anything larger is buffered).
+        router = router.merge(
+            Router::new()
+                .route("/v1/hooks/{name}", post(crate::hooks::receive))
+                .route(
+                    "/v1/hooks/{name}/{token}",
+                    post(crate::hooks::receive_with_token),
+                )
+                .layer(DefaultBodyLimit::max(gateway.config.max_body_bytes))
+                .with_state(hooks.clone()),
+        );
+    }
+    router
         .route("/v1/managers", get(list_managers))
         .route("/v1/managers/{id}/presence", put(set_presence))
         .route(

@@ -2,11 +2,12 @@
 //!
 //! It serves the site widget's lead form over HTTP, routes contacts to
 //! managers, terminates SIP with its media relay, and runs the channel
-//! adapters (email) with the Commands the CRM sends them; WebRTC and the
-//! messengers' webhooks join it as their issues land.
+//! adapters (email, messengers, lead services) with their webhooks and the
+//! Commands the CRM sends them; WebRTC joins it as its issue lands.
 
 pub mod channels;
 pub mod dispatch;
+pub mod hooks;
 mod http;
 pub mod media;
 pub mod metrics;
@@ -32,6 +33,7 @@ pub struct Gateway {
     feed: FeedLog,
     readiness: Readiness,
     dispatcher: Option<dispatch::Dispatcher>,
+    hooks: Option<hooks::Hooks>,
 }
 
 impl Gateway {
@@ -47,12 +49,19 @@ impl Gateway {
             feed,
             readiness,
             dispatcher: None,
+            hooks: None,
         }
     }
 
     /// Routes contacts with `dispatcher` and serves its manager endpoints.
     pub fn with_dispatcher(mut self, dispatcher: dispatch::Dispatcher) -> Self {
         self.dispatcher = Some(dispatcher);
+        self
+    }
+
+    /// Answers the adapters' webhooks at `/v1/hooks/<name>`.
+    pub fn with_hooks(mut self, hooks: hooks::Hooks) -> Self {
+        self.hooks = Some(hooks);
         self
     }
 

@@ -62,6 +62,13 @@ counter_vec!(
 );
 
 counter_vec!(
+    WEBHOOKS,
+    "switchboard_webhooks_total",
+    "Webhook deliveries, by channel and outcome (stored, duplicate, answered, forbidden, malformed, failed).",
+    &["channel", "outcome"]
+);
+
+counter_vec!(
     SIP_REQUESTS,
     "switchboard_sip_requests_total",
     "SIP requests received, by method.",

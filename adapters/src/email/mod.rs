@@ -379,9 +379,6 @@ fn letter_id(mailbox: &str, key: &str, at: Option<OffsetDateTime>) -> uuid::Uuid
     crate::stable_id(&format!("{mailbox}\n{key}"), at)
 }
 
-/// A UUIDv7 whose time is `at` (0 when unknown) and whose other bits come
-/// from `seed`'s digest, so one seed always makes one id.
-
 fn contact_of(letter: &Letter) -> Contact {
     match &letter.from {
         Some((address, name)) => Contact {

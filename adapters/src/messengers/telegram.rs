@@ -140,7 +140,7 @@ impl Telegram {
             };
             let body = serde_json::to_vec(&u).map_err(|e| e.to_string())?;
             ctx.inbox
-                .store(&self.line.name, &id.to_string(), body)
+                .store(&self.line.target(), &id.to_string(), body)
                 .await
                 .map_err(|e| e.to_string())?;
             *offset = (*offset).max(id + 1);
@@ -335,9 +335,9 @@ impl Adapter for Telegram {
         })
     }
 
-    fn hooks(&self) -> Vec<String> {
+    fn hooks(&self) -> Vec<(String, String)> {
         match self.mode {
-            TelegramMode::Webhook => vec![self.line.name.clone()],
+            TelegramMode::Webhook => vec![(self.line.name.clone(), self.line.target())],
             TelegramMode::Polling => Vec::new(),
         }
     }

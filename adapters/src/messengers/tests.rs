@@ -129,7 +129,10 @@ fn telegram_webhook_needs_the_secret_token_and_jivosite_its_address_token() {
             .as_deref(),
         Some("42")
     );
-    assert_eq!(list[0].hooks(), vec!["tg".to_owned()]);
+    assert_eq!(
+        list[0].hooks(),
+        vec![("tg".to_owned(), "telegram:tg".to_owned())]
+    );
 
     let chat =
         br#"{"event_name":"chat_accepted","chat_id":4398,"visitor":{"phone":"+7 916 123-45-67"}}"#;
@@ -175,7 +178,7 @@ async fn a_market_order_and_a_jivosite_chat_become_leads_with_what_they_carry() 
         "preview_order_items":[{"title":"Чайник","quantity":2,"price":{"amount":"129500"}},
                                {"item":{"title":"Кружка"},"quantity":1,"price":{"amount":"100000"}}]}}"#.as_bytes();
     let evs = list[0]
-        .process(&delivery("club", "o1", order), &ctx)
+        .process(&delivery("vk:club", "o1", order), &ctx)
         .await
         .unwrap();
     assert_eq!(evs.len(), 1);
@@ -192,7 +195,7 @@ async fn a_market_order_and_a_jivosite_chat_become_leads_with_what_they_carry() 
     assert_eq!(lead.conversation.as_deref(), Some("vk:club:5"));
     // Processing the same delivery again gives the same event id.
     let again = list[0]
-        .process(&delivery("club", "o1", order), &ctx)
+        .process(&delivery("vk:club", "o1", order), &ctx)
         .await
         .unwrap();
     assert_eq!(again[0].id, lead.id);
@@ -202,7 +205,7 @@ async fn a_market_order_and_a_jivosite_chat_become_leads_with_what_they_carry() 
         "session":{"utm_json":{"source":"google","medium":"cpc","campaign":"spring","term":"buy kettle"}},
         "page":{"url":"https://shop.example/kettles","title":"Kettles"}}"#;
     let evs = list[1]
-        .process(&delivery("jivo", "chat_accepted:4398", chat), &ctx)
+        .process(&delivery("jivosite:jivo", "chat_accepted:4398", chat), &ctx)
         .await
         .unwrap();
     let lead = &evs[0];

@@ -226,8 +226,8 @@ impl Adapter for Vk {
         })
     }
 
-    fn hooks(&self) -> Vec<String> {
-        vec![self.line.name.clone()]
+    fn hooks(&self) -> Vec<(String, String)> {
+        vec![(self.line.name.clone(), self.line.target())]
     }
 
     fn accept(&self, _line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {

@@ -1264,8 +1264,15 @@ impl Store {
         ctx: &Ctx,
         conversation: &str,
     ) -> Result<String, StoreError> {
-        self.latest_envelope(ctx, "(i.conversation = $1 OR i.id = $1)", conversation)
-            .await
+        // Routing and call events share the conversation id but carry no
+        // line: the head is the latest message or lead.
+        self.latest_envelope(
+            ctx,
+            "(i.conversation = $1 OR i.id = $1) \
+             AND i.kind IN ('message.received', 'message.sent', 'lead.received')",
+            conversation,
+        )
+        .await
     }
 
     /// The payload of a call's latest `recording.ready`, if its client is

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use switchboard_adapters::email::Email;
+use switchboard_adapters::inbox::Inbox;
+use switchboard_adapters::messengers;
 use switchboard_adapters::{AdapterContext, Health};
 use switchboard_config::{Config, ConfigError, FeedBackend, redact_url};
 use switchboard_crm::{Crm, Store};
@@ -177,21 +179,35 @@ pub(crate) async fn run(
             sip_reload = Some(spawn_sip_reload(sip.reloader(), config_file.clone()));
             sip_task = Some(tokio::spawn(sip.serve(http_stop.clone())));
         }
-        if !config.email.mailboxes.is_empty() {
+        if !config.email.mailboxes.is_empty() || !config.channels.is_empty() {
             let country = std::str::FromStr::from_str(&config.gateway.default_country)
                 .unwrap_or(phonenumber::country::Id::RU);
-            let email = Email::new(&config.email, &config.node.data_dir, country)
-                .context("cannot start the email channel (email.mailboxes)")?;
+            let inbox = Inbox::open(&config.node.data_dir.join("inbox.sqlite"))
+                .context("cannot open the webhook inbox (node.data_dir)")?;
             let ctx = AdapterContext {
                 shutdown: http_stop.clone(),
                 feed: feed.clone(),
                 data_dir: config.node.data_dir.clone(),
                 health: Health::default(),
+                inbox,
             };
             gateway.watch_channels(ctx.health.clone(), http_stop.clone());
             let mut channels = Channels::new(ctx);
-            channels.add(std::sync::Arc::new(email));
-            tracing::info!(mailboxes = config.email.mailboxes.len(), "email channel up");
+            if !config.email.mailboxes.is_empty() {
+                let email = Email::new(&config.email, &config.node.data_dir, country)
+                    .context("cannot start the email channel (email.mailboxes)")?;
+                channels.add(std::sync::Arc::new(email));
+                tracing::info!(mailboxes = config.email.mailboxes.len(), "email channel up");
+            }
+            for adapter in messengers::build(&config.channels, &config.node.data_dir, country)
+                .context("cannot start the messengers (channels)")?
+            {
+                channels.add(adapter);
+            }
+            for c in &config.channels {
+                tracing::info!(line = c.name(), kind = c.kind(), "channel up");
+            }
+            gateway = gateway.with_hooks(channels.hooks());
             routing.push(match config.feed.backend {
                 FeedBackend::Sqlite => {
                     tokio::spawn(channels.run(feed.consumer(COMMANDS_GROUP, &[Topic::Commands])?))

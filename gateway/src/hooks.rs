@@ -1,0 +1,259 @@
+//! Webhooks of messengers and lead services: `POST /v1/hooks/<name>` (and
+//! `/v1/hooks/<name>/<token>` for services that sign nothing). The adapter
+//! checks the delivery; a delivery worth keeping is stored in the inbox —
+//! on disk, and once per delivery id — before the service gets its answer,
+//! so the answer is quick and a crash loses nothing. [`process`] turns
+//! stored deliveries into interactions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use switchboard_adapters::inbox::{Inbox, KEEP_DONE};
+use switchboard_adapters::{Adapter, AdapterContext, CommandError, HookError, HookRequest};
+use switchboard_service::ApiError;
+use switchboard_storage::NewRecord;
+
+use crate::metrics::WEBHOOKS;
+
+/// The webhook lines of every adapter, by name.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    lines: Arc<HashMap<String, Hook>>,
+    inbox: Inbox,
+}
+
+#[derive(Debug)]
+struct Hook {
+    /// Where deliveries are stored (`telegram:<name>`).
+    line: String,
+    /// The channel, for metrics.
+    channel: String,
+    adapter: Arc<dyn Adapter>,
+}
+
+impl Hooks {
+    pub fn new(adapters: &[Arc<dyn Adapter>], inbox: Inbox) -> Self {
+        let mut lines = HashMap::new();
+        for a in adapters {
+            for (name, line) in a.hooks() {
+                let channel = line.split(':').next().unwrap_or_default().to_owned();
+                lines.insert(
+                    name,
+                    Hook {
+                        line,
+                        channel,
+                        adapter: Arc::clone(a),
+                    },
+                );
+            }
+        }
+        Self {
+            lines: Arc::new(lines),
+            inbox,
+        }
+    }
+}
+
+pub(crate) async fn receive(
+    State(hooks): State<Hooks>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    take(&hooks, &name, None, &headers, &body).await
+}
+
+pub(crate) async fn receive_with_token(
+    State(hooks): State<Hooks>,
+    Path((name, token)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    take(&hooks, &name, Some(&token), &headers, &body).await
+}
+
+async fn take(
+    hooks: &Hooks,
+    name: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let Some(hook) = hooks.lines.get(name) else {
+        return ApiError::not_found("no webhook line of this name").into_response();
+    };
+    let count = |outcome: &str| WEBHOOKS.with_label_values(&[&hook.channel, outcome]).inc();
+    let req = HookRequest {
+        headers,
+        token,
+        body,
+    };
+    let accepted = match hook.adapter.accept(name, &req) {
+        Ok(a) => a,
+        Err(HookError::Forbidden(what)) => {
+            count("forbidden");
+            tracing::warn!(hook = %name, %what, "webhook refused: not signed");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the delivery is not signed as this line expects",
+            )
+            .into_response();
+        }
+        Err(HookError::Malformed(why)) => {
+            count("malformed");
+            return ApiError::bad_request("malformed", why).into_response();
+        }
+        Err(_) => {
+            return ApiError::not_found("no webhook line of this name").into_response();
+        }
+    };
+    if let Some(id) = &accepted.store {
+        match hooks.inbox.store(&hook.line, id, body.to_vec()).await {
+            Ok(true) => count("stored"),
+            Ok(false) => count("duplicate"),
+            Err(e) => {
+                count("failed");
+                return ApiError::unavailable(&e).into_response();
+            }
+        }
+    } else {
+        count("answered");
+    }
+    let reply = accepted.reply;
+    (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+        [(CONTENT_TYPE, reply.content_type)],
+        reply.body,
+    )
+        .into_response()
+}
+
+/// Deliveries processed in one go (one feed append, one inbox update).
+const BATCH: usize = 512;
+
+/// Turns stored deliveries into interactions, oldest first, until
+/// shutdown. A delivery that may work later (a file server down) stops the
+/// line of work and is retried with backoff; one that never will is marked
+/// rejected.
+pub async fn process(adapters: Vec<Arc<dyn Adapter>>, ctx: AdapterContext) {
+    let lines: HashMap<String, Arc<dyn Adapter>> = adapters
+        .iter()
+        .flat_map(|a| a.lines().into_iter().map(move |l| (l, Arc::clone(a))))
+        .collect();
+    let inbox = ctx.inbox.clone();
+    tokio::spawn(prune(inbox.clone(), ctx.shutdown.clone()));
+    let mut failures = 0u32;
+    loop {
+        let mark = inbox.last_stored();
+        let batch = match inbox.pending(0, BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "inbox unreadable");
+                if pause(&ctx, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                () = inbox.changed_after(mark) => {}
+            }
+            continue;
+        }
+        let mut records = Vec::new();
+        let mut done = Vec::new();
+        let mut stalled = None;
+        for d in &batch {
+            let Some(adapter) = lines.get(&d.line) else {
+                tracing::warn!(line = %d.line, delivery = %d.id, "delivery for a line no longer configured");
+                done.push((d.seq, "no_line"));
+                continue;
+            };
+            match adapter.process(d, &ctx).await {
+                Ok(events) => {
+                    for ev in &events {
+                        match NewRecord::interaction(ev) {
+                            Ok(r) => records.push(r),
+                            Err(e) => tracing::error!(error = %e, "interaction not serialisable"),
+                        }
+                    }
+                    done.push((
+                        d.seq,
+                        if events.is_empty() {
+                            "ignored"
+                        } else {
+                            "published"
+                        },
+                    ));
+                }
+                Err(CommandError::Rejected(why)) => {
+                    tracing::warn!(line = %d.line, delivery = %d.id, %why, "delivery rejected");
+                    done.push((d.seq, "rejected"));
+                }
+                Err(e) => {
+                    stalled = Some(e);
+                    break;
+                }
+            }
+        }
+        if !records.is_empty()
+            && let Err(e) = ctx.feed.append_batch(records).await
+        {
+            tracing::warn!(error = %e, "feed unavailable; deliveries stay in the inbox");
+            if pause(&ctx, next_backoff(&mut failures)).await {
+                return;
+            }
+            continue;
+        }
+        if let Err(e) = inbox.done(done).await {
+            tracing::warn!(error = %e, "inbox not updated; deliveries will be processed again");
+        }
+        if let Some(e) = stalled {
+            let wait = next_backoff(&mut failures);
+            tracing::warn!(error = %e, retry_in = ?wait, "delivery failed; retrying");
+            if pause(&ctx, wait).await {
+                return;
+            }
+        } else {
+            failures = 0;
+        }
+    }
+}
+
+fn next_backoff(failures: &mut u32) -> Duration {
+    let wait = switchboard_adapters::backoff(*failures);
+    *failures = failures.saturating_add(1);
+    wait
+}
+
+/// Sleeps unless shutdown comes first; `true`: shut down.
+async fn pause(ctx: &AdapterContext, wait: Duration) -> bool {
+    tokio::select! {
+        () = ctx.shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Forgets processed deliveries after [`KEEP_DONE`], hourly.
+async fn prune(inbox: Inbox, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        match inbox.prune(KEEP_DONE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(forgotten = n, "old webhook deliveries pruned"),
+            Err(e) => tracing::warn!(error = %e, "inbox not pruned"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

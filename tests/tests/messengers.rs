@@ -1,0 +1,529 @@
+//! Messengers and lead services against doubles of their APIs on loopback:
+//! a Telegram photo message arrives by long polling, is stored, assigned
+//! and answered through the Bot API; webhooks of Telegram, VK, Viber and
+//! JivoSite are verified (403 and nothing in the feed otherwise), answered
+//! as each service expects, and idempotent on the service's delivery id;
+//! replies go out through each service's API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use switchboard_storage::{Interaction, Kind};
+use switchboard_tests::doubles::Double;
+use switchboard_tests::{Launch, Switchboard, feed_interactions};
+
+const ROUTING: &str = r#"
+[[routing.managers]]
+id = "anna"
+name = "Anna"
+queues = ["sales"]
+
+[[routing.queues]]
+name = "sales"
+policy = "round_robin"
+"#;
+
+async fn start(dir: &Path, channels: &str) -> Switchboard {
+    let config = dir.join("switchboard.toml");
+    std::fs::write(&config, format!("{ROUTING}\n{channels}")).unwrap();
+    let sb = Launch::new(&dir.join("data"))
+        .config(&config)
+        .start()
+        .await
+        .unwrap();
+    let (status, _) = sb
+        .gateway_request(reqwest::Method::PUT, "/v1/managers/anna/presence")
+        .await
+        .unwrap()
+        .json(&json!({"presence": "online"}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 200);
+    sb
+}
+
+/// Waits until the feed holds an interaction `want` accepts; returns all
+/// such interactions.
+async fn feed_until(
+    sb: &Switchboard,
+    data: &Path,
+    want: impl Fn(&Interaction) -> bool,
+    within: Duration,
+) -> Vec<Interaction> {
+    let started = Instant::now();
+    loop {
+        let found: Vec<Interaction> = feed_interactions(data)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(&want)
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        assert!(
+            started.elapsed() < within,
+            "nothing wanted in the feed after {within:?}\n{}",
+            sb.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn hook(
+    sb: &Switchboard,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut req = sb
+        .gateway_request(reqwest::Method::POST, path)
+        .await
+        .unwrap()
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_telegram_photo_arrives_by_polling_is_assigned_and_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tg = Double::telegram("4242:TEST-TOKEN").await.unwrap();
+    let photo: Vec<u8> = (0..60_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    tg.add_file("photo-small", photo[..500].to_vec());
+    tg.add_file("photo-big", photo.clone());
+    tg.push_update(json!({
+        "update_id": 1001,
+        "message": {
+            "message_id": 7,
+            "date": 1_764_700_000,
+            "chat": {"id": 555, "type": "private", "first_name": "Иван"},
+            "from": {"id": 555, "is_bot": false, "first_name": "Иван", "last_name": "Петров", "username": "ivanp"},
+            "photo": [
+                {"file_id": "photo-small", "file_unique_id": "s", "width": 90, "height": 60, "file_size": 500},
+                {"file_id": "photo-big", "file_unique_id": "b", "width": 1280, "height": 853, "file_size": 60000}
+            ],
+            "caption": "Нужен такой же 🙂"
+        }
+    }));
+    let sb = start(
+        dir.path(),
+        &format!(
+            "[[channels]]\ntype = \"telegram\"\nname = \"tg-sales\"\ntoken = \"4242:TEST-TOKEN\"\napi_url = \"{}\"\npoll_timeout = \"2s\"\n",
+            tg.url()
+        ),
+    )
+    .await;
+
+    let got = feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::MessageReceived && e.contact.key == "telegram:555",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    let msg = &got[0];
+    assert_eq!(msg.payload["text"], "Нужен такой же 🙂");
+    assert_eq!(msg.contact.name.as_deref(), Some("Иван Петров"));
+    assert_eq!(msg.conversation.as_deref(), Some("telegram:tg-sales:555"));
+    // The largest photo was downloaded and stored by its digest.
+    let sha = hex::encode(Sha256::digest(&photo));
+    assert_eq!(msg.payload["attachments"][0]["sha256"], sha.as_str());
+    assert_eq!(msg.payload["attachments"][0]["kind"], "photo");
+    let stored = std::fs::read(data.join("attachments").join(&sha[..2]).join(&sha)).unwrap();
+    assert_eq!(stored, photo);
+
+    // Routing assigns it to the online manager.
+    let assigned = feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::RoutingAssigned && e.contact.key == "telegram:555",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(assigned[0].manager.as_deref(), Some("anna"));
+
+    // The manager answers from the CRM; the Bot API gets sendMessage.
+    sb.wait_for_timeline("telegram:555", &msg.id.to_string(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (status, body) = sb
+        .crm_post(
+            "/v1/conversations/telegram:tg-sales:555/replies",
+            &json!({"text": "Здравствуйте! Есть в наличии."}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let sent = tg.wait_for("sendMessage", 1, Duration::from_secs(15)).await;
+    assert_eq!(sent.len(), 1, "{}", sb.logs());
+    assert_eq!(sent[0].body["chat_id"], 555);
+    assert_eq!(sent[0].body["text"], "Здравствуйте! Есть в наличии.");
+    let out = feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::MessageSent && e.contact.key == "telegram:555",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        out[0].conversation.as_deref(),
+        Some("telegram:tg-sales:555")
+    );
+    assert!(out[0].payload["message_id"].as_i64().is_some());
+
+    // The update was confirmed to Telegram (a later offset), and a new one
+    // arrives too; the first is not taken again.
+    tg.push_update(json!({
+        "update_id": 1002,
+        "message": {"message_id": 8, "date": 1_764_700_100,
+            "chat": {"id": 555, "type": "private", "first_name": "Иван"},
+            "from": {"id": 555, "is_bot": false, "first_name": "Иван"}, "text": "Спасибо"}
+    }));
+    feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::MessageReceived && e.payload["text"] == "Спасибо",
+        Duration::from_secs(10),
+    )
+    .await;
+    let polls = tg.seen("getUpdates");
+    assert!(polls.iter().any(|p| p.body["offset"] == 1002), "{polls:?}");
+    let received = feed_interactions(&data)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == Kind::MessageReceived)
+        .count();
+    assert_eq!(received, 2);
+    sb.terminate(Duration::from_secs(10)).await.unwrap();
+}
+
+fn viber_signature(token: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn webhooks_are_verified_acknowledged_once_and_answered_through_each_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let vk = Double::vk("vk-access").await.unwrap();
+    let viber = Double::viber("viber-token").await.unwrap();
+    let tg = Double::telegram("77:HOOK").await.unwrap();
+    let sb = start(
+        dir.path(),
+        &format!(
+            r#"
+[[channels]]
+type = "telegram"
+name = "tgw"
+token = "77:HOOK"
+mode = "webhook"
+webhook_secret = "tg-hook-secret"
+api_url = "{tg}"
+
+[[channels]]
+type = "vk"
+name = "club"
+group_id = 77
+confirmation = "c0nf1rm"
+secret = "vk-secret"
+access_token = "vk-access"
+api_url = "{vk}"
+
+[[channels]]
+type = "viber"
+name = "vb"
+auth_token = "viber-token"
+api_url = "{viber}"
+
+[[channels]]
+type = "jivosite"
+name = "jivo"
+token = "jivo-0123456789abcdef"
+"#,
+            tg = tg.url(),
+            vk = vk.url(),
+            viber = viber.url()
+        ),
+    )
+    .await;
+
+    // Telegram: the secret token header or 403; a retried update is one event.
+    let update = br#"{"update_id":9001,"message":{"message_id":3,"date":1764700000,"chat":{"id":777,"type":"private","first_name":"Olga"},"from":{"id":777,"is_bot":false,"first_name":"Olga"},"text":"hello"}}"#;
+    assert_eq!(hook(&sb, "/v1/hooks/tgw", &[], update).await.0, 403);
+    let wrong = [("x-telegram-bot-api-secret-token", "guess")];
+    assert_eq!(hook(&sb, "/v1/hooks/tgw", &wrong, update).await.0, 403);
+    let right = [("x-telegram-bot-api-secret-token", "tg-hook-secret")];
+    assert_eq!(hook(&sb, "/v1/hooks/tgw", &right, update).await.0, 200);
+    assert_eq!(hook(&sb, "/v1/hooks/tgw", &right, update).await.0, 200);
+
+    // VK: the handshake, the secret, message_new and a market order.
+    let (status, text) = hook(
+        &sb,
+        "/v1/hooks/club",
+        &[],
+        br#"{"type":"confirmation","group_id":77}"#,
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "c0nf1rm"));
+    let vk_msg = r#"{"type":"message_new","group_id":77,"event_id":"ev-1","v":"5.199","secret":"SECRET","object":{"message":{"id":11,"date":1764700000,"peer_id":3301,"from_id":3301,"text":"Сколько стоит?","attachments":[]}}}"#;
+    let forged = vk_msg.replace("SECRET", "not-it");
+    assert_eq!(
+        hook(&sb, "/v1/hooks/club", &[], forged.as_bytes()).await.0,
+        403
+    );
+    let genuine = vk_msg.replace("SECRET", "vk-secret");
+    let (status, text) = hook(&sb, "/v1/hooks/club", &[], genuine.as_bytes()).await;
+    assert_eq!((status, text.as_str()), (200, "ok"));
+    let order = r#"{"type":"market_order_new","group_id":77,"event_id":"ev-2","secret":"vk-secret","object":{"id":5,"user_id":3301,"date":1764700000,"total_price":{"amount":"250000","currency":{"id":643,"name":"RUB"}},"preview_order_items":[{"title":"Ламинат, м²","quantity":10,"price":{"amount":"25000"}}],"recipient":{"name":"Пётр","phone":"+7 903 555-44-33"}}}"#;
+    assert_eq!(
+        hook(&sb, "/v1/hooks/club", &[], order.as_bytes()).await.0,
+        200
+    );
+
+    // Viber: the body's HMAC-SHA256 signature or 403.
+    let viber_msg = r#"{"event":"message","timestamp":1764700000000,"message_token":5100000000000000077,"sender":{"id":"V1b3r+User=","name":"Marina"},"message":{"type":"text","text":"Привет"}}"#
+        .as_bytes();
+    let bad_signature = viber_signature("other-token", viber_msg);
+    assert_eq!(
+        hook(
+            &sb,
+            "/v1/hooks/vb",
+            &[("x-viber-content-signature", &bad_signature)],
+            viber_msg
+        )
+        .await
+        .0,
+        403
+    );
+    let signature = viber_signature("viber-token", viber_msg);
+    assert_eq!(
+        hook(
+            &sb,
+            "/v1/hooks/vb",
+            &[("x-viber-content-signature", &signature)],
+            viber_msg
+        )
+        .await
+        .0,
+        200
+    );
+
+    // JivoSite: the address's token or 403; the same webhook twice is one lead.
+    let jivo = r#"{"event_name":"offline_message","widget_id":"2853","offline_message_id":"om-17","visitor":{"name":"Kirill","phone":"8 (916) 555-00-11"},"message":"Перезвоните","session":{"utm_json":{"source":"yandex","medium":"cpc","campaign":"spring"}},"page":{"url":"https://shop.example/","title":"Shop"}}"#;
+    assert_eq!(
+        hook(&sb, "/v1/hooks/jivo/not-the-token", &[], jivo.as_bytes())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        hook(&sb, "/v1/hooks/jivo", &[], jivo.as_bytes()).await.0,
+        403
+    );
+    for _ in 0..2 {
+        let (status, body) = hook(
+            &sb,
+            "/v1/hooks/jivo/jivo-0123456789abcdef",
+            &[],
+            jivo.as_bytes(),
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, r#"{"result":"ok"}"#));
+    }
+
+    // Bad bodies: 400 and 413; no such line: 404.
+    let (status, _) = hook(&sb, "/v1/hooks/club", &[], b"{not json").await;
+    assert_eq!(status, 400);
+    let huge = vec![b' '; 70 * 1024];
+    assert_eq!(hook(&sb, "/v1/hooks/club", &[], &huge).await.0, 413);
+    assert_eq!(hook(&sb, "/v1/hooks/nope", &[], b"{}").await.0, 404);
+
+    // Each accepted delivery is one event; the refused ones are none.
+    let lead = feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::LeadReceived && e.contact.key == "tel:+79165550011",
+        Duration::from_secs(10),
+    )
+    .await;
+    let campaign = lead[0].campaign.clone().unwrap();
+    assert_eq!(
+        (campaign.source.as_deref(), campaign.campaign.as_deref()),
+        (Some("yandex"), Some("spring"))
+    );
+    feed_until(
+        &sb,
+        &data,
+        |e| e.channel == switchboard_storage::Channel::Viber,
+        Duration::from_secs(10),
+    )
+    .await;
+    feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Vk,
+        Duration::from_secs(10),
+    )
+    .await;
+    let events = feed_until(
+        &sb,
+        &data,
+        |e| e.contact.key == "telegram:777",
+        Duration::from_secs(10),
+    )
+    .await;
+    // Give a duplicate, had one been stored, time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = feed_interactions(&data).await.unwrap();
+    let customer: Vec<&Interaction> = all
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::MessageReceived | Kind::LeadReceived))
+        .collect();
+    let count = |f: &dyn Fn(&Interaction) -> bool| customer.iter().filter(|e| f(e)).count();
+    assert_eq!(
+        count(&|e| e.contact.key == "telegram:777"),
+        1,
+        "{customer:#?}"
+    );
+    assert_eq!(
+        count(&|e| e.channel == switchboard_storage::Channel::Jivosite),
+        1
+    );
+    assert_eq!(count(&|e| e.channel == switchboard_storage::Channel::Vk), 2);
+    assert_eq!(
+        count(&|e| e.channel == switchboard_storage::Channel::Viber),
+        1
+    );
+    assert_eq!(customer.len(), 5, "{customer:#?}");
+    assert_eq!(events[0].payload["text"], "hello");
+    let order_lead = all
+        .iter()
+        .find(|e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Vk)
+        .unwrap();
+    assert_eq!(order_lead.payload["sum"], json!(2500.0));
+    assert_eq!(order_lead.contact.key, "tel:+79035554433");
+    // The CRM has the JivoSite lead once.
+    let jivo_lead = all
+        .iter()
+        .find(|e| e.channel == switchboard_storage::Channel::Jivosite)
+        .unwrap();
+    let timeline = sb
+        .wait_for_timeline(
+            "tel:+79165550011",
+            &jivo_lead.id.to_string(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let leads = timeline["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "lead.received")
+        .count();
+    assert_eq!(leads, 1, "{timeline:#}");
+
+    // Replies go out through VK's messages.send and Viber's send_message.
+    let vk_in = all
+        .iter()
+        .find(|e| e.kind == Kind::MessageReceived && e.channel == switchboard_storage::Channel::Vk)
+        .unwrap();
+    sb.wait_for_timeline("vk:3301", &vk_in.id.to_string(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (status, body) = sb
+        .crm_post(
+            "/v1/conversations/vk:club:3301/replies",
+            &json!({"text": "2500 ₽ за всё"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let viber_in = all
+        .iter()
+        .find(|e| e.channel == switchboard_storage::Channel::Viber)
+        .unwrap();
+    sb.wait_for_timeline(
+        "viber:V1b3r+User=",
+        &viber_in.id.to_string(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let (status, body) = sb
+        .crm_post(
+            "/v1/conversations/viber:vb:V1b3r+User=/replies",
+            &json!({"text": "Добрый день!"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let sent = vk
+        .wait_for("messages.send", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", sb.logs());
+    assert_eq!(sent[0].body["peer_id"], "3301");
+    assert_eq!(sent[0].body["message"], "2500 ₽ за всё");
+    assert!(
+        sent[0].body["random_id"]
+            .as_str()
+            .unwrap()
+            .parse::<i32>()
+            .is_ok()
+    );
+    let sent = viber
+        .wait_for("send_message", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", sb.logs());
+    assert_eq!(sent[0].body["receiver"], "V1b3r+User=");
+    assert_eq!(sent[0].body["text"], "Добрый день!");
+    feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::MessageSent && e.channel == switchboard_storage::Channel::Viber,
+        Duration::from_secs(10),
+    )
+    .await;
+    feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::MessageSent && e.channel == switchboard_storage::Channel::Vk,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let forbidden = sb
+        .gateway_metric(
+            "switchboard_webhooks_total",
+            &[("channel", "vk"), ("outcome", "forbidden")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(forbidden, 1.0);
+    let duplicates = sb
+        .gateway_metric(
+            "switchboard_webhooks_total",
+            &[("channel", "jivosite"), ("outcome", "duplicate")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(duplicates, 1.0);
+    sb.terminate(Duration::from_secs(10)).await.unwrap();
+}
