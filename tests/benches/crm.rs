@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use switchboard_crm::testing::TestDatabase;
 use switchboard_tests::Launch;
-use switchboard_tests::env_usize;
+use switchboard_tests::{env_usize, wrk};
 
 /// Seeds with set-based SQL (PostgreSQL), far faster than the API would.
 async fn seed(url: &str, clients: usize, per_client: usize) {
@@ -64,59 +64,6 @@ async fn seed(url: &str, clients: usize, per_client: usize) {
     );
 }
 
-struct WrkResult {
-    rps: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn parse_ms(text: &str) -> f64 {
-    let t = text.trim();
-    let (num, factor) = if let Some(v) = t.strip_suffix("us") {
-        (v, 0.001)
-    } else if let Some(v) = t.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = t.strip_suffix('s') {
-        (v, 1000.0)
-    } else {
-        (t, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * factor
-}
-
-fn wrk(base: &str, script: &str, seconds: usize) -> WrkResult {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("script.lua");
-    std::fs::write(&path, script).unwrap();
-    let out = std::process::Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", "-s"])
-        .arg(&path)
-        .arg(base)
-        .output()
-        .expect("wrk (Debian package wrk) must be installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("cannot read wrk output:\n{text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(parse_ms)
-        .unwrap_or(f64::NAN);
-    let errors = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    WrkResult {
-        rps,
-        p99_ms: p99,
-        errors,
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let clients = env_usize("CRM_BENCH_CLIENTS", 100_000);
@@ -161,6 +108,7 @@ async fn main() {
              {{['Authorization'] = 'Bearer {token}'}})\nend\n"
         ),
         seconds,
+        32,
     );
     println!(
         "timeline: {:.0} requests/s, p99 {:.2} ms, {} non-2xx (wrk -t2 -c32, 20 entries a page)",
@@ -174,6 +122,7 @@ async fn main() {
              {{['Authorization'] = 'Bearer {token}'}})\nend\n"
         ),
         seconds,
+        32,
     );
     println!(
         "search: {:.0} requests/s, p99 {:.2} ms, {} non-2xx (phone digits, trigram index)",

@@ -226,7 +226,7 @@ impl Switchboard {
             .join("\n")
     }
 
-    fn gateway_url(&self, path: &str) -> Result<String> {
+    pub fn gateway_url(&self, path: &str) -> Result<String> {
         Ok(format!(
             "http://{}{path}",
             self.gateway
@@ -645,5 +645,86 @@ impl Broker {
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;
         self.launch().await
+    }
+}
+
+/// What one `wrk` run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct WrkResult {
+    /// Requests per second, all statuses.
+    pub rps: f64,
+    pub p99_ms: f64,
+    /// Responses that were not 2xx or 3xx.
+    pub errors: u64,
+    /// Requests completed.
+    pub requests: u64,
+}
+
+fn parse_ms(text: &str) -> f64 {
+    let t = text.trim();
+    let (num, factor) = if let Some(v) = t.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = t.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = t.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (t, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * factor
+}
+
+/// Runs `wrk` (Debian package `wrk`) with the Lua `script` against `base`
+/// for `seconds` on 2 threads and `connections` connections.
+///
+/// # Panics
+/// When wrk is missing or its output cannot be read.
+#[allow(clippy::expect_used)]
+pub fn wrk(base: &str, script: &str, seconds: usize, connections: usize) -> WrkResult {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("script.lua");
+    std::fs::write(&path, script).expect("the wrk script written");
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&path)
+        .arg(base)
+        .output()
+        .expect("wrk (Debian package wrk) must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot read wrk output:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(parse_ms)
+        .unwrap_or(f64::NAN);
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    WrkResult {
+        rps,
+        p99_ms: p99,
+        errors,
+        requests,
     }
 }
