@@ -83,7 +83,6 @@ enum Request {
         reply: Reply<bool>,
     },
     Pending {
-        after: i64,
         limit: usize,
         reply: Reply<Vec<Delivery>>,
     },
@@ -167,14 +166,9 @@ impl Inbox {
         .await
     }
 
-    /// Up to `limit` unprocessed deliveries after `after`, oldest first.
-    pub async fn pending(&self, after: i64, limit: usize) -> Result<Vec<Delivery>, InboxError> {
-        self.ask(|reply| Request::Pending {
-            after,
-            limit,
-            reply,
-        })
-        .await
+    /// Up to `limit` unprocessed deliveries, oldest first.
+    pub async fn pending(&self, limit: usize) -> Result<Vec<Delivery>, InboxError> {
+        self.ask(|reply| Request::Pending { limit, reply }).await
     }
 
     /// Marks deliveries processed, each with its outcome (`published`,
@@ -304,17 +298,13 @@ fn commit_stores(
 fn serve(conn: &mut Connection, req: Request) {
     match req {
         Request::Store { .. } => {}
-        Request::Pending {
-            after,
-            limit,
-            reply,
-        } => {
+        Request::Pending { limit, reply } => {
             let r = (|| {
                 let mut q = conn.prepare_cached(
                     "SELECT seq, line, delivery, body, received_at FROM deliveries
-                     WHERE done_at IS NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
+                     WHERE done_at IS NULL ORDER BY seq LIMIT ?1",
                 )?;
-                let rows = q.query_map(params![after, limit as i64], |r| {
+                let rows = q.query_map(params![limit as i64], |r| {
                     Ok(Delivery {
                         seq: r.get(0)?,
                         line: r.get(1)?,
@@ -414,7 +404,7 @@ mod tests {
         assert_eq!(fresh, 50, "each delivery id is new once");
         // Another line may use the same id.
         assert!(inbox.store("vk", "0", b"x".to_vec()).await.unwrap());
-        let pending = inbox.pending(0, 1000).await.unwrap();
+        let pending = inbox.pending(1000).await.unwrap();
         assert_eq!(pending.len(), 51);
         let first: Vec<_> = pending
             .iter()
@@ -425,7 +415,7 @@ mod tests {
         drop(inbox);
 
         let inbox = Inbox::open(&path).unwrap();
-        let pending = inbox.pending(0, 1000).await.unwrap();
+        let pending = inbox.pending(1000).await.unwrap();
         assert_eq!(pending.len(), 41, "processed deliveries stay processed");
         assert!(
             !inbox.store("tg", "3", b"again".to_vec()).await.unwrap(),

@@ -95,6 +95,33 @@ pub fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_secs(1u64 << attempt.min(6)).min(std::time::Duration::from_secs(60))
 }
 
+/// Consecutive failures of one piece of work, and how long to wait before
+/// trying it again ([`backoff`]).
+#[derive(Debug, Default)]
+pub struct Retries(u32);
+
+impl Retries {
+    /// Counts a failure; the wait before the next try.
+    pub fn next_wait(&mut self) -> std::time::Duration {
+        let wait = backoff(self.0);
+        self.0 = self.0.saturating_add(1);
+        wait
+    }
+
+    /// The work succeeded: the next failure waits the shortest time again.
+    pub fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// Sleeps for `wait` unless `shutdown` fires first; `true` when it did.
+pub async fn sleep_or_shutdown(shutdown: &CancellationToken, wait: std::time::Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
 /// One kind of channel.
 pub trait Adapter: Send + Sync + std::fmt::Debug + 'static {
     /// The command targets this adapter executes, e.g. `email:sales`.

@@ -6,10 +6,11 @@
 //! with backoff before anything after it; the batch is committed only once
 //! each command was carried out or rejected for good.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_adapters::{Adapter, AdapterContext, CommandError};
+use switchboard_adapters::{Adapter, AdapterContext, CommandError, Retries, sleep_or_shutdown};
 use switchboard_storage::{Command, FeedSource};
 use tokio::task::JoinSet;
 
@@ -57,25 +58,25 @@ impl Channels {
         for a in &self.adapters {
             tasks.spawn(a.run(self.ctx.clone()));
         }
-        tasks.spawn(crate::hooks::process(
-            self.adapters.clone(),
-            self.ctx.clone(),
-        ));
-        tasks.spawn(execute_commands(self.adapters, self.ctx, source));
+        let lines = Arc::new(by_line(&self.adapters));
+        tasks.spawn(crate::hooks::process(Arc::clone(&lines), self.ctx.clone()));
+        tasks.spawn(execute_commands(lines, self.ctx, source));
         while tasks.join_next().await.is_some() {}
     }
 }
 
-async fn execute_commands<S: FeedSource>(
-    adapters: Vec<Arc<dyn Adapter>>,
-    ctx: AdapterContext,
-    mut source: S,
-) {
-    let lines: Vec<(String, Arc<dyn Adapter>)> = adapters
+/// Each line (`email:sales`, `telegram:tg`) and the adapter serving it.
+pub(crate) type ByLine = HashMap<String, Arc<dyn Adapter>>;
+
+fn by_line(adapters: &[Arc<dyn Adapter>]) -> ByLine {
+    adapters
         .iter()
         .flat_map(|a| a.lines().into_iter().map(move |l| (l, Arc::clone(a))))
-        .collect();
-    let mut failures = 0u32;
+        .collect()
+}
+
+async fn execute_commands<S: FeedSource>(lines: Arc<ByLine>, ctx: AdapterContext, mut source: S) {
+    let mut retries = Retries::default();
     loop {
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
@@ -105,7 +106,7 @@ async fn execute_commands<S: FeedSource>(
             };
             let channel = cmd.channel.as_str();
             tracing::debug!(command = %cmd.id, target = %cmd.target, "command read");
-            let Some((_, adapter)) = lines.iter().find(|(l, _)| *l == cmd.target) else {
+            let Some(adapter) = lines.get(&cmd.target) else {
                 // Calls and lines of other channels are not ours.
                 COMMANDS.with_label_values(&[channel, "not_ours"]).inc();
                 continue;
@@ -114,7 +115,7 @@ async fn execute_commands<S: FeedSource>(
                 match adapter.execute(&cmd, &ctx).await {
                     Ok(()) => {
                         tracing::info!(command = %cmd.id, target = %cmd.target, "command carried out");
-                        failures = 0;
+                        retries.reset();
                         COMMANDS.with_label_values(&[channel, "done"]).inc();
                         break;
                     }
@@ -124,13 +125,11 @@ async fn execute_commands<S: FeedSource>(
                         break;
                     }
                     Err(e) => {
-                        let wait = switchboard_adapters::backoff(failures);
-                        failures = failures.saturating_add(1);
+                        let wait = retries.next_wait();
                         tracing::warn!(command = %cmd.id, target = %cmd.target, error = %e, retry_in = ?wait, "command failed");
                         COMMANDS.with_label_values(&[channel, "retried"]).inc();
-                        tokio::select! {
-                            () = ctx.shutdown.cancelled() => return,
-                            () = tokio::time::sleep(wait) => {}
+                        if sleep_or_shutdown(&ctx.shutdown, wait).await {
+                            return;
                         }
                     }
                 }

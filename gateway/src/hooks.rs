@@ -15,7 +15,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use switchboard_adapters::inbox::{Inbox, KEEP_DONE};
-use switchboard_adapters::{Adapter, AdapterContext, CommandError, HookError, HookRequest};
+use switchboard_adapters::{
+    Adapter, AdapterContext, CommandError, HookError, HookRequest, Retries, sleep_or_shutdown,
+};
+
+use crate::channels::ByLine;
 use switchboard_service::ApiError;
 use switchboard_storage::NewRecord;
 
@@ -142,21 +146,17 @@ const BATCH: usize = 512;
 /// shutdown. A delivery that may work later (a file server down) stops the
 /// line of work and is retried with backoff; one that never will is marked
 /// rejected.
-pub async fn process(adapters: Vec<Arc<dyn Adapter>>, ctx: AdapterContext) {
-    let lines: HashMap<String, Arc<dyn Adapter>> = adapters
-        .iter()
-        .flat_map(|a| a.lines().into_iter().map(move |l| (l, Arc::clone(a))))
-        .collect();
+pub(crate) async fn process(lines: Arc<ByLine>, ctx: AdapterContext) {
     let inbox = ctx.inbox.clone();
     tokio::spawn(prune(inbox.clone(), ctx.shutdown.clone()));
-    let mut failures = 0u32;
+    let mut retries = Retries::default();
     loop {
         let mark = inbox.last_stored();
-        let batch = match inbox.pending(0, BATCH).await {
+        let batch = match inbox.pending(BATCH).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "inbox unreadable");
-                if pause(&ctx, Duration::from_secs(1)).await {
+                if sleep_or_shutdown(&ctx.shutdown, Duration::from_secs(1)).await {
                     return;
                 }
                 continue;
@@ -209,7 +209,7 @@ pub async fn process(adapters: Vec<Arc<dyn Adapter>>, ctx: AdapterContext) {
             && let Err(e) = ctx.feed.append_batch(records).await
         {
             tracing::warn!(error = %e, "feed unavailable; deliveries stay in the inbox");
-            if pause(&ctx, next_backoff(&mut failures)).await {
+            if sleep_or_shutdown(&ctx.shutdown, retries.next_wait()).await {
                 return;
             }
             continue;
@@ -218,28 +218,14 @@ pub async fn process(adapters: Vec<Arc<dyn Adapter>>, ctx: AdapterContext) {
             tracing::warn!(error = %e, "inbox not updated; deliveries will be processed again");
         }
         if let Some(e) = stalled {
-            let wait = next_backoff(&mut failures);
+            let wait = retries.next_wait();
             tracing::warn!(error = %e, retry_in = ?wait, "delivery failed; retrying");
-            if pause(&ctx, wait).await {
+            if sleep_or_shutdown(&ctx.shutdown, wait).await {
                 return;
             }
         } else {
-            failures = 0;
+            retries.reset();
         }
-    }
-}
-
-fn next_backoff(failures: &mut u32) -> Duration {
-    let wait = switchboard_adapters::backoff(*failures);
-    *failures = failures.saturating_add(1);
-    wait
-}
-
-/// Sleeps unless shutdown comes first; `true`: shut down.
-async fn pause(ctx: &AdapterContext, wait: Duration) -> bool {
-    tokio::select! {
-        () = ctx.shutdown.cancelled() => true,
-        () = tokio::time::sleep(wait) => false,
     }
 }
 
@@ -251,9 +237,8 @@ async fn prune(inbox: Inbox, shutdown: tokio_util::sync::CancellationToken) {
             Ok(n) => tracing::info!(forgotten = n, "old webhook deliveries pruned"),
             Err(e) => tracing::warn!(error = %e, "inbox not pruned"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        if sleep_or_shutdown(&shutdown, Duration::from_secs(3600)).await {
+            return;
         }
     }
 }

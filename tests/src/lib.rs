@@ -322,6 +322,37 @@ impl Switchboard {
         }
     }
 
+    /// Polls the embedded feed under `data_dir` until it holds at least
+    /// `at_least` interactions `keep` accepts; returns them in feed order.
+    /// Fails after `within` with what it found and the daemon's log.
+    pub async fn feed_until(
+        &self,
+        data_dir: &Path,
+        keep: impl Fn(&switchboard_storage::Interaction) -> bool,
+        at_least: usize,
+        within: Duration,
+    ) -> Result<Vec<switchboard_storage::Interaction>> {
+        let started = Instant::now();
+        loop {
+            let found: Vec<_> = feed_interactions(data_dir)
+                .await?
+                .into_iter()
+                .filter(|e| keep(e))
+                .collect();
+            if found.len() >= at_least {
+                return Ok(found);
+            }
+            if started.elapsed() > within {
+                bail!(
+                    "{} of {at_least} wanted interactions in the feed after {within:?}: {found:#?}\n{}",
+                    found.len(),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Polls `key`'s timeline until an item `keep` accepts is of kind
     /// `last`; returns the items `keep` accepts, oldest first. Fails after
     /// `within` with the last answer and the daemon's log.

@@ -72,25 +72,14 @@ async fn email_events(
     n: usize,
     within: Duration,
 ) -> Vec<Interaction> {
-    let started = Instant::now();
-    loop {
-        let events: Vec<Interaction> = feed_interactions(data)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.channel == switchboard_storage::Channel::Email)
-            .collect();
-        if events.len() >= n {
-            return events;
-        }
-        assert!(
-            started.elapsed() < within,
-            "{} of {n} email events after {within:?}: {events:#?}\n{}",
-            events.len(),
-            sb.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    sb.feed_until(
+        data,
+        |e| e.channel == switchboard_storage::Channel::Email,
+        n,
+        within,
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits (at most 20 s) until the SMTP server has received a letter;

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -57,24 +57,7 @@ async fn feed_until(
     want: impl Fn(&Interaction) -> bool,
     within: Duration,
 ) -> Vec<Interaction> {
-    let started = Instant::now();
-    loop {
-        let found: Vec<Interaction> = feed_interactions(data)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(&want)
-            .collect();
-        if !found.is_empty() {
-            return found;
-        }
-        assert!(
-            started.elapsed() < within,
-            "nothing wanted in the feed after {within:?}\n{}",
-            sb.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    sb.feed_until(data, want, 1, within).await.unwrap()
 }
 
 async fn hook(

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::net::{self, Conn, IO_TIMEOUT};
 use super::{Email, Fetched, MailError, report};
-use crate::{AdapterContext, backoff};
+use crate::{AdapterContext, backoff, sleep_or_shutdown};
 
 /// Letters downloaded and published at once.
 const GROUP_LETTERS: usize = 500;
@@ -34,9 +34,8 @@ pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
         let Err(e) = outcome else { return };
         report(&mb.name, &ctx, Err(&e));
         tracing::warn!(mailbox = %mb.name, error = %e, retry_in = ?backoff(attempt), "imap mailbox unavailable");
-        tokio::select! {
-            () = tokio::time::sleep(backoff(attempt)) => {}
-            () = ctx.shutdown.cancelled() => return,
+        if sleep_or_shutdown(&ctx.shutdown, backoff(attempt)).await {
+            return;
         }
         attempt = attempt.saturating_add(1);
     }

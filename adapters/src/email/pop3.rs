@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::net::{self, Conn, IO_TIMEOUT};
 use super::{Email, Fetched, MailError, report};
-use crate::{AdapterContext, backoff};
+use crate::{AdapterContext, Retries, sleep_or_shutdown};
 
 /// Letters published per batch.
 const CHUNK: usize = 100;
@@ -15,7 +15,7 @@ const CHUNK: usize = 100;
 const MAX_LINE: usize = 64 * 1024;
 
 pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
-    let mut attempt = 0u32;
+    let mut retries = Retries::default();
     loop {
         let outcome = tokio::select! {
             r = poll(&email, &mb, &ctx) => r,
@@ -23,7 +23,7 @@ pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
         };
         let wait = match outcome {
             Ok(n) => {
-                attempt = 0;
+                retries.reset();
                 report(&mb.name, &ctx, Ok(()));
                 if n > 0 {
                     tracing::debug!(mailbox = %mb.name, letters = n, "pop3 letters taken");
@@ -33,13 +33,11 @@ pub(crate) async fn run(email: Email, mb: Mailbox, ctx: AdapterContext) {
             Err(e) => {
                 report(&mb.name, &ctx, Err(&e));
                 tracing::warn!(mailbox = %mb.name, error = %e, "pop3 mailbox unavailable");
-                attempt = attempt.saturating_add(1);
-                backoff(attempt - 1)
+                retries.next_wait()
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = ctx.shutdown.cancelled() => return,
+        if sleep_or_shutdown(&ctx.shutdown, wait).await {
+            return;
         }
     }
 }

@@ -129,7 +129,8 @@ async fn send(
         None => (None, String::new()),
     };
     let domain = mb.address.rsplit('@').next().unwrap_or("localhost");
-    let (message_id, already_sent) = match state.command_done(&cmd.id.to_string()) {
+    // The inbox's ledger of commands carried out keeps the Message-ID.
+    let (message_id, already_sent) = match ctx.inbox.was_done(&cmd.id.to_string()).await {
         Ok(Some(mid)) => (mid, true),
         Ok(None) => (format!("{}@{domain}", cmd.id.simple()), false),
         Err(e) => return Err(CommandError::Retry(e.to_string())),
@@ -191,8 +192,9 @@ async fn send(
                     CommandError::Retry(format!("smtp: {e}"))
                 }
             })?;
-        state
-            .record_command(&cmd.id.to_string(), &message_id)
+        ctx.inbox
+            .command_done(&cmd.id.to_string(), &message_id)
+            .await
             .map_err(|e| CommandError::Retry(e.to_string()))?;
         tracing::info!(mailbox = %mb.name, command = %cmd.id, "letter sent");
     }

@@ -2,7 +2,8 @@
 //! `<data_dir>/email.sqlite`: each mailbox's IMAP cursor (UIDVALIDITY and
 //! the last UID taken), every letter taken (by key, for dedupe after a
 //! UIDVALIDITY change or a POP3 UIDL list, and by Message-ID for
-//! threading and replies), and the commands already carried out.
+//! threading and replies). Which replies were sent is in the shared
+//! [`crate::inbox`] ledger of commands.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -54,8 +55,7 @@ impl MailState {
                  PRIMARY KEY (mailbox, key));
              CREATE INDEX IF NOT EXISTS letters_message_id ON letters (message_id);
              CREATE INDEX IF NOT EXISTS letters_subject ON letters (contact, subject);
-             CREATE INDEX IF NOT EXISTS letters_interaction ON letters (interaction);
-             CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, message_id TEXT NOT NULL);",
+             CREATE INDEX IF NOT EXISTS letters_interaction ON letters (interaction);",
         )?;
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
@@ -193,24 +193,6 @@ impl MailState {
             )?;
         }
         tx.commit()?;
-        Ok(())
-    }
-
-    /// The Message-ID a command's letter was sent with, if it was sent.
-    pub fn command_done(&self, id: &str) -> Result<Option<String>, StateError> {
-        Ok(self
-            .db()
-            .query_row("SELECT message_id FROM commands WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?)
-    }
-
-    pub fn record_command(&self, id: &str, message_id: &str) -> Result<(), StateError> {
-        self.db().execute(
-            "INSERT OR IGNORE INTO commands (id, message_id) VALUES (?1, ?2)",
-            [id, message_id],
-        )?;
         Ok(())
     }
 }

@@ -157,10 +157,7 @@ impl Adapter for Jivosite {
             let event = v["event_name"].as_str().unwrap_or("");
             let chat = id_of(&v["chat_id"]).unwrap_or_else(|| d.id.clone());
             let contact = self.visitor(&v, &chat);
-            let at = time::OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(d.received_at) * 1_000_000,
-            )
-            .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+            let at = super::unix_millis(Some(d.received_at));
             let page = json!({"url": v["page"]["url"], "title": v["page"]["title"]});
             let (kind, payload) = match event {
                 "chat_accepted" => (
@@ -188,8 +185,7 @@ impl Adapter for Jivosite {
                 }
                 _ => return Ok(Vec::new()),
             };
-            let mut ev = self.line.event(kind, d, "", contact, at, payload);
-            ev.conversation = Some(self.line.conversation(&chat));
+            let mut ev = self.line.event(kind, d, &chat, contact, at, payload);
             ev.campaign = campaign(&v);
             MESSAGES
                 .with_label_values(&[

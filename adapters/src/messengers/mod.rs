@@ -114,21 +114,22 @@ impl Line {
         }
     }
 
-    /// An event of a delivery; `part` tells apart several events of one
-    /// delivery. Its id is the same whenever the delivery is processed.
+    /// The event of a delivery, in the conversation with `peer`. Its id is
+    /// the same whenever the delivery is processed.
     fn event(
         &self,
         kind: Kind,
         delivery: &Delivery,
-        part: &str,
+        peer: &str,
         contact: Contact,
         at: OffsetDateTime,
         mut payload: Value,
     ) -> Interaction {
         payload["line"] = json!(self.name);
         let mut ev = Interaction::new(kind, self.channel, contact, at, payload);
-        ev.id = crate::stable_id(&format!("{}\n{}\n{part}", self.name, delivery.id), Some(at));
+        ev.id = crate::stable_id(&format!("{}\n{}", self.name, delivery.id), Some(at));
         ev.manager.clone_from(&self.owner);
+        ev.conversation = Some(self.conversation(peer));
         ev
     }
 
@@ -240,9 +241,14 @@ fn stored_json(d: &Delivery) -> Result<Value, CommandError> {
     serde_json::from_slice(&d.body).map_err(|e| CommandError::Rejected(format!("stored body: {e}")))
 }
 
-/// Unix seconds (as the services send them) to a time; now when absent.
+/// Unix seconds (as Telegram and VK send them) to a time; now when absent.
 fn unix_time(secs: Option<i64>) -> OffsetDateTime {
-    secs.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+    unix_millis(secs.map(|s| s.saturating_mul(1000)))
+}
+
+/// Unix milliseconds (Viber's, and the inbox's) to a time; now when absent.
+fn unix_millis(ms: Option<i64>) -> OffsetDateTime {
+    ms.and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
         .unwrap_or_else(OffsetDateTime::now_utc)
 }
 

@@ -20,14 +20,15 @@ use super::{Line, http_client};
 use crate::blobs::Blobs;
 use crate::inbox::Delivery;
 use crate::metrics::MESSAGES;
-use crate::{Accepted, Adapter, AdapterContext, CommandError, HookError, HookReply, HookRequest};
+use crate::{
+    Accepted, Adapter, AdapterContext, CommandError, HookError, HookReply, HookRequest, Retries,
+    sleep_or_shutdown,
+};
 
 #[derive(Debug, Clone)]
 pub(super) struct Telegram {
     line: Line,
     bot: Bot,
-    /// `<api_url>/bot<token>/`, for the raw `getUpdates`.
-    method_base: String,
     mode: TelegramMode,
     webhook_url: String,
     webhook_secret: Option<String>,
@@ -53,7 +54,6 @@ impl Telegram {
         Ok(Self {
             line: Line::new(&c.name, Channel::Telegram, &c.owner),
             bot: Bot::with_client(&token, http.clone()).set_api_url(api),
-            method_base: format!("{}/bot{token}/", c.api_url.trim_end_matches('/')),
             mode: c.mode,
             webhook_url: c.webhook_url.clone(),
             webhook_secret,
@@ -68,7 +68,11 @@ impl Telegram {
     async fn call(&self, method: &str, body: &Value, wait: Duration) -> Result<Value, String> {
         let resp = self
             .http
-            .post(format!("{}{method}", self.method_base))
+            .post(format!(
+                "{}/bot{}/{method}",
+                self.bot.api_url().as_str().trim_end_matches('/'),
+                self.bot.token()
+            ))
             .timeout(wait + Duration::from_secs(10))
             .json(body)
             .send()
@@ -94,7 +98,7 @@ impl Telegram {
         // getUpdates is refused while a webhook is set.
         let _ = self.call("deleteWebhook", &json!({}), Duration::ZERO).await;
         let mut offset: i64 = 0;
-        let mut failures = 0u32;
+        let mut retries = Retries::default();
         loop {
             let body = json!({"offset": offset, "timeout": self.poll_timeout.as_secs()});
             let got = tokio::select! {
@@ -108,43 +112,47 @@ impl Telegram {
             };
             match stored {
                 Ok(()) => {
-                    failures = 0;
+                    retries.reset();
                     ctx.health.set(&health_key, Ok(()));
                 }
                 Err(e) => {
                     ctx.health.set(&health_key, Err(e.clone()));
-                    let wait = crate::backoff(failures);
-                    failures = failures.saturating_add(1);
+                    let wait = retries.next_wait();
                     tracing::warn!(line = %self.line.name, error = %e, retry_in = ?wait, "telegram polling failed");
-                    tokio::select! {
-                        () = ctx.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(wait) => {}
+                    if sleep_or_shutdown(&ctx.shutdown, wait).await {
+                        return;
                     }
                 }
             }
         }
     }
 
-    /// Stores polled updates in the inbox; the next `getUpdates` offset
-    /// confirms them to Telegram only after they are on disk.
+    /// Stores polled updates in the inbox (all at once: one commit); the
+    /// next `getUpdates` offset confirms them to Telegram only after they
+    /// are on disk.
     async fn keep(
         &self,
         ctx: &AdapterContext,
         updates: Vec<Value>,
         offset: &mut i64,
     ) -> Result<(), String> {
+        let target = self.line.target();
+        let line = target.as_str();
+        let mut stores = Vec::with_capacity(updates.len());
+        let mut last = *offset;
         for u in updates {
             let Some(id) = u["update_id"].as_i64() else {
                 MESSAGES.with_label_values(&["telegram", "rejected"]).inc();
                 continue;
             };
             let body = serde_json::to_vec(&u).map_err(|e| e.to_string())?;
-            ctx.inbox
-                .store(&self.line.target(), &id.to_string(), body)
-                .await
-                .map_err(|e| e.to_string())?;
-            *offset = (*offset).max(id + 1);
+            stores.push(async move { ctx.inbox.store(line, &id.to_string(), body).await });
+            last = last.max(id + 1);
         }
+        futures::future::try_join_all(stores)
+            .await
+            .map_err(|e| e.to_string())?;
+        *offset = last;
         Ok(())
     }
 
@@ -158,7 +166,7 @@ impl Telegram {
             "url": self.webhook_url,
             "secret_token": self.webhook_secret,
         });
-        let mut failures = 0u32;
+        let mut retries = Retries::default();
         loop {
             match self.call("setWebhook", &body, Duration::ZERO).await {
                 Ok(_) => {
@@ -168,12 +176,10 @@ impl Telegram {
                 }
                 Err(e) => {
                     ctx.health.set(&health_key, Err(e.clone()));
-                    let wait = crate::backoff(failures);
-                    failures = failures.saturating_add(1);
+                    let wait = retries.next_wait();
                     tracing::warn!(line = %self.line.name, error = %e, retry_in = ?wait, "setWebhook failed");
-                    tokio::select! {
-                        () = ctx.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(wait) => {}
+                    if sleep_or_shutdown(&ctx.shutdown, wait).await {
+                        return;
                     }
                 }
             }
@@ -274,15 +280,14 @@ impl Telegram {
             payload["sticker"] = json!(sticker.emoji);
         }
         let contact = self.line.account(&from.id.0.to_string(), Some(name));
-        let mut ev = self.line.event(
+        let ev = self.line.event(
             Kind::MessageReceived,
             d,
-            "",
+            &chat,
             contact,
             super::unix_time(Some(m.date.timestamp())),
             payload,
         );
-        ev.conversation = Some(self.line.conversation(&chat));
         MESSAGES.with_label_values(&["telegram", "received"]).inc();
         Ok(vec![ev])
     }

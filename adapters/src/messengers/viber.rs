@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use switchboard_config::{ConfigError, ViberConfig};
 use switchboard_storage::{Channel, Command, Interaction, Kind};
-use time::OffsetDateTime;
 
 use super::{Line, http_client};
 use crate::inbox::Delivery;
@@ -161,19 +160,13 @@ impl Adapter for Viber {
                 "file_name": m["file_name"],
                 "message_token": d.id,
             });
-            let at = v["timestamp"]
-                .as_i64()
-                .and_then(|ms| {
-                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-                })
-                .unwrap_or_else(OffsetDateTime::now_utc);
+            let at = super::unix_millis(v["timestamp"].as_i64());
             let contact = self
                 .line
                 .account(user, sender["name"].as_str().map(str::to_owned));
-            let mut ev = self
+            let ev = self
                 .line
-                .event(Kind::MessageReceived, d, "", contact, at, payload);
-            ev.conversation = Some(self.line.conversation(user));
+                .event(Kind::MessageReceived, d, user, contact, at, payload);
             MESSAGES.with_label_values(&["viber", "received"]).inc();
             Ok(vec![ev])
         })

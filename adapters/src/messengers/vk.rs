@@ -70,10 +70,14 @@ impl Vk {
         });
         let contact = self.line.account(&from.to_string(), None);
         let at = super::unix_time(m["date"].as_i64());
-        let mut ev = self
-            .line
-            .event(Kind::MessageReceived, d, "", contact, at, payload);
-        ev.conversation = Some(self.line.conversation(&peer.to_string()));
+        let ev = self.line.event(
+            Kind::MessageReceived,
+            d,
+            &peer.to_string(),
+            contact,
+            at,
+            payload,
+        );
         MESSAGES.with_label_values(&["vk", "received"]).inc();
         vec![ev]
     }
@@ -120,10 +124,14 @@ impl Vk {
             "event_id": d.id,
         });
         let at = super::unix_time(o["date"].as_i64());
-        let mut ev = self
-            .line
-            .event(Kind::LeadReceived, d, "", contact, at, payload);
-        ev.conversation = Some(self.line.conversation(&user.to_string()));
+        let mut ev = self.line.event(
+            Kind::LeadReceived,
+            d,
+            &user.to_string(),
+            contact,
+            at,
+            payload,
+        );
         ev.campaign = Some(Campaign {
             source: Some("vk".into()),
             medium: Some("market".into()),
