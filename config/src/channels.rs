@@ -19,6 +19,9 @@ pub enum ChannelConfig {
     Vk(VkConfig),
     Viber(ViberConfig),
     Jivosite(JivositeConfig),
+    Roistat(RoistatConfig),
+    Comagic(CallTrackingConfig),
+    Uis(CallTrackingConfig),
 }
 
 impl ChannelConfig {
@@ -30,6 +33,8 @@ impl ChannelConfig {
             Self::Vk(c) => &c.name,
             Self::Viber(c) => &c.name,
             Self::Jivosite(c) => &c.name,
+            Self::Roistat(c) => &c.name,
+            Self::Comagic(c) | Self::Uis(c) => &c.name,
         }
     }
 
@@ -40,6 +45,8 @@ impl ChannelConfig {
             Self::Vk(c) => &c.owner,
             Self::Viber(c) => &c.owner,
             Self::Jivosite(c) => &c.owner,
+            Self::Roistat(c) => &c.owner,
+            Self::Comagic(c) | Self::Uis(c) => &c.owner,
         }
     }
 
@@ -50,6 +57,9 @@ impl ChannelConfig {
             Self::Vk(_) => "vk",
             Self::Viber(_) => "viber",
             Self::Jivosite(_) => "jivosite",
+            Self::Roistat(_) => "roistat",
+            Self::Comagic(_) => "comagic",
+            Self::Uis(_) => "uis",
         }
     }
 }
@@ -222,6 +232,82 @@ pub struct JivositeConfig {
     pub token: Secret,
 }
 
+/// A Roistat project: its leads arrive at `/v1/hooks/<name>/<token>` (the
+/// address given to Roistat's integration), and the outcome of a deal made
+/// from one goes back through `project/add-orders` for Roistat's
+/// end-to-end analytics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoistatConfig {
+    pub name: String,
+    pub owner: String,
+    /// The secret part of the webhook address.
+    pub token: Secret,
+    /// The project's number (`?project=` of every API call).
+    pub project: u64,
+    /// The API key from the project's settings (`Api-key` header).
+    pub api_key: Secret,
+    pub api_url: String,
+}
+
+impl Default for RoistatConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            owner: String::new(),
+            token: Secret::default(),
+            project: 0,
+            api_key: Secret::default(),
+            api_url: "https://cloud.roistat.com/api/v1".into(),
+        }
+    }
+}
+
+/// A CoMagic or UIS account (the same platform): HTTP notifications of
+/// calls and requests arrive at `/v1/hooks/<name>/<token>`; deal outcomes
+/// go back through the Data API (JSON-RPC 2.0).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallTrackingConfig {
+    pub name: String,
+    pub owner: String,
+    /// The secret part of the notification address.
+    pub token: Secret,
+    /// A Data API access token (Settings → API keys).
+    pub access_token: Secret,
+    /// The Data API; empty: `https://dataapi.comagic.ru/v2.0` for CoMagic,
+    /// `https://dataapi.uiscom.ru/v2.0` for UIS.
+    pub api_url: String,
+}
+
+impl CallTrackingConfig {
+    /// The Data API address for a line of `kind` (`comagic` or `uis`).
+    pub fn api_url(&self, kind: &str) -> String {
+        match (self.api_url.as_str(), kind) {
+            ("", "uis") => "https://dataapi.uiscom.ru/v2.0".into(),
+            ("", _) => "https://dataapi.comagic.ru/v2.0".into(),
+            (url, _) => url.to_owned(),
+        }
+    }
+}
+
+/// The secret of a webhook address (services that sign nothing).
+fn check_address_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
+    let token = token.resolve(key)?;
+    if token.len() < 16
+        || !token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        return Err(ConfigError::invalid(
+            key,
+            "<redacted>",
+            "at least 16 letters, digits, '-' or '_' (it is part of the webhook URL)",
+        ));
+    }
+    Ok(())
+}
+
 fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -341,18 +427,24 @@ pub(crate) fn validate_channels(
                     ));
                 }
             }
-            ChannelConfig::Jivosite(j) => {
-                let token = j.token.resolve(&format!("{key}.token"))?;
-                if token.len() < 16
-                    || !token
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-                {
+            ChannelConfig::Jivosite(j) => check_address_token(&format!("{key}.token"), &j.token)?,
+            ChannelConfig::Roistat(r) => {
+                check_address_token(&format!("{key}.token"), &r.token)?;
+                if r.project == 0 {
                     return Err(ConfigError::invalid(
-                        &format!("{key}.token"),
-                        "<redacted>",
-                        "at least 16 letters, digits, '-' or '_' (it is part of the webhook URL)",
+                        &format!("{key}.project"),
+                        r.project,
+                        "the Roistat project's number",
                     ));
+                }
+                r.api_key.resolve(&format!("{key}.api_key"))?;
+                check_url(&format!("{key}.api_url"), &r.api_url)?;
+            }
+            ChannelConfig::Comagic(c) | ChannelConfig::Uis(c) => {
+                check_address_token(&format!("{key}.token"), &c.token)?;
+                c.access_token.resolve(&format!("{key}.access_token"))?;
+                if !c.api_url.is_empty() {
+                    check_url(&format!("{key}.api_url"), &c.api_url)?;
                 }
             }
         }

@@ -106,6 +106,9 @@ fn example_file_documents_every_key_and_is_valid() {
         ChannelConfig::Vk(VkConfig::default()),
         ChannelConfig::Viber(ViberConfig::default()),
         ChannelConfig::Jivosite(JivositeConfig::default()),
+        ChannelConfig::Roistat(RoistatConfig::default()),
+        ChannelConfig::Comagic(CallTrackingConfig::default()),
+        ChannelConfig::Uis(CallTrackingConfig::default()),
     ] {
         let kind = entry.kind();
         let first = channels
@@ -537,6 +540,22 @@ fn channel_mistakes_name_the_key_and_never_show_the_secret() {
         ),
         (
             "[[channels]]\ntype = \"jivosite\"\nname = \"jivo\"\ntoken = \"hunter2\"\n".to_owned(),
+            "channels[0].token",
+        ),
+        (
+            "[[channels]]\ntype = \"roistat\"\nname = \"rs\"\ntoken = \"0123456789abcdef\"\napi_key = \"hunter2\"\n".to_owned(),
+            "channels[0].project",
+        ),
+        (
+            "[[channels]]\ntype = \"roistat\"\nname = \"rs\"\ntoken = \"0123456789abcdef\"\nproject = 7\n".to_owned(),
+            "channels[0].api_key",
+        ),
+        (
+            "[[channels]]\ntype = \"uis\"\nname = \"uis\"\ntoken = \"0123456789abcdef\"\naccess_token = \"hunter2\"\napi_url = \"dataapi\"\n".to_owned(),
+            "channels[0].api_url",
+        ),
+        (
+            "[[channels]]\ntype = \"comagic\"\nname = \"cm\"\ntoken = \"hunter2\"\naccess_token = \"hunter2\"\n".to_owned(),
             "channels[0].token",
         ),
         (

@@ -274,6 +274,10 @@ pub enum CommandKind {
     /// Click-to-call: ring the manager, then the customer.
     #[serde(rename = "call.place")]
     CallPlace,
+    /// Tell the lead service a lead came from how its deal ended (won,
+    /// lost, amount), for the service's end-to-end analytics.
+    #[serde(rename = "deal.report")]
+    DealReport,
 }
 
 /// A CRM → gateway action. The outcome comes back as an [`Interaction`].

@@ -1,6 +1,7 @@
 //! Test doubles of the internet services the messengers talk to, on
 //! loopback: they speak the documented wire formats (the Telegram Bot API,
-//! VK's `messages.send`, Viber's `send_message`), check the credentials the
+//! VK's `messages.send`, Viber's `send_message`, Roistat's orders API, the
+//! CoMagic/UIS Data API), check the credentials the
 //! real services check, and record every request for the test to inspect.
 
 use std::collections::VecDeque;
@@ -121,6 +122,31 @@ impl Double {
         let state = (shared.clone(), Arc::new(access_token.to_owned()));
         let router = Router::new()
             .route("/method/{method}", post(vk_method))
+            .with_state(state);
+        Self::serve(router, shared).await
+    }
+
+    /// Roistat's API: `project/set-statuses` and `project/add-orders`,
+    /// each with `?project=` and the `Api-key` header (an unknown key or
+    /// project answers Roistat's `{"status": "error"}`); an order whose
+    /// status was not set first is refused as Roistat would.
+    pub async fn roistat(project: u64, api_key: &str) -> Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let state = (shared.clone(), Arc::new(format!("{project}\n{api_key}")));
+        let router = Router::new()
+            .route("/project/{method}", post(roistat_method))
+            .with_state(state);
+        Self::serve(router, shared).await
+    }
+
+    /// The CoMagic/UIS Data API (JSON-RPC 2.0 on one address):
+    /// `upload.deals_history` with the `access_token` parameter; errors as
+    /// JSON-RPC error objects (-32001 for a bad token).
+    pub async fn data_api(access_token: &str) -> Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let state = (shared.clone(), Arc::new(access_token.to_owned()));
+        let router = Router::new()
+            .route("/", post(data_api_call))
             .with_state(state);
         Self::serve(router, shared).await
     }
@@ -300,5 +326,94 @@ async fn viber_method(
         return axum::Json(json!({"status": 4, "status_message": "missingData"})).into_response();
     }
     axum::Json(json!({"status": 0, "status_message": "ok", "message_token": 5_491_000_000_000_000_001_u64}))
+        .into_response()
+}
+
+async fn roistat_method(
+    State((shared, credentials)): State<DoubleState>,
+    Path(method): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (project, key) = credentials.split_once('\n').unwrap_or_default();
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
+    let project_ok = query.iter().any(|(k, v)| k == "project" && v == project);
+    let key_ok = headers.get("api-key").and_then(|v| v.to_str().ok()) == Some(key);
+    if !project_ok || !key_ok {
+        return axum::Json(json!({"status": "error", "error": "authentication_failed"}))
+            .into_response();
+    }
+    let Ok(args) = serde_json::from_slice::<Value>(&body) else {
+        return axum::Json(json!({"status": "error", "error": "incorrect_request"}))
+            .into_response();
+    };
+    match method.as_str() {
+        "set-statuses" => {}
+        "add-orders" => {
+            let statuses: Vec<Value> = lock(&shared.seen)
+                .iter()
+                .filter(|s| s.method == "set-statuses")
+                .filter_map(|s| s.body.as_array().cloned())
+                .flatten()
+                .collect();
+            let known = |status: &Value| statuses.iter().any(|s| s["id"] == *status);
+            let orders = args.as_array().cloned().unwrap_or_default();
+            if orders.is_empty()
+                || orders
+                    .iter()
+                    .any(|o| !known(&o["status"]) || o["id"].is_null())
+            {
+                return axum::Json(json!({"status": "error", "error": "incorrect_request"}))
+                    .into_response();
+            }
+        }
+        _ => {
+            return axum::Json(json!({"status": "error", "error": "unknown_method"}))
+                .into_response();
+        }
+    }
+    record(&shared, &method, &headers, args);
+    axum::Json(json!({"status": "success"})).into_response()
+}
+
+async fn data_api_call(
+    State((shared, token)): State<DoubleState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(call) = serde_json::from_slice::<Value>(&body) else {
+        return axum::Json(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}}))
+            .into_response();
+    };
+    let id = call["id"].clone();
+    let error = |code: i64, message: &str| {
+        axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}))
+            .into_response()
+    };
+    if call["jsonrpc"] != "2.0" {
+        return error(-32600, "Invalid Request");
+    }
+    if call["params"]["access_token"].as_str() != Some(token.as_str()) {
+        return error(-32001, "Access token has been expired or invalid");
+    }
+    let method = call["method"].as_str().unwrap_or_default().to_owned();
+    if method != "upload.deals_history" {
+        return error(-32601, "Method not found");
+    }
+    let deals = call["params"]["deals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if deals.is_empty()
+        || deals
+            .iter()
+            .any(|d| d["communication_id"].as_i64().is_none() || d["ext_id"].is_null())
+    {
+        return error(-32602, "Invalid params");
+    }
+    record(&shared, &method, &headers, call["params"].clone());
+    axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"data": {"success": true}}}))
         .into_response()
 }

@@ -277,6 +277,18 @@ impl Switchboard {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
+    /// A raw request to the CRM API as an administrator.
+    pub fn crm_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder> {
+        Ok(self
+            .http
+            .request(method, self.crm_url(path)?)
+            .bearer_auth(&self.token))
+    }
+
     /// GET on the CRM API as an administrator; status and JSON body.
     pub async fn crm_get(&self, path: &str) -> Result<(u16, Value)> {
         let resp = self

@@ -3,7 +3,8 @@
 //! and answered through the Bot API; webhooks of Telegram, VK, Viber and
 //! JivoSite are verified (403 and nothing in the feed otherwise), answered
 //! as each service expects, and idempotent on the service's delivery id;
-//! replies go out through each service's API.
+//! replies go out through each service's API. Roistat and CoMagic leads
+//! carry their campaign, and a deal made from one reports its outcome back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -508,5 +509,235 @@ token = "jivo-0123456789abcdef"
         .await
         .unwrap();
     assert_eq!(duplicates, 1.0);
+    sb.terminate(Duration::from_secs(10)).await.unwrap();
+}
+
+/// Moves a deal to `stage` through the CRM API (If-Match from a GET).
+async fn move_deal(sb: &Switchboard, deal: &str, stage: &str, extra: serde_json::Value) {
+    let resp = sb
+        .crm_request(reqwest::Method::GET, &format!("/v1/deals/{deal}"))
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let mut body = json!({"stage_id": stage});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let resp = sb
+        .crm_request(reqwest::Method::PATCH, &format!("/v1/deals/{deal}"))
+        .unwrap()
+        .header("if-match", etag)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(status, 200, "{}", resp.text().await.unwrap());
+}
+
+/// The CRM client holding `phone`, once the lead `id` reached it.
+async fn client_of(sb: &Switchboard, phone: &str, lead: &Interaction) -> String {
+    sb.wait_for_timeline(
+        &format!("tel:{phone}"),
+        &lead.id.to_string(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let (status, body) = sb
+        .crm_get(&format!("/v1/clients?q={}", phone.replace('+', "%2B")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["items"][0]["id"].as_str().unwrap().to_owned()
+}
+
+async fn new_deal(sb: &Switchboard, client: &str, title: &str, amount_minor: i64) -> String {
+    let (status, deal) = sb
+        .crm_post(
+            "/v1/deals",
+            &json!({"client_id": client, "title": title, "amount_minor": amount_minor}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{deal}");
+    deal["id"].as_str().unwrap().to_owned()
+}
+
+/// The default pipeline's closing stages (migrations).
+const WON: &str = "00000000-0000-7000-8000-000000000015";
+
+#[tokio::test]
+async fn lead_services_bring_their_campaign_and_hear_how_the_deal_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let roistat = Double::roistat(4242, "rs-api-key").await.unwrap();
+    let comagic = Double::data_api("cm-access").await.unwrap();
+    let sb = start(
+        dir.path(),
+        &format!(
+            r#"
+[[channels]]
+type = "roistat"
+name = "rs"
+token = "rs-0123456789abcdef"
+project = 4242
+api_key = "rs-api-key"
+api_url = "{}"
+
+[[channels]]
+type = "comagic"
+name = "cm"
+token = "cm-0123456789abcdef"
+access_token = "cm-access"
+api_url = "{}"
+"#,
+            roistat.url(),
+            comagic.url()
+        ),
+    )
+    .await;
+
+    // Roistat: the address's token or 403; a redelivered lead is one lead.
+    let lead = r#"{"id":"22","title":"Заявка с сайта","name":"Ульяна","phone":"9166190383","email":"","text":"Две шторы 280x150","roistat":"799","creation_date":"2026-12-01 10:31:23","fields":{"utm_source":"yandex","utm_medium":"cpc","utm_campaign":"winter","utm_term":"шторы на заказ"}}"#;
+    assert_eq!(
+        hook(&sb, "/v1/hooks/rs/not-the-token", &[], lead.as_bytes())
+            .await
+            .0,
+        403
+    );
+    for _ in 0..2 {
+        let (status, _) = hook(
+            &sb,
+            "/v1/hooks/rs/rs-0123456789abcdef",
+            &[],
+            lead.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // CoMagic: a call notification (the account's template of its variables).
+    let call = r#"{"notification_name":"Входящий звонок","communication_id":99017,"communication_type":"call","contact_phone_number":"79035550101","virtual_phone_number":"74950000000","utm_source":"google","utm_medium":"cpc","utm_campaign":"brand","utm_term":"шторы","visitor_session_id":555123,"site_domain_name":"shop.example"}"#;
+    assert_eq!(
+        hook(
+            &sb,
+            "/v1/hooks/cm/rs-0123456789abcdef",
+            &[],
+            call.as_bytes()
+        )
+        .await
+        .0,
+        403
+    );
+    for _ in 0..2 {
+        let (status, _) = hook(
+            &sb,
+            "/v1/hooks/cm/cm-0123456789abcdef",
+            &[],
+            call.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+
+    let rs_lead = feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Roistat,
+        Duration::from_secs(10),
+    )
+    .await
+    .remove(0);
+    assert_eq!(rs_lead.contact.key, "tel:+79166190383");
+    assert_eq!(rs_lead.payload["comment"], "Две шторы 280x150");
+    let c = rs_lead.campaign.clone().unwrap();
+    assert_eq!(
+        (
+            c.source.as_deref(),
+            c.medium.as_deref(),
+            c.campaign.as_deref(),
+            c.keyword.as_deref(),
+            c.visit_id.as_deref()
+        ),
+        (
+            Some("yandex"),
+            Some("cpc"),
+            Some("winter"),
+            Some("шторы на заказ"),
+            Some("799")
+        )
+    );
+    let cm_lead = feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Comagic,
+        Duration::from_secs(10),
+    )
+    .await
+    .remove(0);
+    assert_eq!(cm_lead.contact.key, "tel:+79035550101");
+    let c = cm_lead.campaign.clone().unwrap();
+    assert_eq!(
+        (
+            c.source.as_deref(),
+            c.campaign.as_deref(),
+            c.visit_id.as_deref()
+        ),
+        (Some("google"), Some("brand"), Some("555123"))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leads = feed_interactions(&data)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == Kind::LeadReceived)
+        .count();
+    assert_eq!(leads, 2, "a redelivery made a second lead");
+
+    // A deal of the Roistat client is won: Roistat hears of it, with the
+    // amount and the visit it came from.
+    let client = client_of(&sb, "+79166190383", &rs_lead).await;
+    let deal = new_deal(&sb, &client, "Шторы в гостиную", 1_250_000).await;
+    move_deal(&sb, &deal, WON, json!({})).await;
+    let orders = roistat
+        .wait_for("add-orders", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(orders.len(), 1, "{}", sb.logs());
+    let order = &orders[0].body[0];
+    assert_eq!(order["id"], deal.as_str());
+    assert_eq!(order["status"], "won");
+    assert_eq!(order["price"], "12500.00");
+    assert_eq!(order["roistat"], "799");
+    assert_eq!(roistat.seen("set-statuses").len(), 1);
+
+    // A deal of the CoMagic caller is lost: the Data API gets the outcome
+    // tied to the call.
+    let client = client_of(&sb, "+79035550101", &cm_lead).await;
+    let deal = new_deal(&sb, &client, "Карниз", 300_000).await;
+    let (_, pipelines) = sb.crm_get("/v1/pipelines").await.unwrap();
+    let lost = pipelines["items"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["outcome"] == "lost")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    move_deal(&sb, &deal, &lost, json!({"lost_reason": "дорого"})).await;
+    let uploads = comagic
+        .wait_for("upload.deals_history", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(uploads.len(), 1, "{}", sb.logs());
+    let reported = &uploads[0].body["deals"][0];
+    assert_eq!(reported["ext_id"], deal.as_str());
+    assert_eq!(reported["status"], "lost");
+    assert_eq!(reported["communication_id"], 99017);
+    assert_eq!(reported["communication_type"], "call");
+    assert_eq!(reported["amount"], json!(3000.0));
+    // Roistat heard nothing of the CoMagic deal.
+    assert_eq!(roistat.seen("add-orders").len(), 1);
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }

@@ -8,7 +8,7 @@
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use switchboard_config::{ConfigError, JivositeConfig};
-use switchboard_storage::{Campaign, Channel, Command, Contact, ContactKey, Interaction, Kind};
+use switchboard_storage::{Campaign, Channel, Command, Contact, Interaction, Kind};
 
 use super::Line;
 use crate::inbox::Delivery;
@@ -38,33 +38,20 @@ impl Jivosite {
     /// The visitor: by phone, else email, else JivoSite's visitor number.
     fn visitor(&self, v: &Value, fallback: &str) -> Contact {
         let visitor = &v["visitor"];
-        let name = visitor["name"]
-            .as_str()
-            .filter(|n| !n.trim().is_empty())
-            .map(str::to_owned);
-        let phone = visitor["phone"]
-            .as_str()
-            .and_then(|p| crate::contact::normalize_phone(p, self.country).ok());
-        let email = visitor["email"]
-            .as_str()
-            .and_then(|e| crate::contact::normalize_email(e).ok());
+        let field = |k: &str| visitor[k].as_str().map(str::to_owned);
         let number = match &visitor["number"] {
             Value::String(s) if !s.is_empty() => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => fallback.to_owned(),
         };
-        let key = match (&phone, &email) {
-            (Some(p), _) => ContactKey::phone(p),
-            (None, Some(e)) => ContactKey::email(e),
-            (None, None) => ContactKey::account(Channel::Jivosite, &number),
-        };
-        Contact {
-            key: key.into_string(),
-            phone,
-            email,
-            user_id: Some(number),
-            name,
-        }
+        super::person(
+            Channel::Jivosite,
+            self.country,
+            field("name"),
+            field("phone"),
+            field("email"),
+            &number,
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! Messengers and lead services: Telegram (teloxide), VK (Callback API and
-//! `messages.send`), Viber (REST bot API) and JivoSite (Webhooks API), one
+//! `messages.send`), Viber (REST bot API), JivoSite (Webhooks API), and
+//! Roistat, CoMagic and UIS ([`leads`]: leads in, deal outcomes out), one
 //! adapter per `[[channels]]` line.
 //!
 //! Every delivery is checked on the request path ([`crate::Adapter::accept`]:
@@ -11,6 +12,7 @@
 //! message.
 
 mod jivosite;
+mod leads;
 mod telegram;
 mod viber;
 mod vk;
@@ -48,6 +50,21 @@ pub fn build(
             ChannelConfig::Jivosite(j) => {
                 out.push(Arc::new(jivosite::Jivosite::new(j, &key, country)?));
             }
+            ChannelConfig::Roistat(r) => {
+                out.push(Arc::new(leads::Roistat::new(r, &key, country)?));
+            }
+            ChannelConfig::Comagic(c) => out.push(Arc::new(leads::CallTracking::new(
+                c,
+                Channel::Comagic,
+                &key,
+                country,
+            )?)),
+            ChannelConfig::Uis(c) => out.push(Arc::new(leads::CallTracking::new(
+                c,
+                Channel::Uis,
+                &key,
+                country,
+            )?)),
         }
     }
     Ok(out)
@@ -159,8 +176,7 @@ impl Line {
         ev
     }
 
-    /// Carries out `cmd` at most once: `send` runs unless a run before
-    /// finished; then the outcome is recorded and `message.sent` published
+    /// Carries out `cmd` at most once and publishes `message.sent` for it
     /// (again, with the same id, if a crash came between).
     async fn deliver<F>(
         &self,
@@ -168,6 +184,26 @@ impl Line {
         ctx: &AdapterContext,
         send: F,
     ) -> Result<(), CommandError>
+    where
+        F: std::future::Future<Output = Result<Value, CommandError>>,
+    {
+        let result = self.once(cmd, ctx, send).await?;
+        ctx.feed
+            .publish(&self.sent(cmd, &result))
+            .await
+            .map_err(|e| CommandError::Retry(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Carries out `cmd` at most once: `send` runs unless a run before
+    /// finished, and what it returned is recorded in the inbox's ledger.
+    /// The result: this run's, or the recorded one.
+    async fn once<F>(
+        &self,
+        cmd: &Command,
+        ctx: &AdapterContext,
+        send: F,
+    ) -> Result<Value, CommandError>
     where
         F: std::future::Future<Output = Result<Value, CommandError>>,
     {
@@ -191,11 +227,33 @@ impl Line {
                 result
             }
         };
-        ctx.feed
-            .publish(&self.sent(cmd, &result))
-            .await
-            .map_err(|e| CommandError::Retry(e.to_string()))?;
-        Ok(())
+        Ok(result)
+    }
+}
+
+/// A person a lead service reports: keyed by phone, else email, else the
+/// service's own id of them (`fallback`).
+fn person(
+    channel: Channel,
+    country: phonenumber::country::Id,
+    name: Option<String>,
+    phone: Option<String>,
+    email: Option<String>,
+    fallback: &str,
+) -> Contact {
+    let phone = phone.and_then(|p| crate::contact::normalize_phone(&p, country).ok());
+    let email = email.and_then(|e| crate::contact::normalize_email(&e).ok());
+    let key = match (&phone, &email) {
+        (Some(p), _) => ContactKey::phone(p),
+        (None, Some(e)) => ContactKey::email(e),
+        (None, None) => ContactKey::account(channel, fallback),
+    };
+    Contact {
+        key: key.into_string(),
+        phone,
+        email,
+        user_id: Some(fallback.to_owned()),
+        name: name.filter(|n| !n.trim().is_empty()),
     }
 }
 

@@ -1275,6 +1275,28 @@ impl Store {
         .await
     }
 
+    /// The envelope of the client's latest lead from a service that
+    /// wants deal outcomes back (Roistat, CoMagic, UIS), if any.
+    pub async fn lead_origin(
+        &self,
+        ctx: &Ctx,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match self
+            .latest_envelope(
+                ctx,
+                "i.client_id = $1 AND i.kind = 'lead.received' \
+                 AND i.channel IN ('roistat', 'comagic', 'uis')",
+                client_id,
+            )
+            .await
+        {
+            Ok(envelope) => Ok(Some(envelope)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The payload of a call's latest `recording.ready`, if its client is
     /// visible.
     pub async fn recording(
