@@ -22,6 +22,7 @@ pub enum ChannelConfig {
     Roistat(RoistatConfig),
     Comagic(CallTrackingConfig),
     Uis(CallTrackingConfig),
+    Widget(WidgetConfig),
 }
 
 impl ChannelConfig {
@@ -35,6 +36,7 @@ impl ChannelConfig {
             Self::Jivosite(c) => &c.name,
             Self::Roistat(c) => &c.name,
             Self::Comagic(c) | Self::Uis(c) => &c.name,
+            Self::Widget(c) => &c.name,
         }
     }
 
@@ -47,6 +49,7 @@ impl ChannelConfig {
             Self::Jivosite(c) => &c.owner,
             Self::Roistat(c) => &c.owner,
             Self::Comagic(c) | Self::Uis(c) => &c.owner,
+            Self::Widget(c) => &c.owner,
         }
     }
 
@@ -60,6 +63,7 @@ impl ChannelConfig {
             Self::Roistat(_) => "roistat",
             Self::Comagic(_) => "comagic",
             Self::Uis(_) => "uis",
+            Self::Widget(_) => "widget",
         }
     }
 }
@@ -291,6 +295,38 @@ impl CallTrackingConfig {
     }
 }
 
+/// The site's chat widget: pages load `<gateway>/widget.js` with
+/// `data-line="<name>"`, and visitors talk to managers over a WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WidgetConfig {
+    pub name: String,
+    pub owner: String,
+    /// Signs visitor ids, so a visitor's conversation opens only in the
+    /// browser that holds its token (16+ characters).
+    pub secret: Secret,
+    /// Pages that may open the chat (`https://shop.example`); empty or
+    /// `*`: any.
+    pub allowed_origins: Vec<String>,
+    /// The chat window's title.
+    pub title: String,
+    /// Longest message a visitor may send, in characters.
+    pub max_message_chars: usize,
+}
+
+impl Default for WidgetConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            owner: String::new(),
+            secret: Secret::default(),
+            allowed_origins: Vec::new(),
+            title: "Chat with us".into(),
+            max_message_chars: 4000,
+        }
+    }
+}
+
 /// The secret of a webhook address (services that sign nothing).
 fn check_address_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
     let token = token.resolve(key)?;
@@ -439,6 +475,27 @@ pub(crate) fn validate_channels(
                 }
                 r.api_key.resolve(&format!("{key}.api_key"))?;
                 check_url(&format!("{key}.api_url"), &r.api_url)?;
+            }
+            ChannelConfig::Widget(w) => {
+                if w.secret.resolve(&format!("{key}.secret"))?.len() < 16 {
+                    return Err(ConfigError::invalid(
+                        &format!("{key}.secret"),
+                        "<redacted>",
+                        "a secret of at least 16 characters",
+                    ));
+                }
+                for (j, origin) in w.allowed_origins.iter().enumerate() {
+                    if origin != "*" {
+                        check_url(&format!("{key}.allowed_origins[{j}]"), origin)?;
+                    }
+                }
+                if w.max_message_chars == 0 || w.max_message_chars > 20_000 {
+                    return Err(ConfigError::invalid(
+                        &format!("{key}.max_message_chars"),
+                        w.max_message_chars,
+                        "1 to 20000",
+                    ));
+                }
             }
             ChannelConfig::Comagic(c) | ChannelConfig::Uis(c) => {
                 check_address_token(&format!("{key}.token"), &c.token)?;

@@ -109,6 +109,7 @@ fn example_file_documents_every_key_and_is_valid() {
         ChannelConfig::Roistat(RoistatConfig::default()),
         ChannelConfig::Comagic(CallTrackingConfig::default()),
         ChannelConfig::Uis(CallTrackingConfig::default()),
+        ChannelConfig::Widget(WidgetConfig::default()),
     ] {
         let kind = entry.kind();
         let first = channels
@@ -557,6 +558,14 @@ fn channel_mistakes_name_the_key_and_never_show_the_secret() {
         (
             "[[channels]]\ntype = \"comagic\"\nname = \"cm\"\ntoken = \"hunter2\"\naccess_token = \"hunter2\"\n".to_owned(),
             "channels[0].token",
+        ),
+        (
+            "[[channels]]\ntype = \"widget\"\nname = \"site\"\nsecret = \"hunter2\"\n".to_owned(),
+            "channels[0].secret",
+        ),
+        (
+            "[[channels]]\ntype = \"widget\"\nname = \"site\"\nsecret = \"0123456789abcdefgh\"\nallowed_origins = [\"shop.example\"]\n".to_owned(),
+            "channels[0].allowed_origins[0]",
         ),
         (
             "[[channels]]\ntype = \"whatsapp\"\nname = \"w\"\n".to_owned(),

@@ -74,6 +74,14 @@ pub(crate) fn routes(gateway: &Gateway) -> Router {
                 .with_state(hooks.clone()),
         );
     }
+    if let Some(chat) = &gateway.chat {
+        router = router.merge(
+            Router::new()
+                .route("/widget.js", get(crate::chat::script))
+                .route("/v1/chat/{line}/ws", get(crate::chat::connect))
+                .with_state(chat.clone()),
+        );
+    }
     router
         .route("/v1/managers", get(list_managers))
         .route("/v1/managers/{id}/presence", put(set_presence))

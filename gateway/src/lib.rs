@@ -1,11 +1,12 @@
 //! The gateway daemon's library: everything that faces customers' channels.
 //!
-//! It serves the site widget's lead form over HTTP, routes contacts to
+//! It serves the site widget's lead form and chat over HTTP, routes contacts to
 //! managers, terminates SIP with its media relay, and runs the channel
 //! adapters (email, messengers, lead services) with their webhooks and the
 //! Commands the CRM sends them; WebRTC joins it as its issue lands.
 
 pub mod channels;
+mod chat;
 pub mod dispatch;
 pub mod hooks;
 mod http;
@@ -34,6 +35,7 @@ pub struct Gateway {
     readiness: Readiness,
     dispatcher: Option<dispatch::Dispatcher>,
     hooks: Option<hooks::Hooks>,
+    chat: Option<chat::ChatState>,
 }
 
 impl Gateway {
@@ -50,6 +52,7 @@ impl Gateway {
             readiness,
             dispatcher: None,
             hooks: None,
+            chat: None,
         }
     }
 
@@ -62,6 +65,17 @@ impl Gateway {
     /// Answers the adapters' webhooks at `/v1/hooks/<name>`.
     pub fn with_hooks(mut self, hooks: hooks::Hooks) -> Self {
         self.hooks = Some(hooks);
+        self
+    }
+
+    /// Serves the chat widget (`/widget.js`, `/v1/chat/<line>/ws`); open
+    /// chats are closed when `shutdown` fires.
+    pub fn with_chat(
+        mut self,
+        chat: switchboard_adapters::messengers::Chat,
+        shutdown: CancellationToken,
+    ) -> Self {
+        self.chat = Some(chat::ChatState { chat, shutdown });
         self
     }
 

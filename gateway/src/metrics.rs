@@ -175,3 +175,16 @@ pub static RECORDING_SECONDS: LazyLock<prometheus::IntCounter> = LazyLock::new(|
     )
     .expect("metric registers once")
 });
+
+gauge!(
+    CHAT_SESSIONS,
+    "switchboard_chat_open_sessions",
+    "Chat widget WebSockets open now (one per visitor's tab)."
+);
+
+counter_vec!(
+    CHAT_FRAMES,
+    "switchboard_chat_messages_total",
+    "Chat widget messages, by direction and outcome (taken, refused, unavailable, pushed).",
+    &["direction", "outcome"]
+);

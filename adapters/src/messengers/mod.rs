@@ -1,7 +1,8 @@
 //! Messengers and lead services: Telegram (teloxide), VK (Callback API and
 //! `messages.send`), Viber (REST bot API), JivoSite (Webhooks API), and
-//! Roistat, CoMagic and UIS ([`leads`]: leads in, deal outcomes out), one
-//! adapter per `[[channels]]` line.
+//! Roistat, CoMagic and UIS (`leads`: leads in, deal outcomes out), one
+//! adapter per `[[channels]]` line; and the site's chat widget ([`Chat`]),
+//! whose WebSocket the gateway carries.
 //!
 //! Every delivery is checked on the request path ([`crate::Adapter::accept`]:
 //! signature or secret, the service's delivery id), stored in the
@@ -11,6 +12,7 @@
 //! the CRM names the conversation, and the peer in it is who gets the
 //! message.
 
+mod chat;
 mod jivosite;
 mod leads;
 mod telegram;
@@ -30,6 +32,8 @@ use crate::blobs::Blobs;
 use crate::inbox::Delivery;
 use crate::metrics::MESSAGES;
 use crate::{Adapter, AdapterContext, CommandError};
+
+pub use chat::{Chat, ChatError, ChatMessage, WidgetLine};
 
 /// The adapters for `[[channels]]`, one per line.
 pub fn build(
@@ -65,6 +69,9 @@ pub fn build(
                 &key,
                 country,
             )?)),
+            // The chat widget's lines share one hub the gateway also
+            // holds ([`Chat::new`]).
+            ChannelConfig::Widget(_) => {}
         }
     }
     Ok(out)

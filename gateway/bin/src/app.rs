@@ -207,6 +207,16 @@ pub(crate) async fn run(
             for c in &config.channels {
                 tracing::info!(line = c.name(), kind = c.kind(), "channel up");
             }
+            if let Some(chat) = messengers::Chat::new(
+                &config.channels,
+                &config.node.data_dir,
+                channels.context().inbox.clone(),
+            )
+            .context("cannot start the chat widget (channels)")?
+            {
+                channels.add(chat.adapter());
+                gateway = gateway.with_chat(chat, http_stop.clone());
+            }
             gateway = gateway.with_hooks(channels.hooks());
             routing.push(match config.feed.backend {
                 FeedBackend::Sqlite => {
