@@ -23,6 +23,7 @@ pub enum ChannelConfig {
     Comagic(CallTrackingConfig),
     Uis(CallTrackingConfig),
     Widget(WidgetConfig),
+    Team(TeamConfig),
 }
 
 impl ChannelConfig {
@@ -37,6 +38,7 @@ impl ChannelConfig {
             Self::Roistat(c) => &c.name,
             Self::Comagic(c) | Self::Uis(c) => &c.name,
             Self::Widget(c) => &c.name,
+            Self::Team(c) => &c.name,
         }
     }
 
@@ -50,6 +52,7 @@ impl ChannelConfig {
             Self::Roistat(c) => &c.owner,
             Self::Comagic(c) | Self::Uis(c) => &c.owner,
             Self::Widget(c) => &c.owner,
+            Self::Team(_) => "",
         }
     }
 
@@ -64,6 +67,7 @@ impl ChannelConfig {
             Self::Comagic(_) => "comagic",
             Self::Uis(_) => "uis",
             Self::Widget(_) => "widget",
+            Self::Team(_) => "team",
         }
     }
 }
@@ -327,6 +331,33 @@ impl Default for WidgetConfig {
     }
 }
 
+/// The corporate chat: one room for the company's employees, on the
+/// widget's machinery (the same script with `data-line="<name>"`, the same
+/// WebSocket). Employees sign in with their phone's extension and password
+/// (`[[sip.users]]`); messages stay in the gateway's chat history and are
+/// not customer interactions, so they do not go to the feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeamConfig {
+    pub name: String,
+    /// Signs a signed-in employee's session token (16+ characters).
+    pub secret: Secret,
+    pub title: String,
+    /// Longest message, in characters.
+    pub max_message_chars: usize,
+}
+
+impl Default for TeamConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            secret: Secret::default(),
+            title: "Team".into(),
+            max_message_chars: 4000,
+        }
+    }
+}
+
 /// The secret of a webhook address (services that sign nothing).
 fn check_address_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
     let token = token.resolve(key)?;
@@ -475,6 +506,22 @@ pub(crate) fn validate_channels(
                 }
                 r.api_key.resolve(&format!("{key}.api_key"))?;
                 check_url(&format!("{key}.api_url"), &r.api_url)?;
+            }
+            ChannelConfig::Team(t) => {
+                if t.secret.resolve(&format!("{key}.secret"))?.len() < 16 {
+                    return Err(ConfigError::invalid(
+                        &format!("{key}.secret"),
+                        "<redacted>",
+                        "a secret of at least 16 characters",
+                    ));
+                }
+                if t.max_message_chars == 0 || t.max_message_chars > 20_000 {
+                    return Err(ConfigError::invalid(
+                        &format!("{key}.max_message_chars"),
+                        t.max_message_chars,
+                        "1 to 20000",
+                    ));
+                }
             }
             ChannelConfig::Widget(w) => {
                 if w.secret.resolve(&format!("{key}.secret"))?.len() < 16 {

@@ -110,6 +110,7 @@ fn example_file_documents_every_key_and_is_valid() {
         ChannelConfig::Comagic(CallTrackingConfig::default()),
         ChannelConfig::Uis(CallTrackingConfig::default()),
         ChannelConfig::Widget(WidgetConfig::default()),
+        ChannelConfig::Team(TeamConfig::default()),
     ] {
         let kind = entry.kind();
         let first = channels

@@ -5,7 +5,10 @@
 //! - it opens with `{"type": "hello", "visitor", "token", "page", "title",
 //!   "referrer", "landing"}` (visitor and token as the last `welcome` gave
 //!   them, absent the first time) and gets `{"type": "welcome", "visitor",
-//!   "token", "title", "history": [...]}`;
+//!   "token", "title", "team", "history": [...]}`; on a team line (the
+//!   corporate chat) a hello without a valid session gets `{"type":
+//!   "sign_in"}`, and the page says hello again with `user` and
+//!   `password` (the employee's extension);
 //! - `{"type": "message", "id", "text"}` is answered `{"type": "ack",
 //!   "id", "seq"}` once the message is on disk, or `{"type": "error",
 //!   "id", "error", "retry"}`;
@@ -111,10 +114,18 @@ async fn session(state: ChatState, line: WidgetLine, mut socket: WebSocket) {
         .await;
         return;
     };
-    let (visitor, token) =
-        state
-            .chat
-            .identify(&line, hello["visitor"].as_str(), hello["token"].as_str());
+    let (visitor, token) = match state.chat.identify(&line, &hello) {
+        Ok(who) => who,
+        Err(e) => {
+            // A team line: the page shows its sign-in form.
+            let _ = send(
+                &mut socket,
+                &json!({"type": "sign_in", "error": e.to_string()}),
+            )
+            .await;
+            return;
+        }
+    };
     let context = json!({
         "page": field(&hello, "page", 2048),
         "title": field(&hello, "title", 300),
@@ -134,7 +145,7 @@ async fn session(state: ChatState, line: WidgetLine, mut socket: WebSocket) {
         }
     };
     let welcome = json!({"type": "welcome", "visitor": visitor, "token": token,
-        "title": line.title, "history": history});
+        "title": line.title, "team": line.is_team(), "history": history});
     if !send(&mut socket, &welcome).await {
         return;
     }

@@ -1,5 +1,7 @@
 /* Switchboard chat widget. Embed on a page with
  *   <script src="https://<gateway>/widget.js" data-line="site" async></script>
+ * The same script is the corporate chat on a team line (data-line="team"):
+ * an employee signs in with their extension and password once per browser.
  * The visitor's id and token live in localStorage, so the conversation
  * continues across page loads; the first page of the visit (with its UTM
  * tags) is remembered for the session. Messages not yet acknowledged by the
@@ -41,6 +43,9 @@
     "#sb-chat .sb-from-manager{background:#f1f1f1}" +
     "#sb-chat .sb-chat-msg[data-pending]{opacity:.6}" +
     "#sb-chat form{display:flex;border-top:1px solid #eee}" +
+    "#sb-chat .sb-chat-sign-in{display:flex;flex-direction:column;gap:6px;padding:10px}" +
+    "#sb-chat .sb-chat-sign-in input{padding:6px;font:inherit}" +
+    "#sb-chat .sb-chat-author{font-weight:bold}" +
     "#sb-chat textarea{flex:1;border:0;padding:8px;resize:none;font:inherit;height:44px}" +
     "#sb-chat button{border:0;background:none;color:#1f6feb;padding:0 12px;cursor:pointer;font:inherit}" +
     "#sb-chat-launcher[data-unread]::after{content:' \\25CF';color:#ffd33d}";
@@ -81,10 +86,18 @@
   }
   launcher.addEventListener("click", function () { setOpen(!panel.classList.contains("sb-open")); });
 
-  function bubble(from, text) {
+  var team = false;
+  function bubble(m) {
     var el = document.createElement("div");
-    el.className = "sb-chat-msg sb-from-" + (from === "manager" ? "manager" : "visitor");
-    el.textContent = text;
+    var mine = team ? m.from === identity.visitor : m.from !== "manager";
+    el.className = "sb-chat-msg sb-from-" + (mine ? "visitor" : "manager");
+    if (team && !mine) {
+      var author = document.createElement("span");
+      author.className = "sb-chat-author";
+      author.textContent = m.from + ": ";
+      el.appendChild(author);
+    }
+    el.appendChild(document.createTextNode(m.text));
     return el;
   }
   function findBy(attr, value) {
@@ -95,7 +108,7 @@
   function show(m) {
     if (m.seq && findBy("data-seq", m.seq)) return;
     var el = m.client_id ? findBy("data-client-id", m.client_id) : null;
-    if (!el) { el = bubble(m.from, m.text); list.appendChild(el); }
+    if (!el) { el = bubble(m); list.appendChild(el); }
     if (m.client_id) el.setAttribute("data-client-id", m.client_id);
     if (m.seq) { el.setAttribute("data-seq", m.seq); el.removeAttribute("data-pending"); }
     list.scrollTop = list.scrollHeight;
@@ -103,12 +116,41 @@
   }
   function showPending(p) {
     if (findBy("data-client-id", p.id)) return;
-    var el = bubble("visitor", p.text);
+    var el = bubble({ from: team ? identity.visitor : "visitor", text: p.text });
     el.setAttribute("data-client-id", p.id);
     el.setAttribute("data-pending", "");
     list.appendChild(el);
     list.scrollTop = list.scrollHeight;
   }
+
+  // A team line's sign-in form, shown when the gateway asks for it.
+  var signIn = document.createElement("form");
+  signIn.className = "sb-chat-sign-in";
+  var userInput = document.createElement("input");
+  userInput.name = "user";
+  userInput.placeholder = "Extension";
+  userInput.autocomplete = "username";
+  var passwordInput = document.createElement("input");
+  passwordInput.name = "password";
+  passwordInput.type = "password";
+  passwordInput.placeholder = "Password";
+  passwordInput.autocomplete = "current-password";
+  var signInButton = document.createElement("button");
+  signInButton.type = "submit";
+  signInButton.textContent = "Sign in";
+  signIn.appendChild(userInput);
+  signIn.appendChild(passwordInput);
+  signIn.appendChild(signInButton);
+  var credentials = null;
+  var awaitingSignIn = false;
+  signIn.addEventListener("submit", function (e) {
+    e.preventDefault();
+    credentials = { user: userInput.value.trim(), password: passwordInput.value };
+    passwordInput.value = "";
+    if (signIn.parentNode) signIn.parentNode.removeChild(signIn);
+    awaitingSignIn = false;
+    connect();
+  });
 
   // ---------------------------------------------------------------- wire
   var ws = null;
@@ -121,16 +163,25 @@
     ready = false;
     ws = new WebSocket(wsUrl);
     ws.onopen = function () {
-      ws.send(JSON.stringify({
+      var hello = {
         type: "hello", visitor: identity.visitor, token: identity.token,
         page: location.href, title: document.title, referrer: document.referrer, landing: landing
-      }));
+      };
+      if (credentials) { hello.user = credentials.user; hello.password = credentials.password; credentials = null; }
+      ws.send(JSON.stringify(hello));
     };
     ws.onmessage = function (e) {
       var m;
       try { m = JSON.parse(e.data); } catch (err) { return; }
-      if (m.type === "welcome") {
+      if (m.type === "sign_in") {
+        awaitingSignIn = true;
+        identity = {};
+        save(localStorage, key, identity);
+        if (!signIn.parentNode) panel.insertBefore(signIn, list);
+        if (m.error && credentials === null) signIn.setAttribute("data-error", m.error);
+      } else if (m.type === "welcome") {
         wait = 1000;
+        team = m.team === true;
         identity = { visitor: m.visitor, token: m.token };
         save(localStorage, key, identity);
         if (m.title) title.textContent = m.title;
@@ -154,6 +205,7 @@
     };
     ws.onclose = function () {
       ready = false;
+      if (awaitingSignIn) return;
       setTimeout(connect, wait);
       wait = Math.min(wait * 2, 30000);
     };

@@ -5,7 +5,8 @@
 //! with its conversation; the manager's reply from the CRM appears in the
 //! page; on another page of the site the same visitor sees the whole
 //! conversation and writes again. A page of another origin cannot open
-//! the chat.
+//! the chat. The corporate chat runs on the same script and socket: two
+//! employees sign in with their extensions and talk.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,9 +32,14 @@ fn site(listener: tokio::net::TcpListener, gateway: &str) -> tokio::sync::onesho
         ))
     };
     let (pricing, contacts) = (page("Цены"), page("Контакты"));
+    let team = Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Intranet</title></head>\
+         <body><script src=\"{gateway}/widget.js\" data-line=\"team\"></script></body></html>"
+    ));
     let router = Router::new()
         .route("/pricing", get(move || async move { pricing }))
-        .route("/contacts", get(move || async move { contacts }));
+        .route("/contacts", get(move || async move { contacts }))
+        .route("/team", get(move || async move { team }));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
@@ -66,6 +72,21 @@ name = "site"
 secret = "widget-secret-0123456789"
 allowed_origins = ["{site_origin}"]
 title = "Чат с магазином"
+
+[[channels]]
+type = "team"
+name = "team"
+secret = "team-secret-0123456789"
+
+[[sip.users]]
+extension = "1001"
+password = "demo1001"
+manager = "anna"
+
+[[sip.users]]
+extension = "1002"
+password = "demo1002"
+manager = "anna"
 "#
         ),
     )
@@ -254,5 +275,56 @@ async fn a_visitor_chats_with_a_manager_from_the_site_across_page_loads() {
         .await
         .unwrap();
     assert_eq!(taken, 2.0);
+    sb.terminate(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn employees_talk_in_the_corporate_chat_after_signing_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_url = format!("http://{}", listener.local_addr().unwrap());
+    let sb = start(dir.path(), &site_url).await;
+    let _site = site(listener, &sb.gateway_url("").unwrap());
+
+    let out = tokio::process::Command::new("node")
+        .arg("team.mjs")
+        .arg(format!("{site_url}/team"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("browser"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(100), out)
+        .await
+        .expect("the browser script is bounded in time")
+        .expect("node (scripts/test --setup installs it and playwright-core)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let done = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DONE "))
+        .unwrap_or_else(|| {
+            panic!(
+                "{stdout}\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                sb.logs()
+            )
+        });
+    let seen: Value = serde_json::from_str(done).unwrap();
+    assert_eq!(seen["refused"], true, "a wrong password must not sign in");
+    let question = "Коллеги, кто возьмёт клиента из Твери?";
+    assert_eq!(
+        seen["borisSaw"],
+        json!([["other", format!("1001: {question}")], ["mine", "Беру"]])
+    );
+    let annas = json!([["mine", question], ["other", "1002: Беру"]]);
+    assert_eq!(seen["annaSaw"], annas);
+    assert_eq!(seen["annaAfterReload"], annas);
+    assert_eq!(seen["signInAfterReload"], false);
+
+    // Employees' talk is not a customer's: nothing of it is in the feed.
+    let interactions = feed_interactions(&data).await.unwrap();
+    assert!(
+        interactions.iter().all(|e| e.channel != Channel::Chat),
+        "{interactions:#?}"
+    );
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }

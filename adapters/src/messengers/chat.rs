@@ -15,6 +15,11 @@
 //!   conversation's history in `data/chat.sqlite` and pushed to every open
 //!   tab of that visitor; a visitor who is away sees it on their next page
 //!   load.
+//! - A `team` line is the corporate chat on the same machinery: one room
+//!   for every employee, who signs in with their phone's extension and
+//!   password and then holds a session token like a visitor's. Its
+//!   messages live in the chat history only: they are not customer
+//!   interactions, so they do not go to the feed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,13 +44,17 @@ use crate::{Adapter, AdapterContext, CommandError};
 /// History shown when a page opens the chat.
 const HISTORY: usize = 200;
 
+/// Everyone in a team line's room shares this conversation.
+const ROOM: &str = "room";
+
 /// One message of a conversation, as the page shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     /// Order within the node's chat history.
     pub seq: i64,
-    /// `visitor` or `manager`.
-    pub from: &'static str,
+    /// `visitor` or `manager` on the site's chat; on a team line the
+    /// employee's extension.
+    pub from: String,
     pub text: String,
     /// RFC 3339.
     pub at: String,
@@ -60,15 +69,28 @@ pub struct ChatMessage {
 pub enum ChatError {
     #[error("{0}")]
     Invalid(String),
+    /// A team line's page did not sign in (or its session is not valid).
+    #[error("sign in with your extension and password")]
+    SignIn,
     #[error("cannot store the message now: {0}")]
     Unavailable(String),
 }
 
-/// A widget line's settings.
+/// An employee of a team line: their extension's password and manager.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub extension: String,
+    pub password: String,
+    pub manager: String,
+}
+
+/// A chat line's settings: the site's widget, or the corporate chat.
 #[derive(Debug, Clone)]
 pub struct WidgetLine {
     line: Line,
     secret: Vec<u8>,
+    /// The corporate chat's employees; `None` on a site widget line.
+    members: Option<Arc<HashMap<String, Member>>>,
     /// Origins allowed to open the chat; empty: any.
     pub allowed_origins: Vec<String>,
     pub title: String,
@@ -85,6 +107,11 @@ impl WidgetLine {
                     .iter()
                     .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
             })
+    }
+
+    /// The corporate chat rather than the site's.
+    pub fn is_team(&self) -> bool {
+        self.members.is_some()
     }
 
     fn token(&self, visitor: &str) -> String {
@@ -125,28 +152,43 @@ fn storage(e: impl std::fmt::Display) -> ChatError {
 }
 
 impl Chat {
-    /// The widget lines of `configs`; `None` when there are none.
+    /// The widget and team lines of `configs` (`members`: who may sign in
+    /// to a team line); `None` when there are none.
     pub fn new(
         configs: &[ChannelConfig],
+        members: Vec<Member>,
         data_dir: &Path,
         inbox: Inbox,
     ) -> Result<Option<Self>, ConfigError> {
         let mut lines = HashMap::new();
+        let members = Arc::new(
+            members
+                .into_iter()
+                .map(|m| (m.extension.clone(), m))
+                .collect::<HashMap<_, _>>(),
+        );
         for (i, c) in configs.iter().enumerate() {
-            let ChannelConfig::Widget(w) = c else {
-                continue;
-            };
             let key = format!("channels[{i}]");
-            lines.insert(
-                w.name.clone(),
-                WidgetLine {
+            let line = match c {
+                ChannelConfig::Widget(w) => WidgetLine {
                     line: Line::new(&w.name, Channel::Widget, &w.owner),
                     secret: w.secret.resolve(&format!("{key}.secret"))?.into_bytes(),
+                    members: None,
                     allowed_origins: w.allowed_origins.clone(),
                     title: w.title.clone(),
                     max_message_chars: w.max_message_chars,
                 },
-            );
+                ChannelConfig::Team(t) => WidgetLine {
+                    line: Line::new(&t.name, Channel::Chat, ""),
+                    secret: t.secret.resolve(&format!("{key}.secret"))?.into_bytes(),
+                    members: Some(Arc::clone(&members)),
+                    allowed_origins: Vec::new(),
+                    title: t.title.clone(),
+                    max_message_chars: t.max_message_chars,
+                },
+                _ => continue,
+            };
+            lines.insert(line.line.name.clone(), line);
         }
         if lines.is_empty() {
             return Ok(None);
@@ -190,24 +232,54 @@ impl Chat {
         self.0.lines.get(name)
     }
 
-    /// The visitor a page presents when its token is theirs; a new one
-    /// otherwise. Returns the id and its token.
+    /// Who a page is, from its hello (`visitor` and `token` as the last
+    /// welcome gave them; on a team line `user` and `password` to sign
+    /// in): the id and its token. A site visitor without a valid token is
+    /// a new visitor; on a team line it is [`ChatError::SignIn`].
     pub fn identify(
         &self,
         line: &WidgetLine,
-        visitor: Option<&str>,
-        token: Option<&str>,
-    ) -> (String, String) {
-        if let (Some(v), Some(t)) = (visitor, token)
-            && v.len() == 32
-            && v.bytes().all(|b| b.is_ascii_hexdigit())
-            && crate::same_secret(t.as_bytes(), line.token(v).as_bytes())
+        hello: &Value,
+    ) -> Result<(String, String), ChatError> {
+        let presented = hello["visitor"].as_str().zip(hello["token"].as_str());
+        let signed =
+            |(v, t): (&str, &str)| crate::same_secret(t.as_bytes(), line.token(v).as_bytes());
+        let Some(members) = &line.members else {
+            if let Some((v, t)) = presented
+                && v.len() == 32
+                && v.bytes().all(|b| b.is_ascii_hexdigit())
+                && signed((v, t))
+            {
+                return Ok((v.to_owned(), t.to_owned()));
+            }
+            let v = uuid::Uuid::new_v4().simple().to_string();
+            let t = line.token(&v);
+            return Ok((v, t));
+        };
+        if let Some((v, t)) = presented
+            && members.contains_key(v)
+            && signed((v, t))
         {
-            return (v.to_owned(), t.to_owned());
+            return Ok((v.to_owned(), t.to_owned()));
         }
-        let v = uuid::Uuid::new_v4().simple().to_string();
-        let t = line.token(&v);
-        (v, t)
+        let user = hello["user"].as_str().unwrap_or("");
+        let password = hello["password"].as_str().unwrap_or("");
+        // The same work whether or not the extension exists.
+        let expected = members
+            .get(user)
+            .map_or("\u{0}no such member", |m| m.password.as_str());
+        if crate::same_secret(password.as_bytes(), expected.as_bytes())
+            && members.contains_key(user)
+        {
+            return Ok((user.to_owned(), line.token(user)));
+        }
+        Err(ChatError::SignIn)
+    }
+
+    /// The conversation a page's tabs share: the visitor's own, or the
+    /// team line's room.
+    fn conversation_of<'a>(line: &WidgetLine, who: &'a str) -> &'a str {
+        if line.members.is_some() { ROOM } else { who }
     }
 
     /// The conversation so far (the latest [`HISTORY`] messages) and a
@@ -217,6 +289,7 @@ impl Chat {
         line: &WidgetLine,
         visitor: &str,
     ) -> Result<(Vec<ChatMessage>, mpsc::UnboundedReceiver<ChatMessage>), ChatError> {
+        let visitor = Self::conversation_of(line, visitor);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.0.tabs)
             .entry((line.line.name.clone(), visitor.to_owned()))
@@ -236,7 +309,7 @@ impl Chat {
                 .query_map(params![name, visitor, HISTORY as i64], |r| {
                     Ok(ChatMessage {
                         seq: r.get(0)?,
-                        from: if r.get::<_, String>(1)? == "manager" { "manager" } else { "visitor" },
+                        from: r.get(1)?,
                         text: r.get(2)?,
                         at: rfc3339(
                             OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.get::<_, i64>(3)?) * 1_000_000)
@@ -262,13 +335,14 @@ impl Chat {
         &self,
         line: &str,
         visitor: &str,
-        from: &'static str,
+        from: &str,
         text: &str,
         key: String,
         client_id: Option<String>,
     ) -> Result<(ChatMessage, usize), ChatError> {
         let inner = Arc::clone(&self.0);
         let (l, v, t) = (line.to_owned(), visitor.to_owned(), text.to_owned());
+        let author = from.to_owned();
         let now = OffsetDateTime::now_utc();
         let at_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
         let client = client_id.clone();
@@ -278,7 +352,7 @@ impl Chat {
                 .execute(
                     "INSERT OR IGNORE INTO messages (line, visitor, author, text, at, key, client_id) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![l, v, from, t, at_ms, key, client],
+                    params![l, v, author, t, at_ms, key, client],
                 )
                 .map_err(storage)?;
             let seq: Option<i64> = db
@@ -291,7 +365,7 @@ impl Chat {
         .map_err(storage)??;
         let msg = ChatMessage {
             seq,
-            from,
+            from: from.to_owned(),
             text: text.to_owned(),
             at: rfc3339(now),
             client_id,
@@ -336,6 +410,21 @@ impl Chat {
                 "a message id of 1 to 64 characters".into(),
             ));
         }
+        if line.members.is_some() {
+            // The corporate chat: the room's history is the record.
+            let (msg, _) = self
+                .append(
+                    &line.line.name,
+                    ROOM,
+                    visitor,
+                    text,
+                    format!("t:{visitor}:{client_id}"),
+                    Some(client_id.to_owned()),
+                )
+                .await?;
+            MESSAGES.with_label_values(&["team", "stored"]).inc();
+            return Ok(msg);
+        }
         let body = json!({"visitor": visitor, "text": text, "context": context,
             "at": rfc3339(OffsetDateTime::now_utc())});
         let delivery = format!("{visitor}:{client_id}");
@@ -374,6 +463,7 @@ impl Chat {
         target
             .strip_prefix("widget:")
             .and_then(|name| self.0.lines.get(name))
+            .filter(|l| l.members.is_none())
     }
 }
 
@@ -399,7 +489,12 @@ fn campaign_of(page: &str) -> Option<Campaign> {
 
 impl Adapter for Chat {
     fn lines(&self) -> Vec<String> {
-        self.0.lines.values().map(|l| l.line.target()).collect()
+        self.0
+            .lines
+            .values()
+            .filter(|l| l.members.is_none())
+            .map(|l| l.line.target())
+            .collect()
     }
 
     fn run(&self, ctx: AdapterContext) -> BoxFuture<'static, ()> {

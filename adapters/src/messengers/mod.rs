@@ -33,7 +33,7 @@ use crate::inbox::Delivery;
 use crate::metrics::MESSAGES;
 use crate::{Adapter, AdapterContext, CommandError};
 
-pub use chat::{Chat, ChatError, ChatMessage, WidgetLine};
+pub use chat::{Chat, ChatError, ChatMessage, Member, WidgetLine};
 
 /// The adapters for `[[channels]]`, one per line.
 pub fn build(
@@ -71,7 +71,7 @@ pub fn build(
             )?)),
             // The chat widget's lines share one hub the gateway also
             // holds ([`Chat::new`]).
-            ChannelConfig::Widget(_) => {}
+            ChannelConfig::Widget(_) | ChannelConfig::Team(_) => {}
         }
     }
     Ok(out)

@@ -207,8 +207,22 @@ pub(crate) async fn run(
             for c in &config.channels {
                 tracing::info!(line = c.name(), kind = c.kind(), "channel up");
             }
+            let members = config
+                .sip
+                .users
+                .iter()
+                .map(|u| {
+                    Ok(messengers::Member {
+                        extension: u.extension.clone(),
+                        password: u.resolve_password()?,
+                        manager: u.manager.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, switchboard_config::ConfigError>>()
+                .context("cannot read the extensions' passwords (sip.users)")?;
             if let Some(chat) = messengers::Chat::new(
                 &config.channels,
+                members,
                 &config.node.data_dir,
                 channels.context().inbox.clone(),
             )
