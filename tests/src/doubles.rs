@@ -96,7 +96,8 @@ impl Double {
         self.shared.news.notify_waiters();
     }
 
-    /// Telegram: a file `getFile` and the file URL serve.
+    /// Telegram: a file `getFile` and the file URL serve; VK and Viber:
+    /// a file their messages link to (`<url>/media/<name>`).
     pub fn add_file(&self, file_id: &str, data: Vec<u8>) {
         lock(&self.shared.files).push((file_id.to_owned(), data));
     }
@@ -122,6 +123,7 @@ impl Double {
         let state = (shared.clone(), Arc::new(access_token.to_owned()));
         let router = Router::new()
             .route("/method/{method}", post(vk_method))
+            .route("/media/{name}", get(media_file))
             .with_state(state);
         Self::serve(router, shared).await
     }
@@ -157,6 +159,7 @@ impl Double {
         let state = (shared.clone(), Arc::new(auth_token.to_owned()));
         let router = Router::new()
             .route("/pa/{method}", post(viber_method))
+            .route("/media/{name}", get(media_file))
             .with_state(state);
         Self::serve(router, shared).await
     }
@@ -416,4 +419,16 @@ async fn data_api_call(
     record(&shared, &method, &headers, call["params"].clone());
     axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"data": {"success": true}}}))
         .into_response()
+}
+
+/// A file a VK or Viber message links to (VK's and Viber's own storage).
+async fn media_file(State((shared, _)): State<DoubleState>, Path(name): Path<String>) -> Response {
+    let found = lock(&shared.files)
+        .iter()
+        .find(|(id, _)| *id == name)
+        .map(|(_, d)| d.clone());
+    match found {
+        Some(data) => data.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

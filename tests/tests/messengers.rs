@@ -266,7 +266,11 @@ token = "jivo-0123456789abcdef"
     )
     .await;
     assert_eq!((status, text.as_str()), (200, "c0nf1rm"));
-    let vk_msg = r#"{"type":"message_new","group_id":77,"event_id":"ev-1","v":"5.199","secret":"SECRET","object":{"message":{"id":11,"date":1764700000,"peer_id":3301,"from_id":3301,"text":"Сколько стоит?","attachments":[]}}}"#;
+    let vk_msg = r#"{"type":"message_new","group_id":77,"event_id":"ev-1","v":"5.199","secret":"SECRET","object":{"message":{"id":11,"date":1764700000,"peer_id":3301,"from_id":3301,"text":"Сколько стоит?","attachments":[{"type":"doc","doc":{"title":"room.pdf","url":"VKFILE"}},{"type":"doc","doc":{"title":"gone.pdf","url":"VKGONE"}}]}}}"#
+        .replace("VKFILE", &format!("{}/media/room.pdf", vk.url()))
+        .replace("VKGONE", &format!("{}/media/gone.pdf", vk.url()));
+    let plan: Vec<u8> = b"%PDF-1.4 plan of the room ".repeat(2000);
+    vk.add_file("room.pdf", plan.clone());
     let forged = vk_msg.replace("SECRET", "not-it");
     assert_eq!(
         hook(&sb, "/v1/hooks/club", &[], forged.as_bytes()).await.0,
@@ -282,8 +286,11 @@ token = "jivo-0123456789abcdef"
     );
 
     // Viber: the body's HMAC-SHA256 signature or 403.
-    let viber_msg = r#"{"event":"message","timestamp":1764700000000,"message_token":5100000000000000077,"sender":{"id":"V1b3r+User=","name":"Marina"},"message":{"type":"text","text":"Привет"}}"#
-        .as_bytes();
+    let picture: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    viber.add_file("photo.jpg", picture.clone());
+    let viber_msg = r#"{"event":"message","timestamp":1764700000000,"message_token":5100000000000000077,"sender":{"id":"V1b3r+User=","name":"Marina"},"message":{"type":"picture","text":"Привет","media":"VBFILE","file_name":"photo.jpg"}}"#
+        .replace("VBFILE", &format!("{}/media/photo.jpg", viber.url()));
+    let viber_msg = viber_msg.as_bytes();
     let bad_signature = viber_signature("other-token", viber_msg);
     assert_eq!(
         hook(
@@ -396,6 +403,32 @@ token = "jivo-0123456789abcdef"
         1
     );
     assert_eq!(customer.len(), 5, "{customer:#?}");
+    // Files linked from VK and Viber messages are downloaded and kept; a
+    // link that is gone is recorded, the message kept.
+    let stored = |e: &Interaction, i: usize, bytes: &[u8]| {
+        let sha = hex::encode(Sha256::digest(bytes));
+        assert_eq!(
+            e.payload["attachments"][i]["sha256"],
+            sha.as_str(),
+            "{e:#?}"
+        );
+        let kept = std::fs::read(data_dir_file(&data, &sha)).unwrap();
+        assert_eq!(kept, bytes);
+    };
+    let vk_message = customer
+        .iter()
+        .find(|e| e.kind == Kind::MessageReceived && e.channel == switchboard_storage::Channel::Vk)
+        .unwrap();
+    stored(vk_message, 0, &plan);
+    assert_eq!(
+        vk_message.payload["attachments"][1]["not_stored"],
+        "unavailable: 404 Not Found"
+    );
+    let viber_message = customer
+        .iter()
+        .find(|e| e.channel == switchboard_storage::Channel::Viber)
+        .unwrap();
+    stored(viber_message, 0, &picture);
     assert_eq!(events[0].payload["text"], "hello");
     let order_lead = all
         .iter()
@@ -740,4 +773,9 @@ api_url = "{}"
     // Roistat heard nothing of the CoMagic deal.
     assert_eq!(roistat.seen("add-orders").len(), 1);
     sb.terminate(Duration::from_secs(10)).await.unwrap();
+}
+
+/// Where the attachment store keeps a file.
+fn data_dir_file(data: &Path, sha: &str) -> std::path::PathBuf {
+    data.join("attachments").join(&sha[..2]).join(sha)
 }

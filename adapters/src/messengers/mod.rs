@@ -49,8 +49,12 @@ pub fn build(
             ChannelConfig::Telegram(t) => {
                 out.push(Arc::new(telegram::Telegram::new(t, &key, blobs.clone())?));
             }
-            ChannelConfig::Vk(v) => out.push(Arc::new(vk::Vk::new(v, &key, country)?)),
-            ChannelConfig::Viber(v) => out.push(Arc::new(viber::Viber::new(v, &key)?)),
+            ChannelConfig::Vk(v) => {
+                out.push(Arc::new(vk::Vk::new(v, &key, country, blobs.clone())?));
+            }
+            ChannelConfig::Viber(v) => {
+                out.push(Arc::new(viber::Viber::new(v, &key, blobs.clone())?));
+            }
             ChannelConfig::Jivosite(j) => {
                 out.push(Arc::new(jivosite::Jivosite::new(j, &key, country)?));
             }
@@ -75,6 +79,74 @@ pub fn build(
         }
     }
     Ok(out)
+}
+
+/// Largest file taken from a VK or Viber message (Telegram's is
+/// `max_file_bytes`); larger ones are recorded, not stored.
+const MAX_DOWNLOAD: u64 = 25 * 1024 * 1024;
+
+/// A file a service's message links to, downloaded into the attachment
+/// store: `entry` gains `sha256` and `size`, or `not_stored` with why. Only
+/// `https` addresses, or those of the service's own `api_url`, are
+/// fetched (a webhook cannot make the gateway call anything else); a link
+/// that is gone (4xx) is recorded as such and the message kept, while a
+/// failure that may pass is retried with the delivery.
+async fn download(
+    http: &reqwest::Client,
+    blobs: &Blobs,
+    api_url: &str,
+    url: &str,
+    mut entry: Value,
+) -> Result<Value, CommandError> {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        entry["not_stored"] = json!("not a URL");
+        return Ok(entry);
+    };
+    let own = reqwest::Url::parse(api_url).is_ok_and(|api| api.origin() == parsed.origin());
+    if parsed.scheme() != "https" && !own {
+        entry["not_stored"] = json!("not an https link");
+        return Ok(entry);
+    }
+    let mut resp = match http.get(parsed).send().await {
+        Ok(r) if r.status().is_client_error() => {
+            entry["not_stored"] = json!(format!("unavailable: {}", r.status()));
+            return Ok(entry);
+        }
+        Ok(r) => r
+            .error_for_status()
+            .map_err(|e| CommandError::Retry(format!("file download: {}", e.without_url())))?,
+        Err(e) => {
+            return Err(CommandError::Retry(format!(
+                "file download: {}",
+                e.without_url()
+            )));
+        }
+    };
+    if resp.content_length().is_some_and(|n| n > MAX_DOWNLOAD) {
+        entry["not_stored"] = json!("too_large");
+        return Ok(entry);
+    }
+    let mut data = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| CommandError::Retry(format!("file download: {}", e.without_url())))?
+    {
+        if (data.len() + chunk.len()) as u64 > MAX_DOWNLOAD {
+            entry["not_stored"] = json!("too_large");
+            return Ok(entry);
+        }
+        data.extend_from_slice(&chunk);
+    }
+    let size = data.len();
+    let blobs = blobs.clone();
+    let sha = tokio::task::spawn_blocking(move || blobs.put(&data))
+        .await
+        .map_err(|e| CommandError::Retry(e.to_string()))?
+        .map_err(|e| CommandError::Retry(format!("storing a file: {e}")))?;
+    entry["sha256"] = json!(sha);
+    entry["size"] = json!(size);
+    Ok(entry)
 }
 
 /// The HTTP client of the services' APIs: bounded in time, rustls.

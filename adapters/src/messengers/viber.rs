@@ -10,6 +10,7 @@ use switchboard_config::{ConfigError, ViberConfig};
 use switchboard_storage::{Channel, Command, Interaction, Kind};
 
 use super::{Line, http_client};
+use crate::blobs::Blobs;
 use crate::inbox::Delivery;
 use crate::metrics::MESSAGES;
 use crate::{Accepted, Adapter, AdapterContext, CommandError, HookError, HookReply, HookRequest};
@@ -21,16 +22,18 @@ pub(super) struct Viber {
     sender_name: String,
     api_url: String,
     http: reqwest::Client,
+    blobs: Blobs,
 }
 
 impl Viber {
-    pub(super) fn new(c: &ViberConfig, key: &str) -> Result<Self, ConfigError> {
+    pub(super) fn new(c: &ViberConfig, key: &str, blobs: Blobs) -> Result<Self, ConfigError> {
         Ok(Self {
             line: Line::new(&c.name, Channel::Viber, &c.owner),
             auth_token: c.auth_token.resolve(&format!("{key}.auth_token"))?,
             sender_name: c.sender_name.clone(),
             api_url: c.api_url.trim_end_matches('/').to_owned(),
             http: http_client(),
+            blobs,
         })
     }
 
@@ -153,13 +156,21 @@ impl Adapter for Viber {
                 return Ok(Vec::new());
             };
             let m = &v["message"];
-            let payload = json!({
+            let mut payload = json!({
                 "type": m["type"],
                 "text": m["text"],
                 "media": m["media"],
                 "file_name": m["file_name"],
                 "message_token": d.id,
             });
+            // picture, video, file: the media link is downloaded and kept.
+            if let Some(url) = m["media"].as_str().filter(|_| m["type"] != "sticker") {
+                let entry = json!({"kind": m["type"], "name": m["file_name"], "url": url});
+                payload["attachments"] =
+                    json!([
+                        super::download(&self.http, &self.blobs, &self.api_url, url, entry).await?
+                    ]);
+            }
             let at = super::unix_millis(v["timestamp"].as_i64());
             let contact = self
                 .line

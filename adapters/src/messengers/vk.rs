@@ -10,6 +10,7 @@ use switchboard_config::{ConfigError, VkConfig};
 use switchboard_storage::{Campaign, Channel, Command, ContactKey, Interaction, Kind};
 
 use super::{Line, http_client};
+use crate::blobs::Blobs;
 use crate::inbox::Delivery;
 use crate::metrics::MESSAGES;
 use crate::{Accepted, Adapter, AdapterContext, CommandError, HookError, HookReply, HookRequest};
@@ -25,6 +26,7 @@ pub(super) struct Vk {
     api_version: String,
     country: phonenumber::country::Id,
     http: reqwest::Client,
+    blobs: Blobs,
 }
 
 impl Vk {
@@ -32,6 +34,7 @@ impl Vk {
         c: &VkConfig,
         key: &str,
         country: phonenumber::country::Id,
+        blobs: Blobs,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             line: Line::new(&c.name, Channel::Vk, &c.owner),
@@ -43,24 +46,35 @@ impl Vk {
             api_version: c.api_version.clone(),
             country,
             http: http_client(),
+            blobs,
         })
     }
 
-    fn message(&self, d: &Delivery, object: &Value) -> Vec<Interaction> {
+    async fn message(
+        &self,
+        d: &Delivery,
+        object: &Value,
+    ) -> Result<Vec<Interaction>, CommandError> {
         let m = &object["message"];
         let (Some(from), Some(peer)) = (m["from_id"].as_i64(), m["peer_id"].as_i64()) else {
             MESSAGES.with_label_values(&["vk", "rejected"]).inc();
-            return Vec::new();
+            return Ok(Vec::new());
         };
         if from <= 0 {
             // Another community or our own message echoed back.
             MESSAGES.with_label_values(&["vk", "ignored"]).inc();
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let attachments: Vec<Value> = m["attachments"]
-            .as_array()
-            .map(|list| list.iter().map(attachment).collect())
-            .unwrap_or_default();
+        let mut attachments = Vec::new();
+        for a in m["attachments"].as_array().into_iter().flatten() {
+            let (entry, url) = attachment(a);
+            attachments.push(match url {
+                Some(url) => {
+                    super::download(&self.http, &self.blobs, &self.api_url, &url, entry).await?
+                }
+                None => entry,
+            });
+        }
         let payload = json!({
             "peer_id": peer,
             "message_id": m["id"],
@@ -79,7 +93,7 @@ impl Vk {
             payload,
         );
         MESSAGES.with_label_values(&["vk", "received"]).inc();
-        vec![ev]
+        Ok(vec![ev])
     }
 
     fn order(&self, d: &Delivery, o: &Value) -> Vec<Interaction> {
@@ -152,7 +166,8 @@ fn money(price: &Value) -> Value {
 }
 
 /// What a message's attachment is; VK's files stay on VK's servers.
-fn attachment(a: &Value) -> Value {
+/// What a message's attachment is, and the file to download for it.
+fn attachment(a: &Value) -> (Value, Option<String>) {
     let kind = a["type"].as_str().unwrap_or("unknown");
     let body = &a[kind];
     let url = match kind {
@@ -168,7 +183,10 @@ fn attachment(a: &Value) -> Value {
         "audio_message" => body["link_ogg"].as_str(),
         _ => None,
     };
-    json!({"kind": kind, "url": url, "name": body["title"]})
+    (
+        json!({"kind": kind, "url": url, "name": body["title"]}),
+        url.map(str::to_owned),
+    )
 }
 
 impl Adapter for Vk {
@@ -277,7 +295,7 @@ impl Adapter for Vk {
         Box::pin(async move {
             let v = super::stored_json(d)?;
             Ok(match v["type"].as_str() {
-                Some("message_new") => self.message(d, &v["object"]),
+                Some("message_new") => self.message(d, &v["object"]).await?,
                 Some("market_order_new") => self.order(d, &v["object"]),
                 _ => Vec::new(),
             })
