@@ -85,8 +85,7 @@ impl Adapter for Jivosite {
     }
 
     fn run(&self, ctx: AdapterContext) -> BoxFuture<'static, ()> {
-        ctx.health.set(&self.line.target(), Ok(()));
-        Box::pin(async {})
+        self.line.idle(&ctx)
     }
 
     fn execute<'a>(
@@ -102,7 +101,7 @@ impl Adapter for Jivosite {
     }
 
     fn hooks(&self) -> Vec<(String, String)> {
-        vec![(self.line.name.clone(), self.line.target())]
+        self.line.hook()
     }
 
     fn accept(&self, _line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {

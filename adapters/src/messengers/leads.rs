@@ -206,8 +206,7 @@ impl Adapter for Roistat {
     }
 
     fn run(&self, ctx: AdapterContext) -> BoxFuture<'static, ()> {
-        ctx.health.set(&self.line.target(), Ok(()));
-        Box::pin(async {})
+        self.line.idle(&ctx)
     }
 
     fn execute<'a>(
@@ -222,7 +221,7 @@ impl Adapter for Roistat {
     }
 
     fn hooks(&self) -> Vec<(String, String)> {
-        vec![(self.line.name.clone(), self.line.target())]
+        self.line.hook()
     }
 
     /// A lead as Roistat sends it: `id`, `title`, `name`, `phone`,
@@ -384,8 +383,7 @@ impl Adapter for CallTracking {
     }
 
     fn run(&self, ctx: AdapterContext) -> BoxFuture<'static, ()> {
-        ctx.health.set(&self.line.target(), Ok(()));
-        Box::pin(async {})
+        self.line.idle(&ctx)
     }
 
     fn execute<'a>(
@@ -400,7 +398,7 @@ impl Adapter for CallTracking {
     }
 
     fn hooks(&self) -> Vec<(String, String)> {
-        vec![(self.line.name.clone(), self.line.target())]
+        self.line.hook()
     }
 
     /// A notification whose body (a template in the account's settings)

@@ -175,6 +175,18 @@ impl Line {
         }
     }
 
+    /// The webhook this line answers at `/v1/hooks/<name>`.
+    fn hook(&self) -> Vec<(String, String)> {
+        vec![(self.name.clone(), self.target())]
+    }
+
+    /// `run` of a line that only answers webhooks: healthy, nothing to
+    /// keep open.
+    fn idle(&self, ctx: &AdapterContext) -> futures::future::BoxFuture<'static, ()> {
+        ctx.health.set(&self.target(), Ok(()));
+        Box::pin(async {})
+    }
+
     /// The command target (`telegram:<name>`).
     fn target(&self) -> String {
         format!("{}:{}", self.channel.as_str(), self.name)

@@ -342,7 +342,7 @@ impl Adapter for Telegram {
 
     fn hooks(&self) -> Vec<(String, String)> {
         match self.mode {
-            TelegramMode::Webhook => vec![(self.line.name.clone(), self.line.target())],
+            TelegramMode::Webhook => self.line.hook(),
             TelegramMode::Polling => Vec::new(),
         }
     }

@@ -196,8 +196,7 @@ impl Adapter for Vk {
 
     fn run(&self, ctx: AdapterContext) -> BoxFuture<'static, ()> {
         // Callbacks come to us; nothing to keep open.
-        ctx.health.set(&self.line.target(), Ok(()));
-        Box::pin(async {})
+        self.line.idle(&ctx)
     }
 
     fn execute<'a>(
@@ -253,7 +252,7 @@ impl Adapter for Vk {
     }
 
     fn hooks(&self) -> Vec<(String, String)> {
-        vec![(self.line.name.clone(), self.line.target())]
+        self.line.hook()
     }
 
     fn accept(&self, _line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {
