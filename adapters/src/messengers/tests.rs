@@ -230,3 +230,119 @@ async fn a_market_order_and_a_jivosite_chat_become_leads_with_what_they_carry() 
     assert_eq!(lead.payload["page"]["url"], "https://shop.example/kettles");
     assert_eq!(lead.payload["line"], "jivo");
 }
+
+fn chat(toml: &str, members: Vec<Member>) -> (tempfile::TempDir, Chat) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml_str(toml, std::iter::empty()).unwrap();
+    let inbox = crate::inbox::Inbox::open(&dir.path().join("inbox.sqlite")).unwrap();
+    let chat = Chat::new(&config.channels, members, dir.path(), inbox)
+        .unwrap()
+        .unwrap();
+    (dir, chat)
+}
+
+#[test]
+fn a_visitor_keeps_their_conversation_only_with_their_own_token() {
+    let toml = "[[channels]]\ntype = \"widget\"\nname = \"site\"\nsecret = \"0123456789abcdef-one\"\n\
+                [[channels]]\ntype = \"widget\"\nname = \"shop\"\nsecret = \"0123456789abcdef-two\"\n";
+    let (_dir, chat) = chat(toml, Vec::new());
+    let site = chat.line("site").unwrap().clone();
+    let (visitor, token) = chat.identify(&site, &json!({})).unwrap();
+    assert_eq!(visitor.len(), 32);
+    // The same id and token: the same visitor.
+    let again = chat
+        .identify(&site, &json!({"visitor": visitor, "token": token}))
+        .unwrap();
+    assert_eq!(again, (visitor.clone(), token.clone()));
+    // Someone else's id with a made-up token, or the token of another
+    // line: a new visitor, never the one named.
+    let mut forged = token.clone().into_bytes();
+    forged[0] = if forged[0] == b'0' { b'1' } else { b'0' };
+    let forged = String::from_utf8(forged).unwrap();
+    for hello in [
+        json!({"visitor": visitor, "token": forged}),
+        json!({"visitor": visitor}),
+        json!({"visitor": "../../etc", "token": token}),
+    ] {
+        let (other, _) = chat.identify(&site, &hello).unwrap();
+        assert_ne!(other, visitor, "{hello}");
+    }
+    let shop = chat.line("shop").unwrap().clone();
+    let (other, _) = chat
+        .identify(&shop, &json!({"visitor": visitor, "token": token}))
+        .unwrap();
+    assert_ne!(other, visitor);
+}
+
+#[test]
+fn an_employee_signs_in_with_their_extension_and_nobody_else_does() {
+    let members = vec![Member {
+        extension: "1001".into(),
+        password: "demo1001".into(),
+        manager: "anna".into(),
+    }];
+    let (_dir, chat) = chat(
+        "[[channels]]\ntype = \"team\"\nname = \"team\"\nsecret = \"0123456789abcdef-team\"\n",
+        members,
+    );
+    let team = chat.line("team").unwrap().clone();
+    assert!(team.is_team());
+    for hello in [
+        json!({}),
+        json!({"user": "1001", "password": "demo1002"}),
+        json!({"user": "1002", "password": "demo1001"}),
+        json!({"user": "1001"}),
+        json!({"visitor": "1001", "token": "0000"}),
+    ] {
+        assert_eq!(
+            chat.identify(&team, &hello),
+            Err(ChatError::SignIn),
+            "{hello}"
+        );
+    }
+    let (who, token) = chat
+        .identify(&team, &json!({"user": "1001", "password": "demo1001"}))
+        .unwrap();
+    assert_eq!(who, "1001");
+    // The session token signs the employee in on the next page load.
+    assert_eq!(
+        chat.identify(&team, &json!({"visitor": "1001", "token": token})),
+        Ok(("1001".to_owned(), token.clone()))
+    );
+    // Team lines take no commands: the adapter serves widget lines only.
+    assert!(chat.lines().is_empty());
+}
+
+#[tokio::test]
+async fn a_resent_chat_message_is_one_message_and_limits_hold() {
+    let (_dir, chat) = chat(
+        "[[channels]]\ntype = \"widget\"\nname = \"site\"\nsecret = \"0123456789abcdef-one\"\nmax_message_chars = 10\n",
+        Vec::new(),
+    );
+    let site = chat.line("site").unwrap().clone();
+    let (visitor, _) = chat.identify(&site, &json!({})).unwrap();
+    let (history, mut tab) = chat.open(&site, &visitor).await.unwrap();
+    assert!(history.is_empty());
+    let ctx = json!({"page": "https://shop.example/?utm_source=vk"});
+    let first = chat
+        .visitor_said(&site, &visitor, "m1", "Привет", &ctx)
+        .await
+        .unwrap();
+    let again = chat
+        .visitor_said(&site, &visitor, "m1", "Привет", &ctx)
+        .await
+        .unwrap();
+    assert_eq!(first.seq, again.seq);
+    // The open tab heard it once.
+    assert_eq!(tab.recv().await.unwrap().text, "Привет");
+    assert!(tab.try_recv().is_err());
+    for (id, text) in [("m2", "   "), ("m3", "слишком длинное"), ("", "ok")] {
+        assert!(matches!(
+            chat.visitor_said(&site, &visitor, id, text, &ctx).await,
+            Err(ChatError::Invalid(_))
+        ));
+    }
+    let (history, _) = chat.open(&site, &visitor).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].from, "visitor");
+}
