@@ -44,7 +44,16 @@ pub(crate) struct ChatState {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// `GET /widget.js`.
+/// The chat widget's script, for `<script src="…/widget.js"
+/// data-line="<name>">` on the company's pages.
+#[utoipa::path(
+    get,
+    path = "/widget.js",
+    responses(
+        (status = 200, description = "The script", content_type = "text/javascript"),
+        (status = 404, description = "No chat line is configured"),
+    )
+)]
 pub(crate) async fn script() -> Response {
     (
         [
@@ -56,8 +65,20 @@ pub(crate) async fn script() -> Response {
         .into_response()
 }
 
-/// `GET /v1/chat/<line>/ws`: 404 for no such line, 403 for a page of an
-/// origin the line does not allow.
+/// A chat WebSocket (JSON text frames; the module's documentation gives
+/// them): 404 for no such line, 403 for a page of an origin the line does
+/// not allow.
+#[utoipa::path(
+    get,
+    path = "/v1/chat/{line}/ws",
+    params(("line" = String, Path, description = "A widget or team line's name")),
+    responses(
+        (status = 101, description = "The WebSocket is open"),
+        (status = 400, description = "Not a WebSocket handshake"),
+        (status = 403, description = "This page's origin may not open the chat"),
+        (status = 404, description = "No chat line of this name"),
+    )
+)]
 pub(crate) async fn connect(
     State(state): State<ChatState>,
     Path(name): Path<String>,

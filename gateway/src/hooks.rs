@@ -20,7 +20,7 @@ use switchboard_adapters::{
 };
 
 use crate::channels::ByLine;
-use switchboard_service::ApiError;
+use switchboard_service::{ApiError, ErrorBody};
 use switchboard_storage::NewRecord;
 
 use crate::metrics::WEBHOOKS;
@@ -64,6 +64,25 @@ impl Hooks {
     }
 }
 
+/// A delivery from a messenger or lead service to the line `name`
+/// (`[[channels]]`): checked as that service signs it, stored once per the
+/// service's delivery id, then answered as the service expects (VK: `ok`,
+/// a JSON object for others); a retried delivery is answered the same and
+/// stored no second time.
+#[utoipa::path(
+    post,
+    path = "/v1/hooks/{name}",
+    params(("name" = String, Path, description = "The line's name in `[[channels]]`")),
+    request_body(content = Object, content_type = "application/json", description = "The service's own webhook body"),
+    responses(
+        (status = 200, description = "Verified and stored (or a handshake answered)"),
+        (status = 400, description = "Not what the service sends", body = ErrorBody),
+        (status = 403, description = "Not signed by the service (signature, secret or token)", body = ErrorBody),
+        (status = 404, description = "No line of this name takes webhooks", body = ErrorBody),
+        (status = 413, description = "Larger than gateway.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "Cannot be stored now; the service retries", body = ErrorBody),
+    )
+)]
 pub(crate) async fn receive(
     State(hooks): State<Hooks>,
     Path(name): Path<String>,
@@ -73,6 +92,25 @@ pub(crate) async fn receive(
     take(&hooks, &name, None, &headers, &body).await
 }
 
+/// The same for services that sign nothing (JivoSite, Roistat, CoMagic,
+/// UIS): the address carries the line's token.
+#[utoipa::path(
+    post,
+    path = "/v1/hooks/{name}/{token}",
+    params(
+        ("name" = String, Path, description = "The line's name in `[[channels]]`"),
+        ("token" = String, Path, description = "The line's `token`"),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "The service's own webhook body"),
+    responses(
+        (status = 200, description = "Verified and stored"),
+        (status = 400, description = "Not what the service sends", body = ErrorBody),
+        (status = 403, description = "Not this line's token", body = ErrorBody),
+        (status = 404, description = "No line of this name takes webhooks", body = ErrorBody),
+        (status = 413, description = "Larger than gateway.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "Cannot be stored now; the service retries", body = ErrorBody),
+    )
+)]
 pub(crate) async fn receive_with_token(
     State(hooks): State<Hooks>,
     Path((name, token)): Path<(String, String)>,

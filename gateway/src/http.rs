@@ -23,9 +23,17 @@ use switchboard_storage::state::Presence;
     info(
         title = "Switchboard gateway",
         version = "1",
-        description = "Endpoints the company's site and external services call."
+        description = "Endpoints the company's site and external services call: the lead form, the chat widget, webhooks of messengers and lead services, managers' presence."
     ),
-    paths(widget_lead, list_managers, set_presence),
+    paths(
+        widget_lead,
+        list_managers,
+        set_presence,
+        crate::hooks::receive,
+        crate::hooks::receive_with_token,
+        crate::chat::script,
+        crate::chat::connect
+    ),
     components(schemas(
         LeadForm,
         LeadAccepted,
