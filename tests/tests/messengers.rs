@@ -615,6 +615,7 @@ async fn lead_services_bring_their_campaign_and_hear_how_the_deal_ended() {
     let data = dir.path().join("data");
     let roistat = Double::roistat(4242, "rs-api-key").await.unwrap();
     let comagic = Double::data_api("cm-access").await.unwrap();
+    let uis = Double::data_api("uis-access").await.unwrap();
     let sb = start(
         dir.path(),
         &format!(
@@ -633,9 +634,17 @@ name = "cm"
 token = "cm-0123456789abcdef"
 access_token = "cm-access"
 api_url = "{}"
+
+[[channels]]
+type = "uis"
+name = "uis"
+token = "uis-0123456789abcdef"
+access_token = "uis-access"
+api_url = "{}"
 "#,
             roistat.url(),
-            comagic.url()
+            comagic.url(),
+            uis.url()
         ),
     )
     .await;
@@ -744,6 +753,49 @@ api_url = "{}"
     assert_eq!(reported["amount"], json!(3000.0));
     // Roistat heard nothing of the CoMagic deal.
     assert_eq!(roistat.seen("add-orders").len(), 1);
+
+    // UIS, the same platform: a site request (offline message) from an
+    // email address; its won deal goes to UIS's Data API, not CoMagic's.
+    let request = r#"{"notification_name":"Заявка","communication_id":77001,"communication_type":"offline_message","contact_email":"Olga@Example.com","contact_full_name":"Ольга","message":"Нужен замер","utm_source":"vk","utm_medium":"social","visitor_session_id":"vs-9"}"#;
+    delivered_twice(&sb, "uis", "uis-0123456789abcdef", request).await;
+    let uis_lead = feed_until(
+        &sb,
+        &data,
+        |e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Uis,
+        Duration::from_secs(10),
+    )
+    .await
+    .remove(0);
+    assert_eq!(uis_lead.contact.key, "email:olga@example.com");
+    assert_eq!(uis_lead.payload["message"], "Нужен замер");
+    sb.wait_for_timeline(
+        "email:olga@example.com",
+        &uis_lead.id.to_string(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let (_, clients) = sb
+        .crm_get("/v1/clients?q=olga%40example.com")
+        .await
+        .unwrap();
+    let client = clients["items"][0]["id"].as_str().unwrap().to_owned();
+    let deal = new_deal(&sb, &client, "Замер и монтаж", 150_000).await;
+    move_deal(&sb, &deal, WON, json!({})).await;
+    let uploads = uis
+        .wait_for("upload.deals_history", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(uploads.len(), 1, "{}", sb.logs());
+    let reported = &uploads[0].body["deals"][0];
+    assert_eq!(
+        (
+            reported["status"].as_str(),
+            reported["communication_id"].as_i64(),
+            reported["communication_type"].as_str()
+        ),
+        (Some("won"), Some(77001), Some("offline_message"))
+    );
+    assert_eq!(comagic.seen("upload.deals_history").len(), 1);
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }
 
