@@ -97,7 +97,9 @@ pub(crate) async fn connect(
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| async move {
             CHAT_SESSIONS.inc();
-            session(state, line, socket).await;
+            if let Some(visitor) = session(&state, &line, socket).await {
+                state.chat.closed(&line, &visitor);
+            }
             CHAT_SESSIONS.dec();
         })
 }
@@ -122,7 +124,9 @@ fn message_frame(m: &ChatMessage) -> Value {
     v
 }
 
-async fn session(state: ChatState, line: WidgetLine, mut socket: WebSocket) {
+/// One tab's conversation until it closes; who it was, once known (its
+/// receiver of what is said is dropped by then).
+async fn session(state: &ChatState, line: &WidgetLine, mut socket: WebSocket) -> Option<String> {
     let hello = match tokio::time::timeout(HELLO_WITHIN, socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(t.as_str()).ok(),
         _ => None,
@@ -133,9 +137,9 @@ async fn session(state: ChatState, line: WidgetLine, mut socket: WebSocket) {
             &json!({"type": "error", "error": "say hello first"}),
         )
         .await;
-        return;
+        return None;
     };
-    let (visitor, token) = match state.chat.identify(&line, &hello) {
+    let (visitor, token) = match state.chat.identify(line, &hello) {
         Ok(who) => who,
         Err(e) => {
             // A team line: the page shows its sign-in form.
@@ -144,7 +148,7 @@ async fn session(state: ChatState, line: WidgetLine, mut socket: WebSocket) {
                 &json!({"type": "sign_in", "error": e.to_string()}),
             )
             .await;
-            return;
+            return None;
         }
     };
     let context = json!({
@@ -153,7 +157,7 @@ async fn session(state: ChatState, line: WidgetLine, mut socket: WebSocket) {
         "referrer": field(&hello, "referrer", 2048),
         "landing": field(&hello, "landing", 2048),
     });
-    let (history, mut said) = match state.chat.open(&line, &visitor).await {
+    let (history, mut said) = match state.chat.open(line, &visitor).await {
         Ok(open) => open,
         Err(e) => {
             tracing::warn!(error = %e, "chat history unreadable");
@@ -162,40 +166,41 @@ async fn session(state: ChatState, line: WidgetLine, mut socket: WebSocket) {
                 &json!({"type": "error", "error": "the chat is unavailable", "retry": true}),
             )
             .await;
-            return;
+            return Some(visitor);
         }
     };
     let welcome = json!({"type": "welcome", "visitor": visitor, "token": token,
         "title": line.title, "team": line.is_team(), "history": history});
     if !send(&mut socket, &welcome).await {
-        return;
+        return Some(visitor);
     }
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => {
                 let _ = socket.send(Message::Close(None)).await;
-                return;
+                break;
             }
             m = said.recv() => {
-                let Some(m) = m else { return };
+                let Some(m) = m else { break };
                 CHAT_FRAMES.with_label_values(&["out", "pushed"]).inc();
                 if !send(&mut socket, &message_frame(&m)).await {
-                    return;
+                    break;
                 }
             }
             frame = socket.recv() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                     Some(Ok(_)) => continue,
                 };
-                let reply = take(&state.chat, &line, &visitor, text.as_str(), &context).await;
+                let reply = take(&state.chat, line, &visitor, text.as_str(), &context).await;
                 if !send(&mut socket, &reply).await {
-                    return;
+                    break;
                 }
             }
         }
     }
+    Some(visitor)
 }
 
 /// One frame from the page: what to answer.

@@ -275,6 +275,19 @@ async fn a_visitor_chats_with_a_manager_from_the_site_across_page_loads() {
         .await
         .unwrap();
     assert_eq!(taken, 2.0);
+    // The browser is gone: so are its sessions.
+    let mut open = f64::NAN;
+    for _ in 0..300 {
+        open = sb
+            .gateway_metric("switchboard_chat_open_sessions", &[])
+            .await
+            .unwrap();
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0.0);
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }
 

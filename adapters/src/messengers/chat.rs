@@ -328,6 +328,27 @@ impl Chat {
         Ok((history, rx))
     }
 
+    /// A tab of `visitor` closed: forgets the tabs of theirs that are
+    /// gone, so a visitor who leaves holds no memory.
+    pub fn closed(&self, line: &WidgetLine, visitor: &str) {
+        let key = (
+            line.line.name.clone(),
+            Self::conversation_of(line, visitor).to_owned(),
+        );
+        let mut tabs = lock(&self.0.tabs);
+        if let Some(list) = tabs.get_mut(&key) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                tabs.remove(&key);
+            }
+        }
+    }
+
+    /// Tabs open now, over every line (for tests and metrics).
+    pub fn open_tabs(&self) -> usize {
+        lock(&self.0.tabs).values().map(Vec::len).sum()
+    }
+
     /// Appends to a conversation's history (once per `key`) and shows it
     /// in the visitor's open tabs; the stored message, and how many tabs
     /// it reached.

@@ -345,4 +345,9 @@ async fn a_resent_chat_message_is_one_message_and_limits_hold() {
     let (history, _) = chat.open(&site, &visitor).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].from, "visitor");
+    // Tabs that closed are forgotten: a visitor who left holds no memory.
+    assert_eq!(chat.open_tabs(), 2);
+    drop(tab);
+    chat.closed(&site, &visitor);
+    assert_eq!(chat.open_tabs(), 0);
 }
