@@ -38,6 +38,9 @@ pub async fn run<S: FeedSource>(
                 continue;
             }
         };
+        if let Some(feed) = &owners {
+            send_queued_commands(&store, feed).await;
+        }
         if batch.is_empty() {
             continue;
         }
@@ -148,5 +151,41 @@ impl Backoff {
             () = tokio::time::sleep(self.0) => {}
         }
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Moves the commands waiting in the store's outbox to the feed, oldest
+/// first; stops at the first that cannot go (it is tried again later). A
+/// command sent twice after a crash is carried out once: the gateway keeps
+/// a ledger by command id.
+pub(crate) async fn send_queued_commands(store: &Store, feed: &FeedLog) {
+    let queued = match store.queued_commands(100).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(error = %e, "command outbox unreadable");
+            return;
+        }
+    };
+    for (id, envelope) in queued {
+        let record = match serde_json::from_str::<switchboard_storage::Command>(&envelope)
+            .map_err(|e| e.to_string())
+            .and_then(|cmd| NewRecord::command(&cmd).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(command = %id, error = %e, "unreadable queued command dropped");
+                let _ = store.command_sent(&id).await;
+                continue;
+            }
+        };
+        if let Err(e) = feed.append(record).await {
+            tracing::warn!(command = %id, error = %e, "queued command not sent yet");
+            return;
+        }
+        if let Err(e) = store.command_sent(&id).await {
+            tracing::warn!(command = %id, error = %e, "command sent, not cleared: it will be sent again (and carried out once)");
+            return;
+        }
+        tracing::info!(command = %id, "queued command sent");
     }
 }

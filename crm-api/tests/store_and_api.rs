@@ -322,3 +322,110 @@ fn openapi_document_is_checked_in_and_current() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/contacts/{key}/timeline"]["get"].is_object());
 }
+
+/// A deal of a client who came from a lead service closes: its report to
+/// that service waits in the store's command outbox, written with the deal,
+/// until the feed takes it — here a CRM without a feed first (nothing lost),
+/// then one with a feed sends both reports, oldest first.
+#[tokio::test]
+async fn a_closed_deal_reports_to_its_lead_service_through_the_outbox() {
+    use switchboard_storage::{Campaign, Command, CommandKind, FeedSource};
+    let b = Backends::new().await;
+    let stores = b.stores().await;
+    for (backend, store) in &stores {
+        let t = team(store, b.dir.path()).await;
+        let offline = switchboard_crm::Crm::new(store.clone(), None, b.dir.path().join("files"));
+        let phone = "+79160000301";
+        let mut ev = lead(phone, "Ульяна", 5);
+        ev.channel = Channel::Roistat;
+        ev.payload = serde_json::json!({"line": "rs", "lead_id": "22"});
+        ev.campaign = Some(Campaign {
+            source: Some("yandex".into()),
+            visit_id: Some("799".into()),
+            ..Campaign::default()
+        });
+        apply(store, &[ev]).await;
+        let clients = get(&offline, "/v1/clients?q=%2B79160000301", &t.admin).await;
+        let client = clients.body["items"][0]["id"].as_str().unwrap().to_owned();
+        let close = |crm: switchboard_crm::Crm, title: &'static str, stage: String| {
+            let (admin, client) = (t.admin.clone(), client.clone());
+            async move {
+                let made = common::post(
+                    &crm,
+                    "/v1/deals",
+                    &admin,
+                    serde_json::json!({"client_id": client, "title": title, "amount_minor": 990_000}),
+                )
+                .await;
+                assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+                let id = made.body["id"].as_str().unwrap().to_owned();
+                let etag = made.headers["etag"].to_str().unwrap().to_owned();
+                let moved = common::call(
+                    &crm,
+                    axum::http::Method::PATCH,
+                    &format!("/v1/deals/{id}"),
+                    Some(&admin),
+                    Some(serde_json::json!({"stage_id": stage, "lost_reason": "дорого"})),
+                    &[("if-match", &etag)],
+                )
+                .await;
+                assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+                id
+            }
+        };
+        // No feed: the report waits, with the deal.
+        let won = close(
+            offline.clone(),
+            "Шторы",
+            "00000000-0000-7000-8000-000000000015".to_owned(),
+        )
+        .await;
+        let queued = store.queued_commands(10).await.unwrap();
+        assert_eq!(queued.len(), 1, "{backend}");
+        let cmd: Command = serde_json::from_str(&queued[0].1).unwrap();
+        assert_eq!(cmd.kind, CommandKind::DealReport);
+        assert_eq!(cmd.target, "roistat:rs");
+        assert_eq!(cmd.payload["deal_id"], won.as_str());
+        assert_eq!(cmd.payload["status"], "won");
+        assert_eq!(cmd.payload["amount_minor"], 990_000);
+        assert_eq!(cmd.payload["lead"]["visit_id"], "799");
+        // With a feed: both reports go out, oldest first, and the outbox
+        // is empty.
+        let pipelines = get(&t.crm, "/v1/pipelines", &t.admin).await;
+        let lost = pipelines.body["items"][0]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["outcome"] == "lost")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let lost_deal = close(t.crm.clone(), "Карниз", lost).await;
+        assert!(
+            store.queued_commands(10).await.unwrap().is_empty(),
+            "{backend}"
+        );
+        let mut source = t.feed.consumer("test", &[Topic::Commands]).unwrap();
+        let records = source.poll(10, Duration::from_secs(1)).await.unwrap();
+        let sent: Vec<(String, String)> = records
+            .iter()
+            .map(|r| {
+                let c: Command = serde_json::from_slice(&r.value).unwrap();
+                (
+                    c.payload["deal_id"].as_str().unwrap().to_owned(),
+                    c.payload["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                (won.clone(), "won".to_owned()),
+                (lost_deal, "lost".to_owned())
+            ],
+            "{backend}"
+        );
+    }
+    b.finish(stores).await;
+}

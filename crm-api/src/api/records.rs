@@ -272,72 +272,17 @@ pub(crate) async fn patch_deal(
     JsonOrForm(patch): JsonOrForm<DealPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
     let version = if_match(&headers)?;
-    let before = match &patch.stage_id {
-        Some(_) => Some(
-            state
-                .store
-                .deal(&ctx, &id)
-                .await
-                .map_err(store_error)?
-                .status,
-        ),
-        None => None,
-    };
     let deal = state
         .store
         .patch_deal(&ctx, &id, version, &patch)
         .await
         .map_err(store_error)?;
-    if before.is_some_and(|b| b != deal.status) && deal.status != "open" {
-        report_deal(&state, &ctx, &deal).await;
+    // A closed deal may have queued its report to a lead service; it goes
+    // out now, or with the consumer's next turn if the feed cannot take it.
+    if let Some(feed) = &state.feed {
+        crate::consumer::send_queued_commands(&state.store, feed).await;
     }
     Ok((etag(deal.version), Json(deal)))
-}
-
-/// A deal closed: when its client came as a lead from a service with
-/// end-to-end analytics (Roistat, CoMagic, UIS), the gateway tells that
-/// service how it ended. The deal is closed either way; a report that
-/// cannot be issued now is logged.
-async fn report_deal(state: &AppState, ctx: &Ctx, deal: &Deal) {
-    let lead = match state.store.lead_origin(ctx, &deal.client_id).await {
-        Ok(Some(envelope)) => envelope,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(deal = %deal.id, error = %e, "deal outcome not reported: lead unreadable");
-            return;
-        }
-    };
-    let Ok(lead) = serde_json::from_str::<Interaction>(&lead) else {
-        return;
-    };
-    let line = lead.payload["line"].as_str().unwrap_or_default();
-    let mut origin = lead.payload.clone();
-    origin["visit_id"] = serde_json::json!(lead.campaign.as_ref().and_then(|c| c.visit_id.clone()));
-    let cmd = Command {
-        v: switchboard_storage::envelope::VERSION,
-        id: uuid::Uuid::now_v7(),
-        issued_at: time::OffsetDateTime::now_utc(),
-        kind: CommandKind::DealReport,
-        channel: lead.channel,
-        target: format!("{}:{line}", lead.channel.as_str()),
-        contact: lead.contact.clone(),
-        manager: ctx.principal.routing_id.clone(),
-        conversation: lead.conversation.clone(),
-        payload: serde_json::json!({
-            "deal_id": deal.id,
-            "client_id": deal.client_id,
-            "title": deal.title,
-            "status": deal.status,
-            "amount_minor": deal.amount_minor,
-            "currency": deal.currency,
-            "created_at": deal.created_at,
-            "closed_at": deal.closed_at,
-            "lead": origin,
-        }),
-    };
-    if let Err(e) = send_command(state, ctx, &cmd, "deal_report").await {
-        tracing::warn!(deal = %deal.id, error = ?e, "deal outcome not reported");
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

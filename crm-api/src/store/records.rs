@@ -721,6 +721,20 @@ impl Store {
         let details = json!({"title": title, "amount_minor": patch.amount_minor, "currency": patch.currency,
             "stage_id": patch.stage_id, "owner_id": patch.owner_id});
         audit(&mut tx, ctx, "update", "deal", id, details).await?;
+        if let Some((_, outcome)) = moved.as_ref().filter(|(_, o)| o != "open") {
+            let closed = Deal {
+                title: title.clone().unwrap_or_else(|| current.title.clone()),
+                amount_minor: patch.amount_minor.unwrap_or(current.amount_minor),
+                currency: patch
+                    .currency
+                    .clone()
+                    .unwrap_or_else(|| current.currency.clone()),
+                status: outcome.clone(),
+                closed_at: Some(rfc3339(now)?),
+                ..current.clone()
+            };
+            queue_deal_report(&mut tx, ctx, &closed).await?;
+        }
         if let Some((stage, outcome)) = moved {
             add_to_timeline(
                 &mut tx,
@@ -1275,28 +1289,6 @@ impl Store {
         .await
     }
 
-    /// The envelope of the client's latest lead from a service that
-    /// wants deal outcomes back (Roistat, CoMagic, UIS), if any.
-    pub async fn lead_origin(
-        &self,
-        ctx: &Ctx,
-        client_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        match self
-            .latest_envelope(
-                ctx,
-                "i.client_id = $1 AND i.kind = 'lead.received' \
-                 AND i.channel IN ('roistat', 'comagic', 'uis')",
-                client_id,
-            )
-            .await
-        {
-            Ok(envelope) => Ok(Some(envelope)),
-            Err(StoreError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The payload of a call's latest `recording.ready`, if its client is
     /// visible.
     pub async fn recording(
@@ -1625,5 +1617,97 @@ impl Store {
             .into_iter()
             .find(|p| p.id == id)
             .ok_or(StoreError::NotFound)
+    }
+}
+
+/// A deal just closed: when its client's latest lead came from a service
+/// with end-to-end analytics (Roistat, CoMagic, UIS), a `deal.report`
+/// command for that service's line joins the command outbox in the same
+/// transaction, to reach the gateway through the feed afterwards.
+async fn queue_deal_report(tx: &mut Tx<'_>, ctx: &Ctx, deal: &Deal) -> Result<(), StoreError> {
+    use switchboard_storage::{Command, CommandKind, Interaction};
+    let row = sqlx::query(
+        "SELECT envelope FROM interactions WHERE client_id = $1 AND kind = 'lead.received' \
+         AND channel IN ('roistat', 'comagic', 'uis') ORDER BY occurred_at DESC LIMIT 1",
+    )
+    .bind(&deal.client_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("read the client's lead"))?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let envelope: String = row.try_get("envelope").map_err(corrupt("interaction"))?;
+    let Ok(lead) = serde_json::from_str::<Interaction>(&envelope) else {
+        return Ok(());
+    };
+    let line = lead.payload["line"].as_str().unwrap_or_default();
+    let mut origin = lead.payload.clone();
+    origin["visit_id"] = json!(lead.campaign.as_ref().and_then(|c| c.visit_id.clone()));
+    let cmd = Command {
+        v: switchboard_storage::envelope::VERSION,
+        id: uuid::Uuid::now_v7(),
+        issued_at: time::OffsetDateTime::now_utc(),
+        kind: CommandKind::DealReport,
+        channel: lead.channel,
+        target: format!("{}:{line}", lead.channel.as_str()),
+        contact: lead.contact.clone(),
+        manager: ctx.principal.routing_id.clone(),
+        conversation: lead.conversation.clone(),
+        payload: json!({
+            "deal_id": deal.id,
+            "client_id": deal.client_id,
+            "title": deal.title,
+            "status": deal.status,
+            "amount_minor": deal.amount_minor,
+            "currency": deal.currency,
+            "created_at": deal.created_at,
+            "closed_at": deal.closed_at,
+            "lead": origin,
+        }),
+    };
+    let body = serde_json::to_value(&cmd).map_err(|e| StoreError::Corrupt {
+        what: "command",
+        detail: e.to_string(),
+    })?;
+    let id = cmd.id.to_string();
+    sqlx::query("INSERT INTO command_outbox (id, envelope, created_at) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(body.to_string())
+        .bind(micros_now())
+        .execute(&mut **tx)
+        .await
+        .map_err(db("queue a command"))?;
+    audit(tx, ctx, "deal_report", "command", &id, body).await
+}
+
+impl Store {
+    /// Commands waiting in the outbox, oldest first: `(id, envelope)`.
+    pub async fn queued_commands(&self, limit: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, envelope FROM command_outbox ORDER BY created_at, id LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read the command outbox"))?;
+        let e = corrupt("command outbox");
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id").map_err(&e)?,
+                    r.try_get("envelope").map_err(&e)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A queued command is in the feed.
+    pub async fn command_sent(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM command_outbox WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("clear the command outbox"))?;
+        Ok(())
     }
 }
