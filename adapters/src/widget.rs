@@ -163,14 +163,12 @@ impl LeadForm {
                     "give a phone number or an email address".into(),
                 )])
             })?;
-        let campaign = Campaign {
-            source: tags[0].1.map(str::to_owned),
-            medium: tags[1].1.map(str::to_owned),
-            campaign: tags[2].1.map(str::to_owned),
-            keyword: tags[3].1.map(str::to_owned),
-            content: tags[4].1.map(str::to_owned),
-            visit_id: None,
-        };
+        let campaign = Campaign::from_utm(|k| {
+            let name = format!("utm_{k}");
+            tags.iter()
+                .find(|(field, _)| *field == name)
+                .and_then(|(_, v)| v.map(str::to_owned))
+        });
         let mut payload = json!({ "form": "widget" });
         if let Some(m) = message {
             payload["message"] = json!(m);
@@ -194,7 +192,7 @@ impl LeadForm {
             time::OffsetDateTime::now_utc(),
             payload,
         );
-        ev.campaign = (!campaign.is_empty()).then_some(campaign);
+        ev.campaign = campaign.known();
         Ok(ev)
     }
 }

@@ -25,6 +25,10 @@ pub async fn run<S: FeedSource>(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
+    // The outbox is swept now and then, not on every batch: a closing
+    // write sends its own command at once; this only catches what the
+    // feed could not take then.
+    let mut next_sweep = tokio::time::Instant::now();
     loop {
         let batch = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -38,8 +42,12 @@ pub async fn run<S: FeedSource>(
                 continue;
             }
         };
-        if let Some(feed) = &owners {
+        if let Some(feed) = owners
+            .as_ref()
+            .filter(|_| tokio::time::Instant::now() >= next_sweep)
+        {
             send_queued_commands(&store, feed).await;
+            next_sweep = tokio::time::Instant::now() + OUTBOX_SWEEP;
         }
         if batch.is_empty() {
             continue;
@@ -153,6 +161,9 @@ impl Backoff {
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
 }
+
+/// How often the consumer looks for commands left in the outbox.
+const OUTBOX_SWEEP: Duration = Duration::from_secs(2);
 
 /// Moves the commands waiting in the store's outbox to the feed, oldest
 /// first; stops at the first that cannot go (it is tried again later). A

@@ -203,6 +203,25 @@ impl Campaign {
     pub fn is_empty(&self) -> bool {
         *self == Campaign::default()
     }
+
+    /// The campaign of a set of UTM tags, `tag` giving each by its name
+    /// without the prefix: `source`, `medium`, `campaign`, `term` (the
+    /// keyword) and `content`.
+    pub fn from_utm(mut tag: impl FnMut(&str) -> Option<String>) -> Self {
+        Self {
+            source: tag("source"),
+            medium: tag("medium"),
+            campaign: tag("campaign"),
+            keyword: tag("term"),
+            content: tag("content"),
+            visit_id: None,
+        }
+    }
+
+    /// `None` when nothing is known of it.
+    pub fn known(self) -> Option<Self> {
+        (!self.is_empty()).then_some(self)
+    }
 }
 
 /// One thing that happened with a customer, on any channel.

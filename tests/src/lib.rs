@@ -334,6 +334,33 @@ impl Switchboard {
         }
     }
 
+    /// A manager answers `ev` from the CRM, once the CRM has it in `key`'s
+    /// timeline: `POST /v1/conversations/<ev's conversation>/replies` with
+    /// `text`. Fails unless the CRM accepts it (202).
+    pub async fn answer(
+        &self,
+        key: &str,
+        ev: &switchboard_storage::Interaction,
+        text: &str,
+    ) -> Result<()> {
+        self.wait_for_timeline(key, &ev.id.to_string(), Duration::from_secs(10))
+            .await?;
+        let conversation = ev
+            .conversation
+            .as_deref()
+            .ok_or_else(|| anyhow!("interaction {} has no conversation", ev.id))?;
+        let (status, body) = self
+            .crm_post(
+                &format!("/v1/conversations/{conversation}/replies"),
+                &serde_json::json!({ "text": text }),
+            )
+            .await?;
+        if status != 202 {
+            bail!("reply to {conversation} answered {status}: {body}");
+        }
+        Ok(())
+    }
+
     /// Polls the embedded feed under `data_dir` until it holds at least
     /// `at_least` interactions `keep` accepts; returns them in feed order.
     /// Fails after `within` with what it found and the daemon's log.

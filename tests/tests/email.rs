@@ -337,21 +337,9 @@ async fn a_reply_from_the_crm_goes_out_threaded_and_lands_in_sent() {
     let events = email_events(&sb, &data, 1, Duration::from_secs(20)).await;
     let conversation = events[0].conversation.clone().unwrap();
     // The CRM knows it before a manager answers.
-    sb.wait_for_timeline(
-        "email:maria@example.ru",
-        &events[0].id.to_string(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let (status, body) = sb
-        .crm_post(
-            &format!("/v1/conversations/{conversation}/replies"),
-            &json!({"text": "Доставка бесплатная."}),
-        )
+    sb.answer("email:maria@example.ru", &events[0], "Доставка бесплатная.")
         .await
         .unwrap();
-    assert_eq!(status, 202, "{body}");
 
     // The SMTP server receives it, threaded under the customer's letter.
     let received = sent_letters(&smtp, &sb).await;
@@ -683,22 +671,9 @@ password = "{PASS}"
         .iter()
         .find(|e| e.payload["line"] == "starttls")
         .unwrap();
-    sb.wait_for_timeline(
-        "email:a@example.ru",
-        &over_starttls.id.to_string(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let conversation = over_starttls.conversation.clone().unwrap();
-    let (status, _) = sb
-        .crm_post(
-            &format!("/v1/conversations/{conversation}/replies"),
-            &json!({"text": "over TLS"}),
-        )
+    sb.answer("email:a@example.ru", over_starttls, "over TLS")
         .await
         .unwrap();
-    assert_eq!(status, 202);
     let received = sent_letters(&smtp, &sb).await;
     let sent = String::from_utf8_lossy(&received[0]).to_string();
     assert!(sent.contains("In-Reply-To: <tls1@example.ru>"), "{sent}");

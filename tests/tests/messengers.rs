@@ -141,17 +141,9 @@ async fn a_telegram_photo_arrives_by_polling_is_assigned_and_answered() {
     assert_eq!(assigned[0].manager.as_deref(), Some("anna"));
 
     // The manager answers from the CRM; the Bot API gets sendMessage.
-    sb.wait_for_timeline("telegram:555", &msg.id.to_string(), Duration::from_secs(10))
+    sb.answer("telegram:555", msg, "Здравствуйте! Есть в наличии.")
         .await
         .unwrap();
-    let (status, body) = sb
-        .crm_post(
-            "/v1/conversations/telegram:tg-sales:555/replies",
-            &json!({"text": "Здравствуйте! Есть в наличии."}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
     let sent = tg.wait_for("sendMessage", 1, Duration::from_secs(15)).await;
     assert_eq!(sent.len(), 1, "{}", sb.logs());
     assert_eq!(sent[0].body["chat_id"], 555);
@@ -444,36 +436,19 @@ token = "jivo-0123456789abcdef"
         .iter()
         .find(|e| e.kind == Kind::MessageReceived && e.channel == switchboard_storage::Channel::Vk)
         .unwrap();
-    sb.wait_for_timeline("vk:3301", &vk_in.id.to_string(), Duration::from_secs(10))
-        .await
-        .unwrap();
-    let (status, body) = sb
-        .crm_post(
-            "/v1/conversations/vk:club:3301/replies",
-            &json!({"text": "2500 ₽ за всё"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
+    assert_eq!(vk_in.conversation.as_deref(), Some("vk:club:3301"));
+    sb.answer("vk:3301", vk_in, "2500 ₽ за всё").await.unwrap();
     let viber_in = all
         .iter()
         .find(|e| e.channel == switchboard_storage::Channel::Viber)
         .unwrap();
-    sb.wait_for_timeline(
-        "viber:V1b3r+User=",
-        &viber_in.id.to_string(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let (status, body) = sb
-        .crm_post(
-            "/v1/conversations/viber:vb:V1b3r+User=/replies",
-            &json!({"text": "Добрый день!"}),
-        )
+    assert_eq!(
+        viber_in.conversation.as_deref(),
+        Some("viber:vb:V1b3r+User=")
+    );
+    sb.answer("viber:V1b3r+User=", viber_in, "Добрый день!")
         .await
         .unwrap();
-    assert_eq!(status, 202, "{body}");
     let sent = vk
         .wait_for("messages.send", 1, Duration::from_secs(15))
         .await;

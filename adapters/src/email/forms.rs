@@ -54,15 +54,10 @@ pub(crate) fn lead(
         (None, Some(e)) => ContactKey::email(e),
         (None, None) => return None,
     };
-    let campaign = Campaign {
-        source: get("utm_source")
-            .or_else(|| (!rule.source.is_empty()).then(|| rule.source.clone())),
-        medium: get("utm_medium"),
-        campaign: get("utm_campaign"),
-        keyword: get("utm_term"),
-        content: get("utm_content"),
-        visit_id: None,
-    };
+    let mut campaign = Campaign::from_utm(|k| get(&format!("utm_{k}")));
+    if campaign.source.is_none() && !rule.source.is_empty() {
+        campaign.source = Some(rule.source.clone());
+    }
     Some(Lead {
         rule: rule.name.clone(),
         contact: Contact {

@@ -76,12 +76,11 @@ pub enum ChatError {
     Unavailable(String),
 }
 
-/// An employee of a team line: their extension's password and manager.
+/// An employee of a team line: their extension and its password.
 #[derive(Debug, Clone)]
 pub struct Member {
     pub extension: String,
     pub password: String,
-    pub manager: String,
 }
 
 /// A chat line's settings: the site's widget, or the corporate chat.
@@ -492,20 +491,12 @@ impl Chat {
 fn campaign_of(page: &str) -> Option<Campaign> {
     let query = page.split_once('?')?.1.split('#').next().unwrap_or("");
     let tags: HashMap<String, String> = serde_urlencoded::from_str(query).ok()?;
-    let get = |k: &str| {
-        tags.get(k)
+    Campaign::from_utm(|k| {
+        tags.get(&format!("utm_{k}"))
             .filter(|v| !v.is_empty())
             .map(|v| v.chars().take(200).collect())
-    };
-    let c = Campaign {
-        source: get("utm_source"),
-        medium: get("utm_medium"),
-        campaign: get("utm_campaign"),
-        keyword: get("utm_term"),
-        content: get("utm_content"),
-        visit_id: None,
-    };
-    (!c.is_empty()).then_some(c)
+    })
+    .known()
 }
 
 impl Adapter for Chat {

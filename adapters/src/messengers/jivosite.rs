@@ -58,25 +58,12 @@ impl Jivosite {
 /// `session.utm_json` as JivoSite sends it.
 fn campaign(v: &Value) -> Option<Campaign> {
     let utm = &v["session"]["utm_json"];
-    let get = |k: &str| utm[k].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
-    let c = Campaign {
-        source: get("source"),
-        medium: get("medium"),
-        campaign: get("campaign"),
-        keyword: get("term"),
-        content: get("content"),
-        visit_id: None,
-    };
-    (!c.is_empty()).then_some(c)
+    Campaign::from_utm(|k| super::text(&utm[k])).known()
 }
 
 /// A chat's or offline message's own id, as text.
 fn id_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() && s.len() <= 100 => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    super::text(v).filter(|s| s.len() <= 100)
 }
 
 impl Adapter for Jivosite {
@@ -105,10 +92,7 @@ impl Adapter for Jivosite {
     }
 
     fn accept(&self, _line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {
-        let given = req.token.unwrap_or("");
-        if !crate::same_secret(given.as_bytes(), self.token.as_bytes()) {
-            return Err(HookError::Forbidden("the address's token"));
-        }
+        super::address_token(req, &self.token)?;
         let v = super::body_json(req.body)?;
         let event = v["event_name"]
             .as_str()

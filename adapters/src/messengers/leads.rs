@@ -25,43 +25,21 @@ use switchboard_storage::{Campaign, Channel, Command, CommandKind, Interaction, 
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use super::{Line, http_client};
+use super::{Line, http_client, text};
 use crate::inbox::Delivery;
 use crate::metrics::MESSAGES;
 use crate::{Accepted, Adapter, AdapterContext, CommandError, HookError, HookReply, HookRequest};
 
-/// A field as text: strings as they are, numbers written out; empty and
-/// absent are `None`.
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// The delivery's token must be the line's.
-fn check_token(req: &HookRequest<'_>, token: &str) -> Result<(), HookError> {
-    let given = req.token.unwrap_or("");
-    if crate::same_secret(given.as_bytes(), token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(HookError::Forbidden("the address's token"))
-    }
-}
-
-/// UTM tags from the first of `places` (objects) that has each.
+/// UTM tags (`utm_source`, …) from the first of `places` (objects) that
+/// has each, and the service's visit id.
 fn utm(places: &[&Value], visit_id: Option<String>) -> Option<Campaign> {
-    let get = |k: &str| places.iter().find_map(|p| text(&p[k]));
-    let c = Campaign {
-        source: get("utm_source"),
-        medium: get("utm_medium"),
-        campaign: get("utm_campaign"),
-        keyword: get("utm_term"),
-        content: get("utm_content"),
-        visit_id,
-    };
-    (!c.is_empty()).then_some(c)
+    let mut c = Campaign::from_utm(|k| {
+        places
+            .iter()
+            .find_map(|p| text(&p[format!("utm_{k}").as_str()]))
+    });
+    c.visit_id = visit_id;
+    c.known()
 }
 
 /// What a `deal.report` command carries (set by the CRM).
@@ -228,7 +206,7 @@ impl Adapter for Roistat {
     /// `email`, `text`, `roistat` (the visit), `creation_date`, and the
     /// form's `fields` (UTM tags among them, or at the top level).
     fn accept(&self, _line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {
-        check_token(req, &self.token)?;
+        super::address_token(req, &self.token)?;
         let v = super::body_json(req.body)?;
         let id =
             text(&v["id"]).ok_or_else(|| HookError::Malformed("a lead without its id".into()))?;
@@ -409,7 +387,7 @@ impl Adapter for CallTracking {
     /// `site_domain_name`, `campaign_name`, `message`. One lead per
     /// communication: later notifications of it are acknowledged only.
     fn accept(&self, _line: &str, req: &HookRequest<'_>) -> Result<Accepted, HookError> {
-        check_token(req, &self.token)?;
+        super::address_token(req, &self.token)?;
         let v = super::body_json(req.body)?;
         let id = text(&v["communication_id"])
             .or_else(|| text(&v["call_session_id"]))

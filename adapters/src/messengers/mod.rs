@@ -322,6 +322,27 @@ impl Line {
     }
 }
 
+/// A field as text: strings as they are (trimmed), numbers written out;
+/// empty and absent are `None`.
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A delivery to `/v1/hooks/<line>/<token>` of a service that signs
+/// nothing: the address's token must be the line's.
+fn address_token(req: &crate::HookRequest<'_>, token: &str) -> Result<(), crate::HookError> {
+    let given = req.token.unwrap_or("");
+    if crate::same_secret(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(crate::HookError::Forbidden("the address's token"))
+    }
+}
+
 /// A person a lead service reports: keyed by phone, else email, else the
 /// service's own id of them (`fallback`).
 fn person(

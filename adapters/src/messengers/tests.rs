@@ -279,7 +279,6 @@ fn an_employee_signs_in_with_their_extension_and_nobody_else_does() {
     let members = vec![Member {
         extension: "1001".into(),
         password: "demo1001".into(),
-        manager: "anna".into(),
     }];
     let (_dir, chat) = chat(
         "[[channels]]\ntype = \"team\"\nname = \"team\"\nsecret = \"0123456789abcdef-team\"\n",

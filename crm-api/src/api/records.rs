@@ -279,7 +279,7 @@ pub(crate) async fn patch_deal(
         .map_err(store_error)?;
     // A closed deal may have queued its report to a lead service; it goes
     // out now, or with the consumer's next turn if the feed cannot take it.
-    if let Some(feed) = &state.feed {
+    if let Some(feed) = state.feed.as_ref().filter(|_| deal.status != "open") {
         crate::consumer::send_queued_commands(&state.store, feed).await;
     }
     Ok((etag(deal.version), Json(deal)))

@@ -215,7 +215,6 @@ pub(crate) async fn run(
                     Ok(messengers::Member {
                         extension: u.extension.clone(),
                         password: u.resolve_password()?,
-                        manager: u.manager.clone(),
                     })
                 })
                 .collect::<Result<Vec<_>, switchboard_config::ConfigError>>()
