@@ -816,8 +816,10 @@ async fn a_server_outage_delays_letters_and_loses_none() {
         {
             break;
         }
+        // Generous: a loaded CI machine notices a dropped IMAP connection
+        // late (CI once took more than 10 s).
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(30),
             "{status} {ready}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
