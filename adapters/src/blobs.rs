@@ -43,9 +43,16 @@ impl Blobs {
             return Ok(sha);
         }
         let dir = path.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".{sha}.{}.part", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
+        // The fan-out directory usually exists: create it only when the
+        // file cannot be, rather than asking before every file.
+        let mut f = match std::fs::File::create(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::File::create(&tmp)?
+            }
+            other => other?,
+        };
         f.write_all(data)?;
         std::fs::rename(&tmp, &path)?;
         Ok(sha)

@@ -7,12 +7,10 @@
 use std::time::Duration;
 
 use async_imap::{Client, Session};
-use futures::TryStreamExt;
 use switchboard_config::{Mailbox, Security};
-use time::OffsetDateTime;
 
 use super::net::{self, Conn, IO_TIMEOUT};
-use super::{Email, Fetched, MailError, report};
+use super::{Email, Fetched, MailError, fetch, report};
 use crate::{AdapterContext, backoff, sleep_or_shutdown};
 
 /// Letters downloaded and published at once.
@@ -21,6 +19,8 @@ const GROUP_LETTERS: usize = 500;
 const SIZE_WINDOW: usize = 5_000;
 /// Bytes of letters downloaded and published at once.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// The longest header section taken of a letter over the size limit.
+const MAX_HEADER: u64 = 4 * 1024 * 1024;
 /// IDLE is restarted this often (servers drop it after 30 minutes).
 const IDLE_FOR: Duration = Duration::from_secs(25 * 60);
 
@@ -107,9 +107,10 @@ async fn read(
     *attempt = 0;
     tracing::info!(mailbox = %mb.name, folder = %mb.incoming.folder, idle, "imap mailbox connected");
     loop {
-        last = catch_up(email, mb, ctx, &mut session, validity, last).await?;
+        let news;
+        (last, news) = catch_up(email, mb, ctx, &mut session, validity, last).await?;
         // Something arrived while we were fetching: fetch again first.
-        let mut changed = false;
+        let mut changed = news;
         while let Ok(_news) = session.unsolicited_responses.try_recv() {
             changed = true;
         }
@@ -144,14 +145,15 @@ async fn read(
 }
 
 /// Downloads a group of letters: whole when within `limit`, headers only
-/// beyond it.
+/// beyond it. Also says whether the server announced a change meanwhile.
 async fn download(
     session: &mut Session<Conn>,
     group: &[(u32, u64)],
     limit: u64,
-) -> Result<Vec<Fetched>, MailError> {
+) -> Result<(Vec<Fetched>, bool), MailError> {
     let (small, large): (Vec<_>, Vec<_>) = group.iter().partition(|(_, s)| *s <= limit);
     let mut batch = Vec::with_capacity(group.len());
+    let mut news = false;
     for (uids, query, too_large) in [
         (small, "(UID INTERNALDATE BODY.PEEK[])", false),
         (
@@ -163,45 +165,74 @@ async fn download(
         if uids.is_empty() {
             continue;
         }
-        let set = uids
-            .iter()
-            .map(|(u, _)| u.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let fetched = tokio::time::timeout(Duration::from_secs(300), async {
-            session
-                .uid_fetch(&set, query)
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
+        let set = uid_set(uids.iter().map(|(u, _)| *u));
+        let fetched = tokio::time::timeout(
+            Duration::from_secs(300),
+            fetch::uid_fetch(session.get_mut(), &set, query, limit.max(MAX_HEADER)),
+        )
         .await
-        .map_err(|_| MailError::Server("fetching letters took over 5 minutes".into()))?
-        .map_err(|e| MailError::Server(format!("imap fetch: {e}")))?;
-        for f in fetched {
+        .map_err(|_| MailError::Server("fetching letters took over 5 minutes".into()))??;
+        news |= fetched.news;
+        for f in fetched.items {
             let Some(uid) = f.uid else { continue };
-            let raw = if too_large { f.header() } else { f.body() };
             batch.push(Fetched {
-                raw: raw.unwrap_or_default().to_vec(),
-                arrived: f
-                    .internal_date()
-                    .and_then(|d| OffsetDateTime::from_unix_timestamp(d.timestamp()).ok()),
-                too_large: too_large.then(|| u64::from(f.size.unwrap_or(0))),
+                raw: f.body.unwrap_or_default(),
+                arrived: f.internal_date,
+                too_large: too_large.then(|| f.size.unwrap_or(0)),
                 position: uid.to_string(),
                 key: None,
             });
         }
     }
     batch.sort_by_key(|f| f.position.parse::<u32>().unwrap_or(0));
-    Ok(batch)
+    Ok((batch, news))
 }
 
-/// Takes every letter above UID `last`; returns the new last UID.
+/// A UID set in ranges: `3:7,9,12:20`.
+fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
+    let mut out = String::new();
+    let mut run: Option<(u32, u32)> = None;
+    let flush = |out: &mut String, (a, b): (u32, u32)| {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if a == b {
+            out.push_str(&a.to_string());
+        } else {
+            out.push_str(&format!("{a}:{b}"));
+        }
+    };
+    for u in uids {
+        run = match run {
+            Some((a, b)) if u == b + 1 => Some((a, u)),
+            Some(r) => {
+                flush(&mut out, r);
+                Some((u, u))
+            }
+            None => Some((u, u)),
+        };
+    }
+    if let Some(r) = run {
+        flush(&mut out, r);
+    }
+    out
+}
+
+async fn published(
+    task: tokio::task::JoinHandle<Result<usize, MailError>>,
+) -> Result<(), MailError> {
+    task.await
+        .map_err(|e| MailError::Local(format!("publishing failed: {e}")))?
+        .map(drop)
+}
+
+/// Takes every letter above UID `last`; returns the new last UID and
+/// whether the server announced a change to the folder meanwhile.
 ///
 /// The new letters are listed, their sizes asked; they are then downloaded in
-/// groups (at most `GROUP_LETTERS` letters and `BATCH_BYTES` bytes), and
-/// while one group is parsed and published the next one downloads. Groups
+/// groups (at most `GROUP_LETTERS` letters and `BATCH_BYTES` bytes). Groups
 /// are published and their cursor committed strictly in order.
+/// Downloading, parsing and publishing overlap (three groups in flight).
 async fn catch_up(
     email: &Email,
     mb: &Mailbox,
@@ -209,7 +240,7 @@ async fn catch_up(
     session: &mut Session<Conn>,
     validity: u32,
     mut last: u32,
-) -> Result<u32, MailError> {
+) -> Result<(u32, bool), MailError> {
     let started = std::time::Instant::now();
     let mut uids: Vec<u32> = timed(session.uid_search(format!("UID {}:*", last.saturating_add(1))))
         .await?
@@ -221,20 +252,26 @@ async fn catch_up(
     // Sizes are asked for a window of UIDs at a time, so a first pass over
     // a huge folder never holds a million parsed responses.
     let mut sizes: Vec<(u32, u64)> = Vec::with_capacity(uids.len());
+    let mut news = false;
     for window in uids.chunks(SIZE_WINDOW) {
         let (first, end) = (window[0], window[window.len() - 1]);
-        let fetched = timed(async {
-            session
-                .uid_fetch(format!("{first}:{end}"), "(UID RFC822.SIZE)")
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await?;
+        let fetched = tokio::time::timeout(
+            IO_TIMEOUT,
+            fetch::uid_fetch(
+                session.get_mut(),
+                &format!("{first}:{end}"),
+                "(UID RFC822.SIZE)",
+                0,
+            ),
+        )
+        .await
+        .map_err(|_| MailError::Server("the server did not answer within 30 s".into()))??;
+        news |= fetched.news;
         sizes.extend(
             fetched
+                .items
                 .iter()
-                .filter_map(|f| Some((f.uid?, u64::from(f.size?))))
+                .filter_map(|f| Some((f.uid?, f.size?)))
                 .filter(|(uid, _)| (first..=end).contains(uid)),
         );
     }
@@ -256,45 +293,74 @@ async fn catch_up(
         }
         bytes += cost;
     }
-    let mut publishing: Option<(u32, tokio::task::JoinHandle<Result<usize, MailError>>)> = None;
-    for group in &groups {
-        let batch = match download(session, group, limit).await {
-            Ok(b) => b,
-            Err(e) => {
-                // Let the group in flight finish before reconnecting.
-                if let Some((_, task)) = publishing.take() {
-                    let _ = task.await;
+    // Three stages run at once: the next group downloads while this one is
+    // parsed and the one before is published.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Result<Vec<Fetched>, MailError>)>(1);
+    let fetch = {
+        let groups = &groups;
+        let news = &mut news;
+        async move {
+            for group in groups {
+                let top = group.iter().map(|(u, _)| *u).max().unwrap_or(0);
+                let batch = match download(session, group, limit).await {
+                    Ok((batch, changed)) => {
+                        *news |= changed;
+                        Ok(batch)
+                    }
+                    Err(e) => Err(e),
+                };
+                let failed = batch.is_err();
+                // A closed channel: publishing failed and stopped reading.
+                if tx.send((top, batch)).await.is_err() || failed {
+                    break;
                 }
-                return Err(e);
             }
-        };
-        // Parsing this group overlaps publishing the one before.
-        let parsed = match email.parse(batch).await {
-            Ok(p) => p,
-            Err(e) => {
-                if let Some((_, task)) = publishing.take() {
-                    let _ = task.await;
-                }
-                return Err(e);
-            }
-        };
-        if let Some((top, task)) = publishing.take() {
-            task.await
-                .map_err(|e| MailError::Local(format!("publishing failed: {e}")))??;
-            last = last.max(top);
         }
-        let top = group.iter().map(|(u, _)| *u).max().unwrap_or(last);
-        let (email, mb, ctx) = (email.clone(), mb.clone(), ctx.clone());
-        publishing = Some((
-            top,
-            tokio::spawn(async move { email.take(&mb, parsed, Some((validity, top)), &ctx).await }),
-        ));
-    }
-    if let Some((top, task)) = publishing {
-        task.await
-            .map_err(|e| MailError::Local(format!("publishing failed: {e}")))??;
-        last = last.max(top);
-    }
+    };
+    let publish = async {
+        let mut outcome = Ok(());
+        let mut publishing: Option<(u32, tokio::task::JoinHandle<Result<usize, MailError>>)> = None;
+        while let Some((top, batch)) = rx.recv().await {
+            let parsed = match batch {
+                Ok(b) => email.parse(b).await,
+                Err(e) => Err(e),
+            };
+            let parsed = match parsed {
+                Ok(p) => p,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            if let Some((done, task)) = publishing.take() {
+                match published(task).await {
+                    Ok(()) => last = last.max(done),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+            let (email, mb, ctx) = (email.clone(), mb.clone(), ctx.clone());
+            publishing = Some((
+                top,
+                tokio::spawn(
+                    async move { email.take(&mb, parsed, Some((validity, top)), &ctx).await },
+                ),
+            ));
+        }
+        drop(rx);
+        // The group in flight finishes (or fails) before anything else.
+        if let Some((done, task)) = publishing.take() {
+            match published(task).await {
+                Ok(()) => last = last.max(done),
+                Err(e) => outcome = outcome.and(Err(e)),
+            }
+        }
+        outcome
+    };
+    let ((), outcome) = tokio::join!(fetch, publish);
+    outcome?;
     if !sizes.is_empty() {
         tracing::info!(
             mailbox = %mb.name,
@@ -303,5 +369,17 @@ async fn catch_up(
             "letters taken"
         );
     }
-    Ok(last)
+    Ok((last, news))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uid_set;
+
+    #[test]
+    fn uid_sets_are_written_as_ranges() {
+        assert_eq!(uid_set([3, 4, 5, 6, 7, 9, 12, 13]), "3:7,9,12:13");
+        assert_eq!(uid_set([1]), "1");
+        assert_eq!(uid_set([]), "");
+    }
 }

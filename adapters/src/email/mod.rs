@@ -9,6 +9,7 @@
 //! between the two steps, or a UIDVALIDITY change — is the same event and
 //! the CRM's dedupe absorbs it; a known letter is not even published again.
 
+mod fetch;
 mod forms;
 mod imap;
 pub mod letter;
@@ -31,7 +32,7 @@ use time::OffsetDateTime;
 
 pub use crate::blobs::Blobs;
 pub use letter::{Auto, Letter};
-pub use state::{Known, MailState, StateError};
+pub use state::{Known, MailState, Reader, StateError};
 
 use crate::{Adapter, AdapterContext, CommandError};
 
@@ -157,24 +158,45 @@ impl Email {
     /// Parses fetched letters and stores their attachments durably
     /// (blocking work, on the blocking pool). Independent of any state, so
     /// one batch is parsed while the one before it is published.
-    pub(crate) async fn parse(&self, batch: Vec<Fetched>) -> Result<Parsed, MailError> {
+    pub(crate) async fn parse(&self, mut batch: Vec<Fetched>) -> Result<Parsed, MailError> {
+        let failed =
+            |e: tokio::task::JoinError| MailError::Local(format!("letter parsing failed: {e}"));
+        // Each letter is independent: a large batch is parsed in two halves
+        // on two threads of the blocking pool.
+        let second = if batch.len() >= 16 {
+            let rest = batch.split_off(batch.len() / 2);
+            let this = self.clone();
+            Some(tokio::task::spawn_blocking(move || {
+                let letters = this.parse_all(&rest);
+                (rest, letters)
+            }))
+        } else {
+            None
+        };
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let (mut batch, mut letters) = tokio::task::spawn_blocking(move || {
             let letters = this.parse_all(&batch);
-            // Attachments are on disk before their letters are in the feed.
-            if letters
-                .iter()
-                .any(|l| !l.parts.is_empty() || !l.problems.is_empty())
-            {
-                this.inner
-                    .blobs
-                    .sync()
-                    .map_err(|e| MailError::Local(format!("attachments not flushed: {e}")))?;
-            }
-            Ok(Parsed { batch, letters })
+            (batch, letters)
         })
         .await
-        .map_err(|e| MailError::Local(format!("letter parsing failed: {e}")))?
+        .map_err(failed)?;
+        if let Some(second) = second {
+            let (rest, more) = second.await.map_err(failed)?;
+            batch.extend(rest);
+            letters.extend(more);
+        }
+        // Attachments are on disk before their letters are in the feed.
+        if letters
+            .iter()
+            .any(|l| !l.parts.is_empty() || !l.problems.is_empty())
+        {
+            let blobs = self.inner.blobs.clone();
+            tokio::task::spawn_blocking(move || blobs.sync())
+                .await
+                .map_err(failed)?
+                .map_err(|e| MailError::Local(format!("attachments not flushed: {e}")))?;
+        }
+        Ok(Parsed { batch, letters })
     }
 
     /// Turns parsed letters into interactions: letters taken before are
@@ -189,9 +211,13 @@ impl Email {
     ) -> Result<usize, MailError> {
         let this = self.clone();
         let mb = mailbox.clone();
-        let (records, known) = tokio::task::spawn_blocking(move || this.resolve(&mb, parsed))
-            .await
-            .map_err(|e| MailError::Local(format!("letter filing failed: {e}")))??;
+        let (records, known) = tokio::task::spawn_blocking(move || {
+            this.inner
+                .state
+                .read(|state| this.resolve(state, &mb, parsed))
+        })
+        .await
+        .map_err(|e| MailError::Local(format!("letter filing failed: {e}")))??;
         let published = records.len();
         if !records.is_empty() {
             ctx.feed
@@ -211,6 +237,7 @@ impl Email {
     /// the state file).
     fn resolve(
         &self,
+        state: &Reader<'_>,
         mailbox: &Mailbox,
         parsed: Parsed,
     ) -> Result<(Vec<NewRecord>, Vec<Known>), MailError> {
@@ -224,12 +251,12 @@ impl Email {
                 (None, Some(id)) => format!("mid:{id}"),
                 (None, None) => format!("sha256:{}", letter.raw_sha256),
             };
-            if taken.contains(&key) || self.inner.state.is_known(&mailbox.name, &key)? {
+            if taken.contains(&key) || state.is_known(&mailbox.name, &key)? {
                 metrics.letters("duplicate");
                 continue;
             }
             let contact = contact_of(&letter);
-            let thread = self.thread_of(&letter, &contact.key, &known)?;
+            let thread = self.thread_of(state, &letter, &contact.key, &known)?;
             let id = letter_id(&mailbox.name, &key, f.arrived.or(letter.date));
             let mut ev = match forms::lead(&self.inner.config.forms, &letter, self.inner.country) {
                 Some(lead) if letter.auto.is_none() => {
@@ -286,38 +313,25 @@ impl Email {
         Ok((records, known))
     }
 
-    /// Parses a batch on two threads (parsing and storing attachments is
-    /// most of the work and each letter is independent).
+    /// Parses letters (blocking: attachments are written).
     fn parse_all(&self, batch: &[Fetched]) -> Vec<Letter> {
-        let parse = |f: &Fetched| {
-            let letter = Letter::parse(
-                &f.raw,
-                &self.inner.blobs,
-                self.inner.config.max_attachment_bytes,
-            );
-            // A letter that could not be read whole is kept raw.
-            if !letter.problems.is_empty()
-                && let Err(e) = self.inner.blobs.put_deferred(&f.raw)
-            {
-                tracing::warn!(error = %e, "raw letter not kept");
-            }
-            letter
-        };
-        if batch.len() < 16 {
-            return batch.iter().map(parse).collect();
-        }
-        let (first, second) = batch.split_at(batch.len() / 2);
-        std::thread::scope(|scope| {
-            let helper = scope.spawn(|| second.iter().map(parse).collect::<Vec<_>>());
-            let mut letters: Vec<Letter> = first.iter().map(parse).collect();
-            match helper.join() {
-                Ok(rest) => letters.extend(rest),
-                // A panic in the parser is not expected; parse again here so
-                // it surfaces on this thread rather than being lost.
-                Err(_) => letters.extend(second.iter().map(parse)),
-            }
-            letters
-        })
+        batch
+            .iter()
+            .map(|f| {
+                let letter = Letter::parse(
+                    &f.raw,
+                    &self.inner.blobs,
+                    self.inner.config.max_attachment_bytes,
+                );
+                // A letter that could not be read whole is kept raw.
+                if !letter.problems.is_empty()
+                    && let Err(e) = self.inner.blobs.put_deferred(&f.raw)
+                {
+                    tracing::warn!(error = %e, "raw letter not kept");
+                }
+                letter
+            })
+            .collect()
     }
 
     /// The conversation a letter belongs to: the thread of the letter it
@@ -326,6 +340,7 @@ impl Email {
     /// subject says it is an answer, or a new thread.
     fn thread_of(
         &self,
+        state: &Reader<'_>,
         letter: &Letter,
         contact: &str,
         batch: &[Known],
@@ -337,7 +352,7 @@ impl Email {
                 return Ok(k.thread.clone());
             }
         }
-        if let Some(t) = self.inner.state.thread_of_any(&ids)? {
+        if let Some(t) = state.thread_of_any(&ids)? {
             return Ok(t);
         }
         let root = letter
@@ -357,7 +372,7 @@ impl Email {
             {
                 return Ok(k.thread.clone());
             }
-            if let Some(t) = self.inner.state.thread_by_subject(contact, &subject)? {
+            if let Some(t) = state.thread_by_subject(contact, &subject)? {
                 return Ok(t);
             }
         }

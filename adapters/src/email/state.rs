@@ -80,41 +80,21 @@ impl MailState {
 
     /// Whether `key` was taken from `mailbox` before.
     pub fn is_known(&self, mailbox: &str, key: &str) -> Result<bool, StateError> {
-        let db = self.db();
-        let mut q = db.prepare_cached("SELECT 1 FROM letters WHERE mailbox = ?1 AND key = ?2")?;
-        Ok(q.query_row([mailbox, key], |_| Ok(()))
-            .optional()?
-            .is_some())
+        self.read(|r| r.is_known(mailbox, key))
     }
 
-    /// The thread of the first of `ids` (Message-IDs) that is known.
-    pub fn thread_of_any(&self, ids: &[String]) -> Result<Option<String>, StateError> {
-        let db = self.db();
-        let mut q =
-            db.prepare_cached("SELECT thread FROM letters WHERE message_id = ?1 LIMIT 1")?;
-        for id in ids {
-            if let Some(t) = q.query_row([id], |r| r.get(0)).optional()? {
-                return Ok(Some(t));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The latest thread with this contact under this thread subject.
-    pub fn thread_by_subject(
+    /// Runs `f` on one read snapshot of the state, holding the file's read
+    /// lock once for all its queries (filing a batch of letters asks a few
+    /// questions per letter).
+    pub fn read<T, E: From<StateError>>(
         &self,
-        contact: &str,
-        subject: &str,
-    ) -> Result<Option<String>, StateError> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT thread FROM letters WHERE contact = ?1 AND subject = ?2 \
-                 ORDER BY rowid DESC LIMIT 1",
-                [contact, subject],
-                |r| r.get(0),
-            )
-            .optional()?)
+        f: impl FnOnce(&Reader<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(StateError::from)?;
+        let out = f(&Reader { db: &tx })?;
+        tx.commit().map_err(StateError::from)?;
+        Ok(out)
     }
 
     /// The letter an interaction (or the newest letter of a thread) was.
@@ -194,5 +174,49 @@ impl MailState {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// Questions asked of one read snapshot (see [`MailState::read`]).
+#[derive(Debug)]
+pub struct Reader<'a> {
+    db: &'a Connection,
+}
+
+impl Reader<'_> {
+    /// Whether `key` was taken from `mailbox` before.
+    pub fn is_known(&self, mailbox: &str, key: &str) -> Result<bool, StateError> {
+        let mut q = self
+            .db
+            .prepare_cached("SELECT 1 FROM letters WHERE mailbox = ?1 AND key = ?2")?;
+        Ok(q.query_row([mailbox, key], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// The thread of the first of `ids` (Message-IDs) that is known.
+    pub fn thread_of_any(&self, ids: &[String]) -> Result<Option<String>, StateError> {
+        let mut q = self
+            .db
+            .prepare_cached("SELECT thread FROM letters WHERE message_id = ?1 LIMIT 1")?;
+        for id in ids {
+            if let Some(t) = q.query_row([id], |r| r.get(0)).optional()? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The latest thread with this contact under this thread subject.
+    pub fn thread_by_subject(
+        &self,
+        contact: &str,
+        subject: &str,
+    ) -> Result<Option<String>, StateError> {
+        let mut q = self.db.prepare_cached(
+            "SELECT thread FROM letters WHERE contact = ?1 AND subject = ?2 \
+             ORDER BY rowid DESC LIMIT 1",
+        )?;
+        Ok(q.query_row([contact, subject], |r| r.get(0)).optional()?)
     }
 }
