@@ -66,8 +66,54 @@ impl Blobs {
         nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
     }
 
+    /// Creates the 256 fan-out directories up front (a no-op once they
+    /// exist), so that storing a file never has to: a mailbox's first
+    /// catch-up would otherwise create them one attachment at a time.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        for i in 0..=255u8 {
+            let dir = self.dir.join(format!("{i:02x}"));
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&dir)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
     /// A stored file's bytes; `None` when the digest is malformed or absent.
     pub fn read(&self, sha: &str) -> Option<Vec<u8>> {
         std::fs::read(self.path(sha)?).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn files_are_stored_once_by_content_with_or_without_the_fan_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let lazy = Blobs::new(dir.path().join("lazy"));
+        let sha = lazy.put(b"price list").unwrap();
+        assert_eq!(lazy.read(&sha).unwrap(), b"price list");
+        assert_eq!(lazy.put(b"price list").unwrap(), sha);
+
+        let ready = Blobs::new(dir.path().join("a").join("ready"));
+        ready.prepare().unwrap();
+        ready.prepare().unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("a/ready"))
+                .unwrap()
+                .count(),
+            256
+        );
+        assert_eq!(ready.put(b"price list").unwrap(), sha);
+        assert_eq!(ready.read(&sha).unwrap(), b"price list");
+        assert_eq!(ready.read("not-a-digest"), None);
     }
 }

@@ -123,12 +123,18 @@ impl Email {
             };
             passwords.insert(m.name.clone(), (incoming, smtp));
         }
+        let blobs = Blobs::new(data_dir.join("attachments"));
+        if !config.mailboxes.is_empty() {
+            blobs
+                .prepare()
+                .map_err(|e| MailError::Local(format!("attachment store: {e}")))?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 passwords,
                 state,
-                blobs: Blobs::new(data_dir.join("attachments")),
+                blobs,
                 country,
                 templates: templates::Templates::load(config.templates_dir.as_deref())?,
             }),
