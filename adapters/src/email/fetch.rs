@@ -486,6 +486,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_letter_larger_than_the_buffer_is_read_from_the_socket_whole() {
+        let big = letter(3, 3 * READ_CHUNK + 17);
+        let mut script = format!("* 1 FETCH (UID 9 BODY[] {{{}}}\r\n", big.len()).into_bytes();
+        script.extend(&big);
+        script.extend(b")\r\n* 2 FETCH (UID 10 BODY[] {3}\r\nabc)\r\nTAG OK done\r\n");
+        let r = run(&script, 64 * 1024, big.len() as u64).await.0.unwrap();
+        assert_eq!(r.items.len(), 2);
+        assert_eq!(r.items[0].body.as_deref(), Some(&big[..]));
+        assert_eq!(r.items[1].body.as_deref(), Some(&b"abc"[..]));
+    }
+
+    #[tokio::test]
     async fn sizes_quoted_and_nil_bodies_and_other_item_orders() {
         let script = b"* 1 FETCH (RFC822.SIZE 12 UID 5)\r\n\
             * 2 FETCH (UID 6 BODY[HEADER] \"Subject: \\\"x\\\"\")\r\n\
