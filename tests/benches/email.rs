@@ -8,7 +8,7 @@
 //! times `imaplib` fetching them all (`UID FETCH 1:* BODY.PEEK[]`) and a
 //! fresh `switchboard gateway` taking them from connect to the last one in
 //! the feed (parsed, attachments stored, published, cursor committed).
-//! `EMAIL_ROUNDS` (2) rounds; the best of each side is reported.
+//! `EMAIL_ROUNDS` (3) rounds; the best of each side is reported.
 //!
 //! Needs `dovecot` and the release binary: `cargo build --release -p
 //! switchboard && cargo bench -p switchboard-tests --bench email`.
@@ -94,7 +94,7 @@ m.logout()
 #[tokio::main]
 async fn main() {
     let letters = env_usize("EMAIL_LETTERS", 10_000);
-    let rounds = env_usize("EMAIL_ROUNDS", 2);
+    let rounds = env_usize("EMAIL_ROUNDS", 3);
     let dovecot = Dovecot::start(&[(USER, PASS)]).await.unwrap();
     let bytes: usize = (0..letters).map(|i| letter(i).len()).sum();
     dovecot
