@@ -70,17 +70,7 @@ impl Blobs {
     /// exist), so that storing a file never has to: a mailbox's first
     /// catch-up would otherwise create them one attachment at a time.
     pub fn prepare(&self) -> std::io::Result<()> {
-        for i in 0..=255u8 {
-            let dir = self.dir.join(format!("{i:02x}"));
-            match std::fs::create_dir(&dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(&dir)?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                other => other?,
-            }
-        }
-        Ok(())
+        (0..=255u8).try_for_each(|i| std::fs::create_dir_all(self.dir.join(format!("{i:02x}"))))
     }
 
     /// A stored file's bytes; `None` when the digest is malformed or absent.

@@ -553,16 +553,34 @@ async fn move_deal(sb: &Switchboard, deal: &str, stage: &str, extra: serde_json:
 }
 
 /// The CRM client holding `phone`, once the lead `id` reached it.
-async fn client_of(sb: &Switchboard, phone: &str, lead: &Interaction) -> String {
-    sb.wait_for_timeline(
-        &format!("tel:{phone}"),
-        &lead.id.to_string(),
+/// The first lead that came in through `channel`.
+async fn lead_from(
+    sb: &Switchboard,
+    data: &Path,
+    channel: switchboard_storage::Channel,
+) -> Interaction {
+    feed_until(
+        sb,
+        data,
+        |e| e.kind == Kind::LeadReceived && e.channel == channel,
         Duration::from_secs(10),
     )
     .await
-    .unwrap();
+    .remove(0)
+}
+
+/// The CRM client of contact `key` (`tel:…`, `email:…`), once `lead` is on
+/// its timeline.
+async fn client_of(sb: &Switchboard, key: &str, lead: &Interaction) -> String {
+    sb.wait_for_timeline(key, &lead.id.to_string(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let text = key.split_once(':').map_or(key, |(_, t)| t);
     let (status, body) = sb
-        .crm_get(&format!("/v1/clients?q={}", phone.replace('+', "%2B")))
+        .crm_get(&format!(
+            "/v1/clients?q={}",
+            text.replace('+', "%2B").replace('@', "%40")
+        ))
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
@@ -631,14 +649,7 @@ api_url = "{}"
     let call = r#"{"notification_name":"Входящий звонок","communication_id":99017,"communication_type":"call","contact_phone_number":"79035550101","virtual_phone_number":"74950000000","utm_source":"google","utm_medium":"cpc","utm_campaign":"brand","utm_term":"шторы","visitor_session_id":555123,"site_domain_name":"shop.example"}"#;
     delivered_twice(&sb, "cm", "cm-0123456789abcdef", call).await;
 
-    let rs_lead = feed_until(
-        &sb,
-        &data,
-        |e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Roistat,
-        Duration::from_secs(10),
-    )
-    .await
-    .remove(0);
+    let rs_lead = lead_from(&sb, &data, switchboard_storage::Channel::Roistat).await;
     assert_eq!(rs_lead.contact.key, "tel:+79166190383");
     assert_eq!(rs_lead.payload["comment"], "Две шторы 280x150");
     let c = rs_lead.campaign.clone().unwrap();
@@ -658,14 +669,7 @@ api_url = "{}"
             Some("799")
         )
     );
-    let cm_lead = feed_until(
-        &sb,
-        &data,
-        |e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Comagic,
-        Duration::from_secs(10),
-    )
-    .await
-    .remove(0);
+    let cm_lead = lead_from(&sb, &data, switchboard_storage::Channel::Comagic).await;
     assert_eq!(cm_lead.contact.key, "tel:+79035550101");
     let c = cm_lead.campaign.clone().unwrap();
     assert_eq!(
@@ -687,7 +691,7 @@ api_url = "{}"
 
     // A deal of the Roistat client is won: Roistat hears of it, with the
     // amount and the visit it came from.
-    let client = client_of(&sb, "+79166190383", &rs_lead).await;
+    let client = client_of(&sb, "tel:+79166190383", &rs_lead).await;
     let deal = new_deal(&sb, &client, "Шторы в гостиную", 1_250_000).await;
     move_deal(&sb, &deal, WON, json!({})).await;
     let orders = roistat
@@ -703,7 +707,7 @@ api_url = "{}"
 
     // A deal of the CoMagic caller is lost: the Data API gets the outcome
     // tied to the call.
-    let client = client_of(&sb, "+79035550101", &cm_lead).await;
+    let client = client_of(&sb, "tel:+79035550101", &cm_lead).await;
     let deal = new_deal(&sb, &client, "Карниз", 300_000).await;
     let (_, pipelines) = sb.crm_get("/v1/pipelines").await.unwrap();
     let lost = pipelines["items"][0]["stages"]
@@ -733,28 +737,10 @@ api_url = "{}"
     // email address; its won deal goes to UIS's Data API, not CoMagic's.
     let request = r#"{"notification_name":"Заявка","communication_id":77001,"communication_type":"offline_message","contact_email":"Olga@Example.com","contact_full_name":"Ольга","message":"Нужен замер","utm_source":"vk","utm_medium":"social","visitor_session_id":"vs-9"}"#;
     delivered_twice(&sb, "uis", "uis-0123456789abcdef", request).await;
-    let uis_lead = feed_until(
-        &sb,
-        &data,
-        |e| e.kind == Kind::LeadReceived && e.channel == switchboard_storage::Channel::Uis,
-        Duration::from_secs(10),
-    )
-    .await
-    .remove(0);
+    let uis_lead = lead_from(&sb, &data, switchboard_storage::Channel::Uis).await;
     assert_eq!(uis_lead.contact.key, "email:olga@example.com");
     assert_eq!(uis_lead.payload["message"], "Нужен замер");
-    sb.wait_for_timeline(
-        "email:olga@example.com",
-        &uis_lead.id.to_string(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let (_, clients) = sb
-        .crm_get("/v1/clients?q=olga%40example.com")
-        .await
-        .unwrap();
-    let client = clients["items"][0]["id"].as_str().unwrap().to_owned();
+    let client = client_of(&sb, "email:olga@example.com", &uis_lead).await;
     let deal = new_deal(&sb, &client, "Замер и монтаж", 150_000).await;
     move_deal(&sb, &deal, WON, json!({})).await;
     let uploads = uis

@@ -239,12 +239,7 @@ enum Token<'a> {
 /// Splits a response's text into tokens; `{n}` markers take the literals
 /// in order.
 fn tokens(text: &[u8]) -> Result<Vec<Token<'_>>, MailError> {
-    let bad = || {
-        MailError::Server(format!(
-            "unreadable FETCH response: {}",
-            String::from_utf8_lossy(&text[..text.len().min(200)])
-        ))
-    };
+    let bad = || unreadable(text);
     let mut out = Vec::new();
     let mut literal = 0;
     let mut i = 0;
@@ -310,6 +305,13 @@ fn tokens(text: &[u8]) -> Result<Vec<Token<'_>>, MailError> {
     Ok(out)
 }
 
+fn unreadable(text: &[u8]) -> MailError {
+    MailError::Server(format!(
+        "unreadable FETCH response: {}",
+        String::from_utf8_lossy(&text[..text.len().min(200)])
+    ))
+}
+
 /// `(UID 7 RFC822.SIZE 1234 INTERNALDATE "…" BODY[] {1234})`.
 fn parse_fetch(text: &[u8], literals: Vec<Vec<u8>>) -> Result<Fetch, MailError> {
     let toks = tokens(text)?;
@@ -317,12 +319,7 @@ fn parse_fetch(text: &[u8], literals: Vec<Vec<u8>>) -> Result<Fetch, MailError> 
     let mut fetch = Fetch::default();
     let inner = match toks.as_slice() {
         [Token::Open, inner @ .., Token::Close] => inner,
-        _ => {
-            return Err(MailError::Server(format!(
-                "unreadable FETCH response: {}",
-                String::from_utf8_lossy(&text[..text.len().min(200)])
-            )));
-        }
+        _ => return Err(unreadable(text)),
     };
     let mut i = 0;
     while i < inner.len() {

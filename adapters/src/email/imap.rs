@@ -77,10 +77,23 @@ where
 }
 
 async fn timed<T>(f: impl Future<Output = async_imap::error::Result<T>>) -> Result<T, MailError> {
-    tokio::time::timeout(IO_TIMEOUT, f)
-        .await
-        .map_err(|_| MailError::Server("the server did not answer within 30 s".into()))?
-        .map_err(|e| MailError::Server(format!("imap: {e}")))
+    within(IO_TIMEOUT, async {
+        f.await.map_err(|e| MailError::Server(format!("imap: {e}")))
+    })
+    .await
+}
+
+/// `f`, or an error once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, MailError>>,
+) -> Result<T, MailError> {
+    tokio::time::timeout(limit, f).await.map_err(|_| {
+        MailError::Server(format!(
+            "the server did not answer within {} s",
+            limit.as_secs()
+        ))
+    })?
 }
 
 /// One connection's life: returns `Ok` only at shutdown.
@@ -166,12 +179,12 @@ async fn download(
             continue;
         }
         let set = uid_set(uids.iter().map(|(u, _)| *u));
-        let fetched = tokio::time::timeout(
+        // A group of up to 32 MiB may take a slow server a while.
+        let fetched = within(
             Duration::from_secs(300),
             fetch::uid_fetch(session.get_mut(), &set, query, limit.max(MAX_HEADER)),
         )
-        .await
-        .map_err(|_| MailError::Server("fetching letters took over 5 minutes".into()))??;
+        .await?;
         news |= fetched.news;
         for f in fetched.items {
             let Some(uid) = f.uid else { continue };
@@ -255,7 +268,7 @@ async fn catch_up(
     let mut news = false;
     for window in uids.chunks(SIZE_WINDOW) {
         let (first, end) = (window[0], window[window.len() - 1]);
-        let fetched = tokio::time::timeout(
+        let fetched = within(
             IO_TIMEOUT,
             fetch::uid_fetch(
                 session.get_mut(),
@@ -264,8 +277,7 @@ async fn catch_up(
                 0,
             ),
         )
-        .await
-        .map_err(|_| MailError::Server("the server did not answer within 30 s".into()))??;
+        .await?;
         news |= fetched.news;
         sizes.extend(
             fetched
@@ -302,13 +314,12 @@ async fn catch_up(
         async move {
             for group in groups {
                 let top = group.iter().map(|(u, _)| *u).max().unwrap_or(0);
-                let batch = match download(session, group, limit).await {
-                    Ok((batch, changed)) => {
+                let batch = download(session, group, limit)
+                    .await
+                    .map(|(batch, changed)| {
                         *news |= changed;
-                        Ok(batch)
-                    }
-                    Err(e) => Err(e),
-                };
+                        batch
+                    });
                 let failed = batch.is_err();
                 // A closed channel: publishing failed and stopped reading.
                 if tx.send((top, batch)).await.is_err() || failed {
@@ -318,43 +329,31 @@ async fn catch_up(
         }
     };
     let publish = async {
-        let mut outcome = Ok(());
         let mut publishing: Option<(u32, tokio::task::JoinHandle<Result<usize, MailError>>)> = None;
-        while let Some((top, batch)) = rx.recv().await {
-            let parsed = match batch {
-                Ok(b) => email.parse(b).await,
-                Err(e) => Err(e),
-            };
-            let parsed = match parsed {
-                Ok(p) => p,
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
+        let outcome = async {
+            while let Some((top, batch)) = rx.recv().await {
+                let parsed = email.parse(batch?).await?;
+                if let Some((done, task)) = publishing.take() {
+                    published(task).await?;
+                    last = last.max(done);
                 }
-            };
-            if let Some((done, task)) = publishing.take() {
-                match published(task).await {
-                    Ok(()) => last = last.max(done),
-                    Err(e) => {
-                        outcome = Err(e);
-                        break;
-                    }
-                }
+                let (email, mb, ctx) = (email.clone(), mb.clone(), ctx.clone());
+                publishing = Some((
+                    top,
+                    tokio::spawn(async move {
+                        email.take(&mb, parsed, Some((validity, top)), &ctx).await
+                    }),
+                ));
             }
-            let (email, mb, ctx) = (email.clone(), mb.clone(), ctx.clone());
-            publishing = Some((
-                top,
-                tokio::spawn(
-                    async move { email.take(&mb, parsed, Some((validity, top)), &ctx).await },
-                ),
-            ));
+            Ok::<(), MailError>(())
         }
+        .await;
         drop(rx);
         // The group in flight finishes (or fails) before anything else.
         if let Some((done, task)) = publishing.take() {
             match published(task).await {
                 Ok(()) => last = last.max(done),
-                Err(e) => outcome = outcome.and(Err(e)),
+                Err(e) => return outcome.and(Err(e)),
             }
         }
         outcome

@@ -169,28 +169,23 @@ impl Email {
             |e: tokio::task::JoinError| MailError::Local(format!("letter parsing failed: {e}"));
         // Each letter is independent: a large batch is parsed in two halves
         // on two threads of the blocking pool.
-        let second = if batch.len() >= 16 {
-            let rest = batch.split_off(batch.len() / 2);
+        let half = |part: Vec<Fetched>| {
             let this = self.clone();
-            Some(tokio::task::spawn_blocking(move || {
-                let letters = this.parse_all(&rest);
-                (rest, letters)
-            }))
-        } else {
-            None
+            tokio::task::spawn_blocking(move || {
+                let letters = this.parse_all(&part);
+                (part, letters)
+            })
         };
-        let this = self.clone();
-        let (mut batch, mut letters) = tokio::task::spawn_blocking(move || {
-            let letters = this.parse_all(&batch);
-            (batch, letters)
-        })
-        .await
-        .map_err(failed)?;
-        if let Some(second) = second {
-            let (rest, more) = second.await.map_err(failed)?;
-            batch.extend(rest);
-            letters.extend(more);
-        }
+        let rest = if batch.len() >= 16 {
+            batch.split_off(batch.len() / 2)
+        } else {
+            Vec::new()
+        };
+        let (first, second) = (half(batch), half(rest));
+        let (mut batch, mut letters) = first.await.map_err(failed)?;
+        let (rest, more) = second.await.map_err(failed)?;
+        batch.extend(rest);
+        letters.extend(more);
         // Attachments are on disk before their letters are in the feed.
         if letters
             .iter()

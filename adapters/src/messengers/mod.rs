@@ -138,6 +138,12 @@ async fn download(
         }
         data.extend_from_slice(&chunk);
     }
+    store(blobs, data, entry).await
+}
+
+/// Puts a downloaded file into the content-addressed store (durably, off
+/// the runtime) and records its digest and size in `entry`.
+async fn store(blobs: &Blobs, data: Vec<u8>, mut entry: Value) -> Result<Value, CommandError> {
     let size = data.len();
     let blobs = blobs.clone();
     let sha = tokio::task::spawn_blocking(move || blobs.put(&data))

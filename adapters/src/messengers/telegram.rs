@@ -16,7 +16,7 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::{ChatId, FileMeta, Message, Update, UpdateKind};
 use teloxide_core::{Bot, RequestError};
 
-use super::{Line, http_client};
+use super::{Line, http_client, store};
 use crate::blobs::Blobs;
 use crate::inbox::Delivery;
 use crate::metrics::MESSAGES;
@@ -214,15 +214,7 @@ impl Telegram {
             entry["not_stored"] = json!("too_large");
             return Ok(entry);
         }
-        let blobs = self.blobs.clone();
-        let size = data.len();
-        let sha = tokio::task::spawn_blocking(move || blobs.put(&data))
-            .await
-            .map_err(|e| CommandError::Retry(e.to_string()))?
-            .map_err(|e| CommandError::Retry(format!("storing a file: {e}")))?;
-        entry["sha256"] = json!(sha);
-        entry["size"] = json!(size);
-        Ok(entry)
+        store(&self.blobs, data, entry).await
     }
 
     async fn message(
