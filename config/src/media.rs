@@ -33,6 +33,9 @@ pub struct MediaConfig {
     pub record: bool,
     /// Recordings older than this many days are deleted; 0: kept forever.
     pub retention_days: u32,
+    /// Threads relaying RTP (each waits on its calls' sockets with one
+    /// epoll set); 0: one per CPU.
+    pub threads: usize,
 }
 
 impl Default for MediaConfig {
@@ -47,6 +50,7 @@ impl Default for MediaConfig {
             rtp_timeout: Duration::from_secs(60),
             record: true,
             retention_days: 0,
+            threads: 0,
         }
     }
 }

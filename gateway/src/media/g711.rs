@@ -32,6 +32,26 @@ pub fn alaw(byte: u8) -> i16 {
     ALAW[byte as usize]
 }
 
+/// A G.711 law.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Law {
+    Ulaw,
+    Alaw,
+}
+
+/// Decodes `bytes` into `out` (as many as both hold); returns how many.
+pub fn decode(law: Law, bytes: &[u8], out: &mut [i16]) -> usize {
+    let table = match law {
+        Law::Ulaw => &ULAW,
+        Law::Alaw => &ALAW,
+    };
+    let n = bytes.len().min(out.len());
+    for (s, b) in out[..n].iter_mut().zip(&bytes[..n]) {
+        *s = table[usize::from(*b)];
+    }
+    n
+}
+
 const fn ulaw_of(byte: u8) -> i16 {
     let u = !byte;
     let sign = u & 0x80;
@@ -93,6 +113,15 @@ mod tests {
         assert_eq!(alaw(0x55), -8);
         assert_eq!(alaw(0xaa), 32_256);
         assert_eq!(alaw(0x2a), -32_256);
+    }
+
+    #[test]
+    fn decode_uses_the_law_asked_for() {
+        let mut out = [0i16; 3];
+        assert_eq!(decode(Law::Ulaw, &[0xff, 0x00, 0x80, 0x7f], &mut out), 3);
+        assert_eq!(out, [0, -32_124, 32_124]);
+        assert_eq!(decode(Law::Alaw, &[0xd5, 0x2a], &mut out), 2);
+        assert_eq!(out[..2], [8, -32_256]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! No RTP from either side for `media.rtp_timeout` (not while on hold)
 //! asks the B2BUA to hang the call up.
 
+mod engine;
 pub mod g711;
 pub mod recorder;
 pub mod sdp;
@@ -27,6 +28,7 @@ use switchboard_storage::{Contact, Interaction};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use self::engine::{Cmd, Engine};
 use self::sdp::{Audio, SdpError};
 use self::session::{Ctl, Side};
 
@@ -133,12 +135,12 @@ struct Shared {
     timeouts: mpsc::UnboundedSender<u64>,
     /// `recording.ready` events, into the same queue as call events.
     events: mpsc::UnboundedSender<Interaction>,
+    /// Finishes long recordings off the relay threads.
     runtime: tokio::runtime::Handle,
 }
 
 #[derive(Debug)]
 struct Session {
-    ctl: mpsc::UnboundedSender<Ctl>,
     /// The caller's last SDP (cut to the codecs offered to the phones),
     /// for the answer's codecs.
     a: Audio,
@@ -152,22 +154,25 @@ struct Session {
 #[derive(Debug)]
 pub struct Media {
     shared: Arc<Shared>,
+    engine: Engine,
     sessions: HashMap<u64, Session>,
-    /// Sessions ended but not yet told to stop (see `Anchor::commit`).
-    ending: Vec<mpsc::UnboundedSender<Ctl>>,
+    /// Calls ended but whose sessions are not yet told to stop (see
+    /// `Anchor::commit`).
+    ending: Vec<u64>,
 }
 
 impl Media {
-    /// Must be called inside the Tokio runtime the sessions will run on.
-    /// `bind` is the address RTP binds to when `media.bind_address` is
-    /// empty; `advertised` likewise for `media.advertised_address`.
+    /// Starts the relay threads. Must be called inside a Tokio runtime
+    /// (long recordings are finished on its blocking pool). `bind` is the
+    /// address RTP binds to when `media.bind_address` is empty;
+    /// `advertised` likewise for `media.advertised_address`.
     pub fn new(
         cfg: &MediaConfig,
         bind: IpAddr,
         advertised: IpAddr,
         data_dir: &Path,
         events: mpsc::UnboundedSender<Interaction>,
-    ) -> (Self, mpsc::UnboundedReceiver<u64>) {
+    ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<u64>)> {
         let bind = cfg.bind_address.parse().unwrap_or(bind);
         let advertised = cfg
             .advertised_address
@@ -193,14 +198,17 @@ impl Media {
             events,
             runtime: tokio::runtime::Handle::current(),
         };
-        (
+        let shared = Arc::new(shared);
+        let engine = Engine::start(cfg.threads, &shared)?;
+        Ok((
             Media {
-                shared: Arc::new(shared),
+                shared,
+                engine,
                 sessions: HashMap::new(),
                 ending: Vec::new(),
             },
             timeouts_rx,
-        )
+        ))
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, PortPool> {
@@ -242,40 +250,33 @@ impl Anchor for Media {
                 return Err(e.into());
             }
         };
-        let (ctl, rx) = mpsc::unbounded_channel();
         let digits = Arc::new(Mutex::new(String::new()));
-        let _ = ctl.send(Ctl::Peer {
-            side: Side::A,
-            audio: a.clone(),
-        });
-        let shared = Arc::clone(&self.shared);
-        let task_digits = Arc::clone(&digits);
-        self.shared.runtime.spawn(async move {
-            session::run(
-                call,
-                [(a_rtp, a_rtcp), (b_rtp, b_rtcp)],
-                rx,
-                task_digits,
-                Arc::clone(&shared),
-            )
-            .await;
-            let mut pool = shared.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.give(a_port);
-            pool.give(b_port);
-        });
-        if let Some(old) = self.sessions.insert(
+        // An earlier session of the call stops on its thread first.
+        self.engine.send(
+            call,
+            Cmd::Open {
+                sockets: [(a_rtp, a_rtcp), (b_rtp, b_rtcp)],
+                ports: [a_port, b_port],
+                digits: Arc::clone(&digits),
+            },
+        );
+        self.engine.send(
+            call,
+            Cmd::Ctl(Box::new(Ctl::Peer {
+                side: Side::A,
+                audio: a.clone(),
+            })),
+        );
+        self.sessions.insert(
             call,
             Session {
-                ctl,
                 a,
                 digits,
                 recording: None,
                 a_port,
                 b_port,
             },
-        ) {
-            let _ = old.ctl.send(Ctl::Stop);
-        }
+        );
         crate::metrics::MEDIA_SESSIONS.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
         Ok(offer)
     }
@@ -288,10 +289,13 @@ impl Anchor for Media {
         // The answer may only hold codecs the caller offered.
         let offered: Vec<String> = session.a.payloads.iter().map(|p| p.name.clone()).collect();
         let (answer, b) = sdp::rewrite(sdp, advertised, session.a_port, Some(&offered))?;
-        let _ = session.ctl.send(Ctl::Peer {
-            side: Side::B,
-            audio: b,
-        });
+        self.engine.send(
+            call,
+            Cmd::Ctl(Box::new(Ctl::Peer {
+                side: Side::B,
+                audio: b,
+            })),
+        );
         if record {
             let now = time::OffsetDateTime::now_utc();
             let rel = format!(
@@ -301,11 +305,14 @@ impl Anchor for Media {
                 now.day(),
                 file_name(&info.conversation)
             );
-            let _ = session.ctl.send(Ctl::Record {
-                path: data_dir.join(&rel),
-                rel: rel.clone(),
-                info: info.clone(),
-            });
+            self.engine.send(
+                call,
+                Cmd::Ctl(Box::new(Ctl::Record {
+                    path: data_dir.join(&rel),
+                    rel: rel.clone(),
+                    info: info.clone(),
+                })),
+            );
             session.recording = Some(rel);
         }
         Ok(answer)
@@ -325,13 +332,14 @@ impl Anchor for Media {
             session.a = audio.clone();
         }
         let side = if from_a { Side::A } else { Side::B };
-        let _ = session.ctl.send(Ctl::Peer { side, audio });
+        self.engine
+            .send(call, Cmd::Ctl(Box::new(Ctl::Peer { side, audio })));
         Ok(out)
     }
 
     fn end(&mut self, call: u64) -> Option<Summary> {
         let session = self.sessions.remove(&call)?;
-        self.ending.push(session.ctl);
+        self.ending.push(call);
         crate::metrics::MEDIA_SESSIONS.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
         let dtmf = session
             .digits
@@ -346,8 +354,8 @@ impl Anchor for Media {
     }
 
     fn commit(&mut self) {
-        for ctl in self.ending.drain(..) {
-            let _ = ctl.send(Ctl::Stop);
+        for call in self.ending.drain(..) {
+            self.engine.send(call, Cmd::Stop);
         }
     }
 }

@@ -113,8 +113,8 @@ impl Mixer {
         if self.buf.len() < end {
             self.buf.resize(end, [0, 0]);
         }
-        for (i, s) in samples.iter().enumerate() {
-            self.buf[start + i][ch as usize] = *s;
+        for (frame, s) in self.buf.range_mut(start..end).zip(samples) {
+            frame[ch as usize] = *s;
         }
     }
 
@@ -126,10 +126,11 @@ impl Mixer {
         if self.buf.len() < n {
             self.buf.resize(n, [0, 0]);
         }
-        out.reserve(n * 4);
-        for [l, r] in self.buf.drain(..n) {
-            out.extend_from_slice(&l.to_le_bytes());
-            out.extend_from_slice(&r.to_le_bytes());
+        let from = out.len();
+        out.resize(from + n * 4, 0);
+        for (bytes, [l, r]) in out[from..].chunks_exact_mut(4).zip(self.buf.drain(..n)) {
+            bytes[..2].copy_from_slice(&l.to_le_bytes());
+            bytes[2..].copy_from_slice(&r.to_le_bytes());
         }
         self.base += i64::try_from(n).unwrap_or(0);
     }
@@ -211,9 +212,9 @@ impl Recorder {
         }
         self.file.write_all(&self.scratch)?;
         self.data_len += self.scratch.len() as u64;
+        // Both sizes (RIFF's at 4, data's at 40) in one write.
         let len = u32::try_from(self.data_len).unwrap_or(u32::MAX);
-        self.file.write_all_at(&header(len)[4..8], 4)?;
-        self.file.write_all_at(&len.to_le_bytes(), 40)
+        self.file.write_all_at(&header(len)[4..], 4)
     }
 
     /// Writes everything up to `end_ms` (the call's end). Not fsynced:

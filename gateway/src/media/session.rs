@@ -1,5 +1,6 @@
-//! One call's relay task: four sockets (RTP and RTCP per side), latching,
-//! forwarding, DTMF, the recording and the media timeout.
+//! One call's relay: four sockets (RTP and RTCP per side), latching,
+//! forwarding, DTMF, the recording and the media timeout. The engine's
+//! threads (`engine`) drive it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::Digest;
+use std::net::UdpSocket;
 use switchboard_storage::{Channel as FeedChannel, Interaction, Kind};
-use tokio::net::UdpSocket;
+
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::recorder::{Channel, Recorder};
+use super::recorder::{Channel, Finished, Recorder};
 use super::sdp::Audio;
 use super::{Answered, Shared, g711};
 use crate::metrics as m;
@@ -27,17 +29,13 @@ pub(super) enum Side {
 #[derive(Debug)]
 pub(super) enum Ctl {
     /// Where a side says it receives (its offer or answer).
-    Peer {
-        side: Side,
-        audio: Audio,
-    },
+    Peer { side: Side, audio: Audio },
     /// Record from now on.
     Record {
         path: PathBuf,
         rel: String,
         info: Answered,
     },
-    Stop,
 }
 
 #[derive(Debug, Default)]
@@ -56,8 +54,9 @@ struct Leg {
     dtmf_ts: Option<u32>,
 }
 
+/// Packets counted by a relay thread between two metric updates.
 #[derive(Debug, Default)]
-struct Counts {
+pub(super) struct Counts {
     rtp: u64,
     rtp_bytes: u64,
     rtcp: u64,
@@ -69,7 +68,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn publish(&mut self) {
+    pub(super) fn publish(&mut self) {
         let c = std::mem::take(self);
         for (kind, n, bytes) in [("rtp", c.rtp, c.rtp_bytes), ("rtcp", c.rtcp, c.rtcp_bytes)] {
             if n > 0 {
@@ -90,6 +89,7 @@ impl Counts {
     }
 }
 
+#[derive(Debug)]
 struct Recording {
     recorder: Recorder,
     rel: String,
@@ -97,9 +97,9 @@ struct Recording {
     started: Instant,
 }
 
+#[derive(Debug)]
 struct State {
     legs: [Leg; 2],
-    counts: Counts,
     recording: Option<Recording>,
     digits: Arc<Mutex<String>>,
     last_rx: Instant,
@@ -115,10 +115,12 @@ impl State {
         rtcp: bool,
         src: SocketAddr,
         pkt: &[u8],
+        now: Instant,
+        counts: &mut Counts,
     ) -> Option<SocketAddr> {
         let leg = &mut self.legs[side as usize];
         if !leg.open {
-            self.counts.no_peer += 1;
+            counts.no_peer += 1;
             return None;
         }
         let learned = if rtcp {
@@ -128,7 +130,7 @@ impl State {
         };
         match learned {
             Some(s) if *s != src => {
-                self.counts.strict += 1;
+                counts.strict += 1;
                 return None;
             }
             Some(_) => {}
@@ -136,11 +138,11 @@ impl State {
         }
         if !rtcp {
             let Ok(rtp) = rtp_rs::RtpReader::new(pkt) else {
-                self.counts.malformed += 1;
+                counts.malformed += 1;
                 return None;
             };
-            self.last_rx = Instant::now();
-            self.media(side, &rtp);
+            self.last_rx = now;
+            self.media(side, &rtp, now);
         }
         let other = &self.legs[1 - side as usize];
         let to = if rtcp {
@@ -149,21 +151,21 @@ impl State {
             other.rtp_src.or(other.rtp_peer)
         };
         if to.is_none() || !other.open {
-            self.counts.no_peer += 1;
+            counts.no_peer += 1;
             return None;
         }
         if rtcp {
-            self.counts.rtcp += 1;
-            self.counts.rtcp_bytes += pkt.len() as u64;
+            counts.rtcp += 1;
+            counts.rtcp_bytes += pkt.len() as u64;
         } else {
-            self.counts.rtp += 1;
-            self.counts.rtp_bytes += pkt.len() as u64;
+            counts.rtp += 1;
+            counts.rtp_bytes += pkt.len() as u64;
         }
         to
     }
 
     /// Records the packet's audio and notes DTMF.
-    fn media(&mut self, side: Side, rtp: &rtp_rs::RtpReader<'_>) {
+    fn media(&mut self, side: Side, rtp: &rtp_rs::RtpReader<'_>, now: Instant) {
         let leg = &mut self.legs[side as usize];
         let pt = rtp.payload_type();
         let codec = match pt {
@@ -189,32 +191,32 @@ impl State {
                 let Some(rec) = self.recording.as_mut() else {
                     return;
                 };
-                let decode = if law == "PCMU" {
-                    g711::ulaw
+                let law = if law == "PCMU" {
+                    g711::Law::Ulaw
                 } else {
-                    g711::alaw
+                    g711::Law::Alaw
                 };
                 let mut samples = [0i16; 480];
-                let n = rtp.payload().len().min(samples.len());
-                for (s, b) in samples.iter_mut().zip(rtp.payload()) {
-                    *s = decode(*b);
-                }
+                let n = g711::decode(law, rtp.payload(), &mut samples);
                 let customer = (side == Side::A) == rec.info.customer_is_a;
                 let ch = if customer {
                     Channel::Customer
                 } else {
                     Channel::Manager
                 };
-                let now = u64::try_from(rec.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                rec.recorder
-                    .mixer
-                    .push(ch, now, rtp.ssrc(), rtp.timestamp(), &samples[..n]);
+                rec.recorder.mixer.push(
+                    ch,
+                    ms_since(rec.started, now),
+                    rtp.ssrc(),
+                    rtp.timestamp(),
+                    &samples[..n],
+                );
             }
             _ => {}
         }
     }
 
-    fn peer(&mut self, side: Side, audio: Audio) {
+    fn peer(&mut self, side: Side, audio: Audio, now: Instant) {
         let leg = &mut self.legs[side as usize];
         let rtp = audio.addr.map(|ip| SocketAddr::new(ip, audio.rtp_port));
         let rtcp = audio.addr.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
@@ -234,7 +236,7 @@ impl State {
         }
         // A new offer or answer (an answer, a resume) starts the media
         // timeout afresh.
-        self.last_rx = Instant::now();
+        self.last_rx = now;
     }
 }
 
@@ -248,134 +250,172 @@ fn dtmf_digit(event: u8) -> Option<char> {
     }
 }
 
-/// Runs a call's relay until `Stop` (or the B2BUA is gone).
-pub(super) async fn run(
+/// One call's relay, driven by the thread of the engine that owns it.
+#[derive(Debug)]
+pub(super) struct Relay {
     call: u64,
-    sockets: [(std::net::UdpSocket, std::net::UdpSocket); 2],
-    mut ctl: mpsc::UnboundedReceiver<Ctl>,
-    digits: Arc<Mutex<String>>,
-    shared: Arc<Shared>,
-) {
-    let [(a_rtp, a_rtcp), (b_rtp, b_rtcp)] = sockets;
-    let open = |s: std::net::UdpSocket| UdpSocket::from_std(s);
-    let (Ok(a_rtp), Ok(a_rtcp), Ok(b_rtp), Ok(b_rtcp)) =
-        (open(a_rtp), open(a_rtcp), open(b_rtp), open(b_rtcp))
-    else {
-        warn!(call, "media sockets could not join the runtime");
-        return;
-    };
-    let socks = [[&a_rtp, &a_rtcp], [&b_rtp, &b_rtcp]];
-    let mut st = State {
-        legs: [
-            Leg {
-                open: true,
-                ..Leg::default()
-            },
-            Leg::default(),
-        ],
-        counts: Counts::default(),
-        recording: None,
-        digits,
-        last_rx: Instant::now(),
-        timed_out: false,
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut bufs = [[0u8; 1500]; 4];
-    let [b0, b1, b2, b3] = &mut bufs;
-    loop {
-        let (side, rtcp, res, buf): (Side, bool, std::io::Result<(usize, SocketAddr)>, &[u8]) = tokio::select! {
-            r = a_rtp.recv_from(b0) => (Side::A, false, r, &b0[..]),
-            r = b_rtp.recv_from(b1) => (Side::B, false, r, &b1[..]),
-            r = a_rtcp.recv_from(b2) => (Side::A, true, r, &b2[..]),
-            r = b_rtcp.recv_from(b3) => (Side::B, true, r, &b3[..]),
-            c = ctl.recv() => {
-                match c {
-                    Some(Ctl::Peer { side, audio }) => st.peer(side, audio),
-                    Some(Ctl::Record { path, rel, info }) => match Recorder::create(&path) {
-                        Ok(recorder) => {
-                            st.recording = Some(Recording { recorder, rel, info, started: Instant::now() });
-                        }
-                        Err(e) => {
-                            m::RECORDING_ERRORS.with_label_values(&["create"]).inc();
-                            warn!(call, file = %path.display(), error = %e, "recording not started");
-                        }
+    /// `[side][rtcp]`.
+    socks: [[UdpSocket; 2]; 2],
+    st: State,
+}
+
+impl Relay {
+    pub(super) fn new(
+        call: u64,
+        sockets: [(UdpSocket, UdpSocket); 2],
+        digits: Arc<Mutex<String>>,
+        now: Instant,
+    ) -> Self {
+        let [(a_rtp, a_rtcp), (b_rtp, b_rtcp)] = sockets;
+        Relay {
+            call,
+            socks: [[a_rtp, a_rtcp], [b_rtp, b_rtcp]],
+            st: State {
+                legs: [
+                    Leg {
+                        open: true,
+                        ..Leg::default()
                     },
-                    Some(Ctl::Stop) | None => break,
-                }
-                continue;
-            }
-            _ = tick.tick() => {
-                st.counts.publish();
-                if let Some(rec) = st.recording.as_mut() {
-                    let now = u64::try_from(rec.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    if let Err(e) = rec.recorder.flush(now) {
-                        m::RECORDING_ERRORS.with_label_values(&["write"]).inc();
-                        warn!(call, error = %e, "recording write failed; recording stopped");
-                        st.recording = None;
-                    }
-                }
-                let held = st.legs.iter().any(|l| l.hold);
-                if st.legs[1].open && !held && !st.timed_out && st.last_rx.elapsed() > shared.rtp_timeout {
-                    st.timed_out = true;
-                    debug!(call, "no RTP within the timeout");
-                    let _ = shared.timeouts.send(call);
-                }
-                continue;
-            }
+                    Leg::default(),
+                ],
+                recording: None,
+                digits,
+                last_rx: now,
+                timed_out: false,
+            },
+        }
+    }
+
+    pub(super) fn socket(&self, side: Side, rtcp: bool) -> &UdpSocket {
+        &self.socks[side as usize][usize::from(rtcp)]
+    }
+
+    /// The socket of `side` (`rtcp` or not) is readable: takes one
+    /// datagram and relays it.
+    pub(super) fn readable(
+        &mut self,
+        side: Side,
+        rtcp: bool,
+        now: Instant,
+        buf: &mut [u8],
+        counts: &mut Counts,
+    ) {
+        let Ok((n, src)) = self.socket(side, rtcp).recv_from(buf) else {
+            return;
         };
-        let Ok((n, src)) = res else { continue };
         let pkt = &buf[..n];
-        if let Some(to) = st.inbound(side, rtcp, src, pkt) {
-            let out = socks[1 - side as usize][usize::from(rtcp)];
-            if out.try_send_to(pkt, to).is_err() {
-                st.counts.send_failed += 1;
+        if let Some(to) = self.st.inbound(side, rtcp, src, pkt, now, counts) {
+            let out = &self.socks[1 - side as usize][usize::from(rtcp)];
+            if out.send_to(pkt, to).is_err() {
+                counts.send_failed += 1;
             }
         }
     }
-    st.counts.publish();
-    drop((a_rtp, a_rtcp, b_rtp, b_rtcp));
-    if let Some(rec) = st.recording.take() {
-        finish(rec, &shared).await;
+
+    pub(super) fn control(&mut self, ctl: Ctl, now: Instant) {
+        match ctl {
+            Ctl::Peer { side, audio } => self.st.peer(side, audio, now),
+            Ctl::Record { path, rel, info } => match Recorder::create(&path) {
+                Ok(recorder) => {
+                    self.st.recording = Some(Recording {
+                        recorder,
+                        rel,
+                        info,
+                        started: now,
+                    });
+                }
+                Err(e) => {
+                    m::RECORDING_ERRORS.with_label_values(&["create"]).inc();
+                    warn!(call = self.call, file = %path.display(), error = %e, "recording not started");
+                }
+            },
+        }
+    }
+
+    /// Every [`TICK`]: writes the recording out, watches the media timeout.
+    pub(super) fn tick(&mut self, now: Instant, shared: &Shared) {
+        let st = &mut self.st;
+        if let Some(rec) = st.recording.as_mut()
+            && let Err(e) = rec.recorder.flush(ms_since(rec.started, now))
+        {
+            m::RECORDING_ERRORS.with_label_values(&["write"]).inc();
+            warn!(call = self.call, error = %e, "recording write failed; recording stopped");
+            st.recording = None;
+        }
+        let held = st.legs.iter().any(|l| l.hold);
+        if st.legs[1].open
+            && !held
+            && !st.timed_out
+            && now.saturating_duration_since(st.last_rx) > shared.rtp_timeout
+        {
+            st.timed_out = true;
+            debug!(call = self.call, "no RTP within the timeout");
+            let _ = shared.timeouts.send(self.call);
+        }
+    }
+
+    /// The call is over: closes the sockets, then finishes the recording
+    /// and writes `recording.ready`.
+    pub(super) fn close(self, now: Instant, shared: &Shared) {
+        let Relay { socks, st, .. } = self;
+        drop(socks);
+        if let Some(rec) = st.recording {
+            finish(rec, now, shared);
+        }
     }
 }
 
+/// How often each relay writes its recording out and checks its timeout.
+/// With the jitter window (200 ms) a `kill -9` loses at most 0.7 s of
+/// audio.
+pub(super) const TICK: Duration = Duration::from_millis(500);
+
+fn ms_since(start: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Writes the rest of the recording, then `recording.ready`.
-async fn finish(rec: Recording, shared: &Shared) {
-    let end_ms = u64::try_from(rec.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+fn finish(rec: Recording, now: Instant, shared: &Shared) {
+    let end_ms = ms_since(rec.started, now);
     let Recording {
         recorder,
         rel,
         info,
         ..
     } = rec;
+    let events = shared.events.clone();
     let work = move || {
-        let done = recorder.finish(end_ms)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut file = std::fs::File::open(&done.path)?;
-        std::io::copy(&mut file, &mut hasher)?;
-        Ok::<_, std::io::Error>((done, hex(&hasher.finalize())))
+        let done = (|| {
+            let done = recorder.finish(end_ms)?;
+            let mut hasher = sha2::Sha256::new();
+            let mut file = std::fs::File::open(&done.path)?;
+            std::io::copy(&mut file, &mut hasher)?;
+            Ok::<_, std::io::Error>((done, hex(&hasher.finalize())))
+        })();
+        match done {
+            Ok((done, sha256)) => ready(done, &sha256, rel, info, &events),
+            Err(e) => {
+                m::RECORDING_ERRORS.with_label_values(&["finish"]).inc();
+                warn!(file = %rel, error = %e, "recording not finished");
+            }
+        }
     };
     // Up to 10 s of audio (320 kB) is written and hashed here, in well
     // under a millisecond; longer recordings on the blocking pool.
-    let done = if end_ms <= 10_000 {
-        Ok(work())
+    if end_ms <= 10_000 {
+        work();
     } else {
-        tokio::task::spawn_blocking(work).await
-    };
-    let (done, sha256) = match done {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => {
-            m::RECORDING_ERRORS.with_label_values(&["finish"]).inc();
-            warn!(file = %rel, error = %e, "recording not finished");
-            return;
-        }
-        Err(e) => {
-            m::RECORDING_ERRORS.with_label_values(&["finish"]).inc();
-            warn!(file = %rel, error = %e, "recording task failed");
-            return;
-        }
-    };
+        drop(shared.runtime.spawn_blocking(work));
+    }
+}
+
+fn ready(
+    done: Finished,
+    sha256: &str,
+    rel: String,
+    info: Answered,
+    events: &mpsc::UnboundedSender<Interaction>,
+) {
     m::RECORDING_SECONDS.inc_by(done.duration_ms / 1000);
     let payload = json!({
         "call_id": info.conversation,
@@ -397,7 +437,7 @@ async fn finish(rec: Recording, shared: &Shared) {
     );
     ev.manager = info.manager;
     ev.conversation = Some(info.conversation);
-    if shared.events.send(ev).is_err() {
+    if events.send(ev).is_err() {
         warn!(file = %rel, "recording.ready not written: the feed writer stopped");
     }
 }

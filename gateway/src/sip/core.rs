@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::SipError;
 use super::b2bua::{CallEvent, Calls, Candidate, NewCall, Send, Target, stamp_rport, target_addr};
 use super::fnv;
 use super::guard::{Guard, Verdict};
@@ -209,7 +210,12 @@ fn method_label(method: &str) -> &'static str {
 }
 
 impl<L: Location> Core<L> {
-    pub fn new(cfg: &SipConfig, users: Users, location: L, ctx: CoreContext) -> Self {
+    pub fn new(
+        cfg: &SipConfig,
+        users: Users,
+        location: L,
+        ctx: CoreContext,
+    ) -> Result<Self, SipError> {
         let secret: [u8; 32] = if cfg.nonce_secret.is_empty() {
             let mut s = [0u8; 32];
             s[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -231,7 +237,8 @@ impl<L: Location> Core<L> {
         if let Some((media, data_dir)) = ctx.media.as_ref().filter(|(m, _)| m.enabled) {
             let advertised = ctx.host.parse().unwrap_or(ctx.local.ip());
             let (anchor, timeouts) =
-                Media::new(media, ctx.local.ip(), advertised, data_dir, events.clone());
+                Media::new(media, ctx.local.ip(), advertised, data_dir, events.clone())
+                    .map_err(|e| SipError::Media(e.to_string()))?;
             calls = calls.with_media(Box::new(anchor));
             media_timeouts = Some(timeouts);
         }
@@ -240,7 +247,7 @@ impl<L: Location> Core<L> {
             .iter()
             .filter_map(|a| Algorithm::parse(a))
             .collect();
-        Core {
+        Ok(Core {
             realm: cfg.realm.clone(),
             domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             algorithms,
@@ -269,7 +276,7 @@ impl<L: Location> Core<L> {
             events,
             events_rx: Mutex::new(Some(events_rx)),
             media_timeouts: Mutex::new(media_timeouts),
-        }
+        })
     }
 
     /// The socket calls' messages leave from.

@@ -54,6 +54,8 @@ pub enum SipError {
     },
     #[error("cannot reach the SIP location store (sip.redis_url): {0}")]
     Location(String),
+    #[error("cannot start the media relay's threads: {0}")]
+    Media(String),
 }
 
 /// The bound SIP listeners and the handler they share.
@@ -187,7 +189,7 @@ impl SipServer {
             .as_ref()
             .filter(|(m, _)| m.enabled)
             .map(|(m, dir)| (dir.clone(), m.retention_days));
-        let core = Arc::new(Core::new(cfg, users, location, ctx));
+        let core = Arc::new(Core::new(cfg, users, location, ctx)?);
         if let Some(socket) = udp.first() {
             core.set_socket(Arc::clone(socket));
         }
