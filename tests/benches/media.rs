@@ -2,8 +2,9 @@
 //! (Debian `rtpengine-daemon`, userspace forwarding, no recording) under
 //! the same RTP load in the same run.
 //!
-//! Calls are added in steps (`MEDIA_LEVELS`, default
-//! 250,500,750,1000,1250,1500). Switchboard's calls are set up over SIP
+//! Calls are added in steps (`MEDIA_LEVELS`, default 500, 1000, then
+//! finer up to 2000), in `MEDIA_ROUNDS` (3) rounds that ramp both relays
+//! afresh; each side's figure is its best round. Switchboard's calls are set up over SIP
 //! (a trunk calls the company number, the bench answers as extension
 //! 1001's phone) and recorded; rtpengine's with ng-protocol offers and
 //! answers. At each step every call carries G.711 μ-law both ways (20 ms
@@ -492,6 +493,9 @@ struct Capacity {
     calls: usize,
     loss_pct: f64,
     cpu_pct: f64,
+    /// CPU at the first step (well under either relay's limit): what the
+    /// same calls cost each relay.
+    first_cpu: Option<f64>,
 }
 
 /// Adds calls step by step, measuring each step; stops at the first step
@@ -534,6 +538,7 @@ async fn ramp(
             calls: level,
             loss_pct,
             cpu_pct: cpu,
+            first_cpu: best.first_cpu.or(Some(cpu)),
         };
     }
     best
@@ -542,14 +547,16 @@ async fn ramp(
 #[tokio::main]
 async fn main() {
     let levels: Vec<usize> = std::env::var("MEDIA_LEVELS")
-        .unwrap_or_else(|_| "500,1000,1100,1200,1250,1300,1350,1400,1450,1500,1600,1750".into())
+        .unwrap_or_else(|_| {
+            "500,1000,1100,1200,1250,1300,1350,1400,1450,1500,1600,1750,2000".into()
+        })
         .split(',')
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     let seconds = env_usize("MEDIA_SECONDS", 5) as u64;
     // Each round ramps both relays afresh; a side's figure is its best
     // round (the host's noise is larger than the differences measured).
-    let rounds = env_usize("MEDIA_ROUNDS", 2).max(1);
+    let rounds = env_usize("MEDIA_ROUNDS", 3).max(1);
     // The relay gets CPU 1 to itself, the generator (this process) CPU 0:
     // a relay's capacity is then what one core carries, not what is left
     // after the generator. MEDIA_PIN=0 lets both float.
@@ -612,14 +619,29 @@ async fn main() {
             drop(g);
             cap
         };
+        // The lowest CPU any round saw at the first step.
+        let low = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let first_cpu = (
+            low(ours_best.first_cpu, ours.first_cpu),
+            low(theirs_best.first_cpu, theirs.first_cpu),
+        );
         if ours.calls > ours_best.calls {
             ours_best = ours;
         }
         if theirs.calls > theirs_best.calls {
             theirs_best = theirs;
         }
+        (ours_best.first_cpu, theirs_best.first_cpu) = first_cpu;
     }
     let (ours, theirs) = (ours_best, theirs_best);
+    if let (Some(a), Some(b), Some(level)) = (ours.first_cpu, theirs.first_cpu, levels.first()) {
+        println!(
+            "CPU for {level} calls (lowest round): switchboard {a:.0} % with recording, rtpengine {b:.0} % without"
+        );
+    }
     println!(
         "BENCH recorded_calls={} rtp_loss_pct={:.3} cpu_pct={:.0} rtpengine_calls={} calls_ratio={:.2}",
         ours.calls,

@@ -1,8 +1,9 @@
 //! The relay's threads: each owns the sessions of some calls and waits on
-//! all their sockets with one level-triggered epoll set, so a datagram
-//! costs one `recvfrom` and one `sendto` and nothing else: no task to
-//! wake, no second read to learn the socket is empty. The B2BUA talks to
-//! a thread through a channel and an eventfd that wakes it.
+//! all their sockets with one edge-triggered epoll set. An event reads the
+//! socket until it is empty, so when the thread is busy, packets queued on
+//! a socket meanwhile are taken with one wake-up; there is no task to wake
+//! per packet. The B2BUA talks to a thread through a channel and an
+//! eventfd that wakes it.
 //!
 //! A call always lives on the same thread (chosen by its number), so its
 //! commands arrive in the order they were sent.
@@ -135,10 +136,18 @@ impl Thread {
         let mut buf = vec![0u8; 65_536];
         let mut next_tick = Instant::now() + TICK / PHASES as u32;
         let mut phase = 0;
+        // Sockets left with datagrams after their turn (see `readable`).
+        let mut again: Vec<u64> = Vec::new();
+        let mut busy: Vec<u64> = Vec::new();
         loop {
-            // Rounded up to whole milliseconds: never a busy loop.
+            // Rounded up to whole milliseconds: never a busy loop; no wait
+            // at all while some socket still has datagrams.
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let wait_ms = u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            let wait_ms = if again.is_empty() {
+                u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX)
+            } else {
+                0
+            };
             let n = match self.epoll.wait(&mut events, EpollTimeout::from(wait_ms)) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
@@ -150,19 +159,25 @@ impl Thread {
             };
             let now = Instant::now();
             let mut commands = false;
-            for ev in &events[..n] {
-                let token = ev.data();
+            let tokens = events[..n].iter().map(EpollEvent::data);
+            for token in tokens.chain(std::mem::take(&mut again)) {
                 if token == WAKE {
                     commands = true;
                     continue;
                 }
                 let slot = usize::try_from(token >> 2).unwrap_or(usize::MAX);
                 let side = if token & 2 == 0 { Side::A } else { Side::B };
-                if let Some(Some(s)) = self.slots.get_mut(slot) {
-                    s.relay
-                        .readable(side, token & 1 == 1, now, &mut buf, &mut self.counts);
+                if let Some(Some(s)) = self.slots.get_mut(slot)
+                    && s.relay
+                        .readable(side, token & 1 == 1, now, &mut buf, &mut self.counts)
+                {
+                    busy.push(token);
                 }
             }
+            // A socket may be both in `again` and a new event: once is enough.
+            busy.sort_unstable();
+            busy.dedup();
+            std::mem::swap(&mut again, &mut busy);
             if commands && !self.commands(now) {
                 self.close_all();
                 return;
@@ -229,7 +244,7 @@ impl Thread {
         for (side, bit) in [(Side::A, 0u64), (Side::B, 2)] {
             for rtcp in [false, true] {
                 let token = (slot as u64) << 2 | bit | u64::from(rtcp);
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+                let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, token);
                 self.epoll.add(relay.socket(side, rtcp).as_fd(), event)?;
             }
         }

@@ -456,6 +456,95 @@ mod tests {
         assert_eq!(file_name(""), "_");
     }
 
+    fn sdp(port: u16) -> Vec<u8> {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&[0xff; 160]);
+        p
+    }
+
+    /// A burst far larger than one turn's reads (`session::DRAIN`) queued
+    /// on a socket all comes out the other side, in order, with no later
+    /// packet to wake the relay again; then the call's ports come back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_burst_queued_on_a_socket_is_relayed_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = MediaConfig {
+            port_min: 41_200,
+            port_max: 41_300,
+            threads: 1,
+            ..MediaConfig::default()
+        };
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let (events, _events_rx) = mpsc::unbounded_channel();
+        let (mut media, _timeouts) = Media::new(&cfg, lo, lo, dir.path(), events).unwrap();
+        let caller = std::net::UdpSocket::bind((lo, 0)).unwrap();
+        let phone = std::net::UdpSocket::bind((lo, 0)).unwrap();
+        phone
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket2::SockRef::from(&phone)
+            .set_recv_buffer_size(1 << 20)
+            .unwrap();
+        let to_phones = media
+            .offer(7, &sdp(caller.local_addr().unwrap().port()))
+            .unwrap();
+        let info = Answered {
+            conversation: "burst".into(),
+            contact: Contact {
+                key: "tel:+74950000001".into(),
+                phone: Some("+74950000001".into()),
+                email: None,
+                user_id: None,
+                name: None,
+            },
+            manager: None,
+            direction: "inbound",
+            customer_is_a: true,
+            record: Some(false),
+        };
+        let to_caller = media
+            .answer(7, &sdp(phone.local_addr().unwrap().port()), &info)
+            .unwrap();
+        let a_port = sdp::parse(&to_caller).unwrap().rtp_port;
+        assert_ne!(a_port, sdp::parse(&to_phones).unwrap().rtp_port);
+        // Both commands reach the relay's thread before the burst.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Under what the relay's socket holds (the system's default
+        // receive buffer), over what one turn reads.
+        let n: u16 = 120;
+        for seq in 0..n {
+            caller.send_to(&rtp(seq), (lo, a_port)).unwrap();
+        }
+        let mut buf = [0u8; 512];
+        for seq in 0..n {
+            let (len, _) = phone
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("packet {seq} of {n}: {e}"));
+            assert_eq!(&buf[..len], &rtp(seq)[..], "packet {seq}");
+        }
+        media.end(7).unwrap();
+        media.commit();
+        // The thread closes the sockets, then gives the ports back.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind((lo, a_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {a_port} still held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[test]
     fn ports_come_in_pairs_and_come_back() {
         let mut pool = PortPool::new(41_000, 41_010);

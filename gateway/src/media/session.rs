@@ -290,8 +290,10 @@ impl Relay {
         &self.socks[side as usize][usize::from(rtcp)]
     }
 
-    /// The socket of `side` (`rtcp` or not) is readable: takes one
-    /// datagram and relays it.
+    /// The socket of `side` (`rtcp` or not) became readable (its epoll
+    /// registration is edge-triggered): relays what it holds, up to
+    /// [`DRAIN`] datagrams. True when it may hold more: the caller comes
+    /// back to it after the other sockets' turn.
     pub(super) fn readable(
         &mut self,
         side: Side,
@@ -299,17 +301,23 @@ impl Relay {
         now: Instant,
         buf: &mut [u8],
         counts: &mut Counts,
-    ) {
-        let Ok((n, src)) = self.socket(side, rtcp).recv_from(buf) else {
-            return;
-        };
-        let pkt = &buf[..n];
-        if let Some(to) = self.st.inbound(side, rtcp, src, pkt, now, counts) {
-            let out = &self.socks[1 - side as usize][usize::from(rtcp)];
-            if out.send_to(pkt, to).is_err() {
-                counts.send_failed += 1;
+    ) -> bool {
+        for _ in 0..DRAIN {
+            let (n, src) = match self.socket(side, rtcp).recv_from(buf) {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // WouldBlock: drained.
+                Err(_) => return false,
+            };
+            let pkt = &buf[..n];
+            if let Some(to) = self.st.inbound(side, rtcp, src, pkt, now, counts) {
+                let out = &self.socks[1 - side as usize][usize::from(rtcp)];
+                if out.send_to(pkt, to).is_err() {
+                    counts.send_failed += 1;
+                }
             }
         }
+        true
     }
 
     pub(super) fn control(&mut self, ctl: Ctl, now: Instant) {
@@ -364,6 +372,11 @@ impl Relay {
         }
     }
 }
+
+/// Datagrams read from one socket per readiness event: enough to catch
+/// up after a busy moment, few enough that one flooded port cannot starve
+/// the other calls.
+const DRAIN: usize = 64;
 
 /// How often each relay writes its recording out and checks its timeout.
 /// With the jitter window (200 ms) a `kill -9` loses at most 0.7 s of
