@@ -88,7 +88,12 @@ impl Mixer {
                     a.last_ext = ext;
                 }
                 let pos = a.frame + (ext - a.ts);
-                if (pos - now).abs() > MAX_SKEW {
+                // Far ahead of the clock, or far behind it where nothing
+                // can be placed any more: the sender's clock jumped.
+                // Far behind but not yet written (the relay itself was
+                // held up, and its packets come in a burst): placed by
+                // the timestamp like any other.
+                if pos - now > MAX_SKEW || (now - pos > MAX_SKEW && pos < self.base) {
                     fresh(slot);
                 }
             }
@@ -325,6 +330,35 @@ mod tests {
         assert!(f[160..320].iter().all(|s| s[1] == 2));
         assert!(f[4_000..4_160].iter().all(|s| s[1] == 3));
         assert!(f[8_000..8_160].iter().all(|s| s[1] == 4));
+    }
+
+    #[test]
+    fn a_burst_after_the_relay_was_held_up_keeps_its_place() {
+        let mut m = Mixer::new();
+        let mut out = Vec::new();
+        // 20 ms packets on time for a second, written out as they age.
+        for k in 0..50u32 {
+            m.push(Channel::Customer, u64::from(k) * 20, 3, k * 160, &[1; 160]);
+        }
+        m.drain(800, &mut out);
+        // The relay is held up for 1.5 s (nothing is written meanwhile);
+        // then the 75 packets sent in that time come at once, and the
+        // stream goes on on time.
+        for k in 50..125u32 {
+            m.push(Channel::Customer, 2_500, 3, k * 160, &[2; 160]);
+        }
+        for k in 125..150u32 {
+            m.push(Channel::Customer, u64::from(k) * 20, 3, k * 160, &[3; 160]);
+        }
+        m.drain(3_000, &mut out);
+        let f = frames(&out);
+        assert_eq!(m.late, 0);
+        assert!(f[..8_000].iter().all(|s| s[0] == 1));
+        assert!(
+            f[8_000..20_000].iter().all(|s| s[0] == 2),
+            "the burst in its place"
+        );
+        assert!(f[20_000..24_000].iter().all(|s| s[0] == 3));
     }
 
     #[test]
