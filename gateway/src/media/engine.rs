@@ -21,6 +21,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tracing::{error, warn};
 
 use super::Shared;
+use super::sdp::Audio;
 use super::session::{Counts, Ctl, Relay, Side, TICK};
 
 /// What the B2BUA asks of the thread that owns a call.
@@ -31,6 +32,8 @@ pub(super) enum Cmd {
     Open {
         sockets: [(UdpSocket, UdpSocket); 2],
         ports: [u16; 2],
+        /// The caller's side, as its offer describes it.
+        a: Audio,
         digits: Arc<Mutex<String>>,
     },
     Ctl(Box<Ctl>),
@@ -50,8 +53,19 @@ pub(super) struct Engine {
     workers: Vec<Worker>,
 }
 
-/// The eventfd's epoll token; a socket's is `slot << 2 | side << 1 | rtcp`.
+/// The eventfd's epoll token; a socket's is [`token`]'s.
 const WAKE: u64 = u64::MAX;
+
+/// A socket's epoll token, and back.
+fn token(slot: usize, side: Side, rtcp: bool) -> u64 {
+    (slot as u64) << 2 | (side as u64) << 1 | u64::from(rtcp)
+}
+
+fn untoken(token: u64) -> (usize, Side, bool) {
+    let slot = usize::try_from(token >> 2).unwrap_or(usize::MAX);
+    let side = if token & 2 == 0 { Side::A } else { Side::B };
+    (slot, side, token & 1 == 1)
+}
 /// A relay writes its recording out and checks its timeout every `TICK`,
 /// a tenth of the relays at a time so the writes do not come in one burst.
 const PHASES: usize = 10;
@@ -165,11 +179,10 @@ impl Thread {
                     commands = true;
                     continue;
                 }
-                let slot = usize::try_from(token >> 2).unwrap_or(usize::MAX);
-                let side = if token & 2 == 0 { Side::A } else { Side::B };
+                let (slot, side, rtcp) = untoken(token);
                 if let Some(Some(s)) = self.slots.get_mut(slot)
                     && s.relay
-                        .readable(side, token & 1 == 1, now, &mut buf, &mut self.counts)
+                        .readable(side, rtcp, now, &mut buf, &mut self.counts)
                 {
                     busy.push(token);
                 }
@@ -212,6 +225,7 @@ impl Thread {
             Cmd::Open {
                 sockets,
                 ports,
+                a,
                 digits,
             } => {
                 // A call offered again starts afresh.
@@ -220,7 +234,7 @@ impl Thread {
                     self.slots.push(None);
                     self.slots.len() - 1
                 });
-                let relay = Relay::new(call, sockets, digits, now);
+                let relay = Relay::new(call, sockets, a, digits, now);
                 if let Err(e) = self.watch(slot, &relay) {
                     warn!(call, error = %e, "media sockets could not be watched");
                     self.free.push(slot);
@@ -241,12 +255,10 @@ impl Thread {
     }
 
     fn watch(&self, slot: usize, relay: &Relay) -> nix::Result<()> {
-        for (side, bit) in [(Side::A, 0u64), (Side::B, 2)] {
-            for rtcp in [false, true] {
-                let token = (slot as u64) << 2 | bit | u64::from(rtcp);
-                let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, token);
-                self.epoll.add(relay.socket(side, rtcp).as_fd(), event)?;
-            }
+        for (side, rtcp, socket) in relay.sockets() {
+            let event = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+            let event = EpollEvent::new(event, token(slot, side, rtcp));
+            self.epoll.add(socket.as_fd(), event)?;
         }
         Ok(())
     }
@@ -258,10 +270,8 @@ impl Thread {
         let Some(s) = self.slots[slot].take() else {
             return;
         };
-        for side in [Side::A, Side::B] {
-            for rtcp in [false, true] {
-                let _ = self.epoll.delete(s.relay.socket(side, rtcp).as_fd());
-            }
+        for (_, _, socket) in s.relay.sockets() {
+            let _ = self.epoll.delete(socket.as_fd());
         }
         self.free.push(slot);
         // Closes the sockets before their ports go back.

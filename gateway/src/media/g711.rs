@@ -22,16 +22,6 @@ const ALAW: [i16; 256] = {
     t
 };
 
-/// One μ-law byte to a 16-bit sample.
-pub fn ulaw(byte: u8) -> i16 {
-    ULAW[byte as usize]
-}
-
-/// One A-law byte to a 16-bit sample.
-pub fn alaw(byte: u8) -> i16 {
-    ALAW[byte as usize]
-}
-
 /// A G.711 law.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Law {
@@ -101,6 +91,14 @@ pub fn to_ulaw(sample: i16) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ulaw(byte: u8) -> i16 {
+        ULAW[usize::from(byte)]
+    }
+
+    fn alaw(byte: u8) -> i16 {
+        ALAW[usize::from(byte)]
+    }
 
     #[test]
     fn known_values() {

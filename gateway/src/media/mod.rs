@@ -257,15 +257,9 @@ impl Anchor for Media {
             Cmd::Open {
                 sockets: [(a_rtp, a_rtcp), (b_rtp, b_rtcp)],
                 ports: [a_port, b_port],
+                a: a.clone(),
                 digits: Arc::clone(&digits),
             },
-        );
-        self.engine.send(
-            call,
-            Cmd::Ctl(Box::new(Ctl::Peer {
-                side: Side::A,
-                audio: a.clone(),
-            })),
         );
         self.sessions.insert(
             call,

@@ -2,16 +2,14 @@
 //! forwarding, DTMF, the recording and the media timeout. The engine's
 //! threads (`engine`) drive it.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::Digest;
-use std::net::UdpSocket;
 use switchboard_storage::{Channel as FeedChannel, Interaction, Kind};
-
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -260,14 +258,16 @@ pub(super) struct Relay {
 }
 
 impl Relay {
+    /// Side A (the caller, described by its offer `a`) is open at once.
     pub(super) fn new(
         call: u64,
         sockets: [(UdpSocket, UdpSocket); 2],
+        a: Audio,
         digits: Arc<Mutex<String>>,
         now: Instant,
     ) -> Self {
         let [(a_rtp, a_rtcp), (b_rtp, b_rtcp)] = sockets;
-        Relay {
+        let mut relay = Relay {
             call,
             socks: [[a_rtp, a_rtcp], [b_rtp, b_rtcp]],
             st: State {
@@ -283,11 +283,22 @@ impl Relay {
                 last_rx: now,
                 timed_out: false,
             },
-        }
+        };
+        relay.st.peer(Side::A, a, now);
+        relay
     }
 
     pub(super) fn socket(&self, side: Side, rtcp: bool) -> &UdpSocket {
         &self.socks[side as usize][usize::from(rtcp)]
+    }
+
+    /// Its four sockets, each with its side and whether it is RTCP's.
+    pub(super) fn sockets(&self) -> impl Iterator<Item = (Side, bool, &UdpSocket)> {
+        [Side::A, Side::B].into_iter().flat_map(move |side| {
+            [false, true]
+                .into_iter()
+                .map(move |rtcp| (side, rtcp, self.socket(side, rtcp)))
+        })
     }
 
     /// The socket of `side` (`rtcp` or not) became readable (its epoll
