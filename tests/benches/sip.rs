@@ -3,12 +3,19 @@
 //! each SIPp process keeps a fixed number of registrations in flight), then
 //! the memory one binding costs, measured at 100,000 bindings or more.
 //!
+//! SIPp spends more CPU per registration than either server, so on a small
+//! machine an unlimited round measures the CPU SIPp leaves over. The rounds
+//! that decide the figures therefore give each server the same CPU budget
+//! (`SIP_BENCH_CPU` % of one CPU, a cgroup CFS quota; 0 for none) and SIPp the
+//! rest of the machine: each server is then the bottleneck, and its rate is
+//! what that budget buys it. One unlimited round is printed for reference.
+//!
 //! Needs `sipp` (Debian `sip-tester`), `kamailio`, and the release binary:
 //! `cargo build --release -p switchboard && cargo bench -p switchboard-tests
 //! --bench sip`. Sizes: `SIP_BENCH_USERS` (10000), `SIP_BENCH_SIPP`
 //! (processes, 3), `SIP_BENCH_REGISTERS` (per round, 60000),
 //! `SIP_BENCH_IN_FLIGHT` (per process, 40), `SIP_BENCH_ROUNDS` (2),
-//! `SIP_BENCH_BINDINGS` (100000).
+//! `SIP_BENCH_BINDINGS` (100000), `SIP_BENCH_CPU` (50).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::bench_gateway;
+use switchboard_tests::budget::{CpuBudget, children};
 use switchboard_tests::env_usize;
 use switchboard_tests::sip::{Kamailio, peers_dir, sipp_load, sipp_totals};
 
@@ -30,26 +38,28 @@ struct Round {
     cpu_s: f64,
 }
 
+impl Round {
+    fn cpu_us_each(&self) -> f64 {
+        self.cpu_s / self.ok.max(1) as f64 * 1e6
+    }
+}
+
 /// CPU seconds (user + system) used so far by `pid` and its children
 /// processes (Kamailio's workers are processes).
 fn cpu_seconds(pid: u32) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
     let mut total = 0u64;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+    for p in std::iter::once(pid).chain(children(pid)) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
             continue;
         };
-        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+        let Some((_, after)) = stat.rsplit_once(')') else {
             continue;
         };
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let this: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
-        let ppid: u32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        if this == pid || ppid == pid {
-            let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-            total += utime + stime;
-        }
+        let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        total += utime + stime;
     }
     total as f64 / ticks
 }
@@ -143,6 +153,7 @@ async fn main() {
     let in_flight = env_usize("SIP_BENCH_IN_FLIGHT", 40);
     let rounds = env_usize("SIP_BENCH_ROUNDS", 2);
     let bindings = env_usize("SIP_BENCH_BINDINGS", 100_000);
+    let budget = u32::try_from(env_usize("SIP_BENCH_CPU", 50)).unwrap_or(100);
 
     let work = tempfile::tempdir().unwrap();
     let users = work.path().join("users.csv");
@@ -201,10 +212,69 @@ async fn main() {
     )
     .await;
 
+    // One unlimited round, for reference: both run at the rate SIPp leaves.
+    let t = load(
+        theirs,
+        work.path(),
+        "register_auth.xml",
+        &users,
+        procs,
+        total,
+        in_flight,
+    )
+    .await;
+    let o = load(
+        ours,
+        work.path(),
+        "register_auth.xml",
+        &users,
+        procs,
+        total,
+        in_flight,
+    )
+    .await;
+    println!(
+        "unlimited: kamailio {:.0}/s ({:.1} us CPU each)   switchboard {:.0}/s ({:.1} us CPU each)   ({:.2})",
+        t.per_s,
+        t.cpu_us_each(),
+        o.per_s,
+        o.cpu_us_each(),
+        o.per_s / t.per_s
+    );
+
+    let budgets = if budget == 0 {
+        None
+    } else {
+        let made = CpuBudget::new("switchboard-bench-ours", budget).and_then(|ob| {
+            let tb = CpuBudget::new("switchboard-bench-kamailio", budget)?;
+            ob.add(our_pid)?;
+            tb.add(theirs.1)?;
+            Ok((ob, tb))
+        });
+        match made {
+            Ok(b) => {
+                println!("each server limited to {budget} % of one CPU; SIPp has the rest");
+                Some(b)
+            }
+            Err(e) => {
+                println!(
+                    "no CPU budget ({e:#}): the rounds below measure SIPp as much as the servers"
+                );
+                None
+            }
+        }
+    };
+    let throttled = |i: usize| {
+        budgets
+            .as_ref()
+            .map_or(0, |(o, t)| [o, t][i].throttled_periods())
+    };
+
     let (mut best_ours, mut best_theirs) = (Round::default(), Round::default());
     let (mut cpu_ours, mut cpu_theirs) = ((0u64, 0.0f64), (0u64, 0.0f64));
     let (mut failed_ours, mut failed_theirs) = (0, 0);
     for r in 0..rounds {
+        let held = throttled(1);
         let t = load(
             theirs,
             work.path(),
@@ -215,6 +285,8 @@ async fn main() {
             in_flight,
         )
         .await;
+        let t_held = throttled(1) - held;
+        let held = throttled(0);
         let o = load(
             ours,
             work.path(),
@@ -225,17 +297,18 @@ async fn main() {
             in_flight,
         )
         .await;
+        let o_held = throttled(0) - held;
         println!(
-            "round {r}: kamailio {:.0}/s (p99 {} ms, {} failed, {:.1} us CPU each)   \
-             switchboard {:.0}/s (p99 {} ms, {} failed, {:.1} us CPU each)   ({:.2})",
+            "round {r}: kamailio {:.0}/s (p99 {} ms, {} failed, {:.1} us CPU each, held back {t_held}x)   \
+             switchboard {:.0}/s (p99 {} ms, {} failed, {:.1} us CPU each, held back {o_held}x)   ({:.2})",
             t.per_s,
             t.p99_ms,
             t.failed,
-            t.cpu_s / t.ok.max(1) as f64 * 1e6,
+            t.cpu_us_each(),
             o.per_s,
             o.p99_ms,
             o.failed,
-            o.cpu_s / o.ok.max(1) as f64 * 1e6,
+            o.cpu_us_each(),
             o.per_s / t.per_s
         );
         cpu_ours = (cpu_ours.0 + o.ok, cpu_ours.1 + o.cpu_s);
@@ -249,6 +322,7 @@ async fn main() {
             best_theirs = t;
         }
     }
+    drop(budgets);
     drop(kamailio);
 
     // Memory per binding: add `bindings` new contacts and compare RSS.

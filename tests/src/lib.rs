@@ -3,6 +3,7 @@
 //! loopback ports the OS picks, talk to them as a user would, and stop only
 //! the processes started here.
 
+pub mod budget;
 pub mod doubles;
 pub mod mail;
 pub mod media;

@@ -360,6 +360,13 @@ impl Message {
         self.header("call-id")
     }
 
+    /// The top Via's branch, read without parsing the rest of the Via
+    /// (`None` when it has none or an empty one).
+    pub fn top_branch(&self) -> Option<&str> {
+        let top = self.header_values("via").next()?;
+        param_value(top, "branch").filter(|b| !b.is_empty())
+    }
+
     /// The top Via.
     pub fn via(&self) -> Option<Via> {
         self.header_values("via")
@@ -480,15 +487,13 @@ impl Message {
 
     /// Serialises with CRLFs and a correct Content-Length.
     pub fn to_bytes(&self) -> Vec<u8> {
+        use std::io::Write as _;
         let mut out = Vec::with_capacity(512 + self.body.len());
-        match &self.start {
-            StartLine::Request { method, uri } => {
-                out.extend_from_slice(format!("{method} {uri} SIP/2.0\r\n").as_bytes());
-            }
-            StartLine::Response { code, reason } => {
-                out.extend_from_slice(format!("SIP/2.0 {code} {reason}\r\n").as_bytes());
-            }
-        }
+        // Writing into a Vec cannot fail.
+        let _ = match &self.start {
+            StartLine::Request { method, uri } => write!(out, "{method} {uri} SIP/2.0\r\n"),
+            StartLine::Response { code, reason } => write!(out, "SIP/2.0 {code} {reason}\r\n"),
+        };
         for (n, v) in &self.headers {
             if n == "content-length" {
                 continue;
@@ -498,7 +503,7 @@ impl Message {
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        let _ = write!(out, "Content-Length: {}\r\n\r\n", self.body.len());
         out.extend_from_slice(&self.body);
         out
     }
@@ -590,35 +595,64 @@ fn after_addr(value: &str) -> &str {
     value
 }
 
-/// Splits a list header value at commas outside quotes and `<>`.
-pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
-    let mut parts = Vec::new();
-    let (mut in_quote, mut escaped, mut angle) = (false, false, false);
-    let mut start = 0;
-    for (i, b) in value.bytes().enumerate() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_quote = false;
+/// Splits a list header value at commas outside quotes and `<>`, skipping
+/// empty elements. Lazy: nothing is allocated.
+pub fn split_list(value: &str) -> SplitList<'_> {
+    SplitList { rest: Some(value) }
+}
+
+/// The elements of a list header value; see [`split_list`].
+#[derive(Debug, Clone)]
+pub struct SplitList<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for SplitList<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        loop {
+            let value = self.rest?;
+            let (mut in_quote, mut escaped, mut angle) = (false, false, false);
+            let mut cut = None;
+            for (i, b) in value.bytes().enumerate() {
+                if in_quote {
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' {
+                        escaped = true;
+                    } else if b == b'"' {
+                        in_quote = false;
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => in_quote = true,
+                    b'<' => angle = true,
+                    b'>' => angle = false,
+                    b',' if !angle => {
+                        cut = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_quote = true,
-            b'<' => angle = true,
-            b'>' => angle = false,
-            b',' if !angle => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
+            let part = match cut {
+                Some(i) => {
+                    self.rest = Some(&value[i + 1..]);
+                    &value[..i]
+                }
+                None => {
+                    self.rest = None;
+                    value
+                }
+            };
+            let part = part.trim();
+            if !part.is_empty() {
+                return Some(part);
             }
-            _ => {}
         }
     }
-    parts.push(value[start..].trim());
-    parts.into_iter().filter(|p| !p.is_empty())
 }
 
 /// The reason phrase we send with a status code (RFC 3261 §21).
@@ -653,23 +687,51 @@ pub fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-/// `call-id` → `Call-ID`, `www-authenticate` → `WWW-Authenticate`.
-pub fn canonical_name(n: &str) -> String {
-    match n {
-        "call-id" => "Call-ID".into(),
-        "cseq" => "CSeq".into(),
-        "www-authenticate" => "WWW-Authenticate".into(),
-        _ => n
-            .split('-')
-            .map(|w| {
-                let mut c = w.chars();
-                c.next()
-                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("-"),
-    }
+/// `call-id` → `Call-ID`, `www-authenticate` → `WWW-Authenticate`. The
+/// names this daemon sends are answered without allocating.
+pub fn canonical_name(n: &str) -> std::borrow::Cow<'static, str> {
+    use std::borrow::Cow;
+    Cow::Borrowed(match n {
+        "via" => "Via",
+        "from" => "From",
+        "to" => "To",
+        "call-id" => "Call-ID",
+        "cseq" => "CSeq",
+        "contact" => "Contact",
+        "content-type" => "Content-Type",
+        "content-length" => "Content-Length",
+        "max-forwards" => "Max-Forwards",
+        "expires" => "Expires",
+        "min-expires" => "Min-Expires",
+        "www-authenticate" => "WWW-Authenticate",
+        "proxy-authenticate" => "Proxy-Authenticate",
+        "authorization" => "Authorization",
+        "server" => "Server",
+        "user-agent" => "User-Agent",
+        "date" => "Date",
+        "allow" => "Allow",
+        "accept" => "Accept",
+        "supported" => "Supported",
+        "unsupported" => "Unsupported",
+        "path" => "Path",
+        "route" => "Route",
+        "record-route" => "Record-Route",
+        "warning" => "Warning",
+        "retry-after" => "Retry-After",
+        _ => {
+            return Cow::Owned(
+                n.split('-')
+                    .map(|w| {
+                        let mut c = w.chars();
+                        c.next()
+                            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("-"),
+            );
+        }
+    })
 }
 
 /// A Via header value (RFC 3261 §20.42), with LWS tolerated around `/`.

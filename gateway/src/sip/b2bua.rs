@@ -1587,42 +1587,33 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
     };
     let mut parts = split_list(value);
     let Some(top) = parts.next() else { return };
-    let rest: Vec<&str> = parts.collect();
     let Ok(via) = switchboard_sip::Via::parse(top) else {
         return;
     };
     let ip = src.ip().to_string();
     let (sent_by, existing) = top.split_once(';').unwrap_or((top, ""));
-    let mut params: Vec<String> = existing
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            let key = p
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            key != "rport" && key != "received"
-        })
-        .map(str::to_owned)
-        .collect();
+    let mut out = String::with_capacity(value.len() + 48);
+    out.push_str(sent_by.trim_end());
+    for p in existing.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let key = p.split('=').next().unwrap_or("").trim();
+        if !key.eq_ignore_ascii_case("rport") && !key.eq_ignore_ascii_case("received") {
+            out.push(';');
+            out.push_str(p);
+        }
+    }
     if via.host.trim_matches(['[', ']']) != ip || via.rport.is_some() {
-        params.push(format!("received={ip}"));
+        out.push_str(";received=");
+        out.push_str(&ip);
     }
     if via.rport.is_some() {
-        params.push(format!("rport={}", src.port()));
+        out.push_str(";rport=");
+        out.push_str(&src.port().to_string());
     }
-    let mut top = sent_by.trim_end().to_owned();
-    for p in params {
-        top.push(';');
-        top.push_str(&p);
+    for rest in parts {
+        out.push_str(", ");
+        out.push_str(rest);
     }
-    *value = std::iter::once(top.as_str())
-        .chain(rest)
-        .collect::<Vec<_>>()
-        .join(", ");
+    *value = out;
 }
 
 #[cfg(test)]

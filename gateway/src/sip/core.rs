@@ -467,7 +467,7 @@ impl<L: Location> Core<L> {
             fnv(&[
                 req.call_id().unwrap_or(""),
                 req.header("from").unwrap_or(""),
-                req.via().and_then(|v| v.branch).as_deref().unwrap_or(""),
+                req.top_branch().unwrap_or(""),
             ]) & 0xffff_ffff_ffff
         )
     }
@@ -935,10 +935,7 @@ impl<L: Location> Core<L> {
         let Some(serial) = Nonces::serial(&c.nonce) else {
             return Auth::Challenge { stale: false };
         };
-        let branch = fnv(&[
-            req.via().and_then(|v| v.branch).as_deref().unwrap_or(""),
-            req.call_id().unwrap_or(""),
-        ]);
+        let branch = fnv(&[req.top_branch().unwrap_or(""), req.call_id().unwrap_or("")]);
         let check = self.counts[(serial % NONCE_SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
