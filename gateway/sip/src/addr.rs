@@ -18,10 +18,22 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
 }
 
-impl NameAddr {
-    /// Parses one value. `is_contact` adds the Contact rules for `expires`
-    /// and `q`.
-    pub fn parse(value: &str, is_contact: bool) -> Result<Self, &'static str> {
+/// A value's parts as slices of its text, every rule already checked.
+struct Parts<'a> {
+    display: Option<&'a str>,
+    uri_text: &'a str,
+    /// Header parameters after the address, checked.
+    tail: &'a str,
+}
+
+impl<'a> Parts<'a> {
+    /// Splits and checks `value`; `uri` reads the URI (before the
+    /// parameters are checked, so its error is the one reported).
+    fn parse<U>(
+        value: &'a str,
+        is_contact: bool,
+        uri: impl FnOnce(&'a str) -> Result<U, &'static str>,
+    ) -> Result<(Self, U), &'static str> {
         let v = value.trim();
         let (display, uri_text, tail) = if let Some(quoted) = v.strip_prefix('"') {
             let mut escaped = false;
@@ -39,7 +51,7 @@ impl NameAddr {
             let end = end.ok_or("unterminated quoted display name")?;
             let rest = quoted[end + 1..].trim_start();
             let (uri, tail) = bracketed(rest)?;
-            (Some(quoted[..end].to_owned()), uri, tail)
+            (Some(&quoted[..end]), uri, tail)
         } else if let Some(lt) = v.find('<') {
             let display = v[..lt].trim();
             if !display
@@ -49,7 +61,7 @@ impl NameAddr {
                 return Err("display name with special characters must be quoted");
             }
             let (uri, tail) = bracketed(&v[lt..])?;
-            ((!display.is_empty()).then(|| display.to_owned()), uri, tail)
+            ((!display.is_empty()).then_some(display), uri, tail)
         } else {
             // addr-spec: parameters belong to the header, so a URI with its
             // own parameters, headers or commas must be in <> (§20).
@@ -62,11 +74,11 @@ impl NameAddr {
             }
             (None, uri, tail)
         };
-        let uri = Uri::parse(uri_text)?;
-        let params = header_params(tail)?;
-        if is_contact {
-            for (n, val) in &params {
-                match (n.to_ascii_lowercase().as_str(), val.as_deref()) {
+        let uri = uri(uri_text)?;
+        for param in header_params(tail) {
+            let (n, val) = param?;
+            if is_contact {
+                match (n.to_ascii_lowercase().as_str(), val) {
                     ("expires", Some(e))
                         if !e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty() =>
                     {
@@ -80,12 +92,35 @@ impl NameAddr {
                 }
             }
         }
-        Ok(NameAddr {
-            display,
-            uri_text: uri_text.to_owned(),
+        Ok((
+            Parts {
+                display,
+                uri_text,
+                tail,
+            },
             uri,
-            params,
+        ))
+    }
+}
+
+impl NameAddr {
+    /// Parses one value. `is_contact` adds the Contact rules for `expires`
+    /// and `q`.
+    pub fn parse(value: &str, is_contact: bool) -> Result<Self, &'static str> {
+        let (p, uri) = Parts::parse(value, is_contact, Uri::parse)?;
+        Ok(NameAddr {
+            display: p.display.map(str::to_owned),
+            uri_text: p.uri_text.to_owned(),
+            uri,
+            params: header_params(p.tail)
+                .map(|param| param.map(|(n, v)| (n.to_owned(), v.map(str::to_owned))))
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// Checks a value by [`NameAddr::parse`]'s rules without building it.
+    pub fn check(value: &str, is_contact: bool) -> Result<(), &'static str> {
+        Parts::parse(value, is_contact, Uri::check).map(drop)
     }
 
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
@@ -111,53 +146,55 @@ fn bracketed(s: &str) -> Result<(&str, &str), &'static str> {
     Ok((&inner[..end], &inner[end + 1..]))
 }
 
-/// `;name[=value]` parameters; nothing else may follow the address.
-fn header_params(tail: &str) -> Result<Vec<(String, Option<String>)>, &'static str> {
+/// `;name[=value]` parameters, each checked; nothing else may follow the
+/// address.
+fn header_params(tail: &str) -> impl Iterator<Item = Result<(&str, Option<&str>), &'static str>> {
     let tail = tail.trim();
-    if tail.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rest = tail
-        .strip_prefix(';')
-        .ok_or("unexpected text after the address")?;
-    let mut out = Vec::new();
-    for part in split_params(rest) {
-        let (n, v) = match part.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim())),
-            None => (part.trim(), None),
-        };
-        if n.is_empty() || !n.chars().all(is_token_char) {
-            return Err("empty or malformed header parameter");
-        }
-        if let Some(v) = v {
-            let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
-            if v.is_empty() || !(quoted || v.chars().all(|c| is_token_char(c) || "[]:".contains(c)))
-            {
-                return Err("malformed header parameter value");
+    let (rest, junk) = match tail.strip_prefix(';') {
+        Some(rest) => (Some(rest), None),
+        None if tail.is_empty() => (None, None),
+        None => (None, Some(Err("unexpected text after the address"))),
+    };
+    junk.into_iter()
+        .chain(rest.into_iter().flat_map(split_params).map(|part| {
+            let (n, v) = match part.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (part.trim(), None),
+            };
+            if n.is_empty() || !n.chars().all(is_token_char) {
+                return Err("empty or malformed header parameter");
             }
-        }
-        out.push((n.to_owned(), v.map(str::to_owned)));
-    }
-    Ok(out)
+            if let Some(v) = v {
+                let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+                if v.is_empty()
+                    || !(quoted || v.chars().all(|c| is_token_char(c) || "[]:".contains(c)))
+                {
+                    return Err("malformed header parameter value");
+                }
+            }
+            Ok((n, v))
+        }))
 }
 
 /// Splits at `;` outside quotes.
-fn split_params(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut in_quote = false;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        match c {
-            '"' => in_quote = !in_quote,
-            ';' if !in_quote => {
-                out.push(&s[start..i]);
-                start = i + 1;
+fn split_params(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let mut in_quote = false;
+        for (i, c) in s.char_indices() {
+            match c {
+                '"' => in_quote = !in_quote,
+                ';' if !in_quote => {
+                    rest = Some(&s[i + 1..]);
+                    return Some(&s[..i]);
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    out.push(&s[start..]);
-    out
+        rest = None;
+        Some(s)
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! an expired one is answered `stale=true`), and nonce counts that refuse
 //! replays.
 
+use std::borrow::Cow;
+
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 
@@ -40,13 +42,24 @@ impl Algorithm {
                 }
                 d.update(p);
             }
-            hex::encode(d.finalize())
+            lower_hex(&d.finalize())
         }
         match self {
             Algorithm::Md5 => run(Md5::new(), parts),
             Algorithm::Sha256 => run(Sha256::new(), parts),
         }
     }
+}
+
+/// Lower-case hex of `bytes`.
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// `H(username:realm:password)`, computed once per user and algorithm.
@@ -92,18 +105,28 @@ impl Credentials {
         }
         let mut c = Credentials::default();
         for (k, v) in auth_params(rest)? {
-            match k.to_ascii_lowercase().as_str() {
-                "username" => c.username = v,
-                "realm" => c.realm = v,
-                "nonce" => c.nonce = v,
-                "uri" => c.uri = v,
-                "response" => c.response = v.to_ascii_lowercase(),
-                "algorithm" => c.algorithm = Some(v),
-                "qop" => c.qop = Some(v),
-                "nc" => c.nc = v,
-                "cnonce" => c.cnonce = v,
-                _ => {}
-            }
+            let field = match k.len() {
+                8 if k.eq_ignore_ascii_case("username") => &mut c.username,
+                5 if k.eq_ignore_ascii_case("realm") => &mut c.realm,
+                5 if k.eq_ignore_ascii_case("nonce") => &mut c.nonce,
+                3 if k.eq_ignore_ascii_case("uri") => &mut c.uri,
+                8 if k.eq_ignore_ascii_case("response") => {
+                    c.response = v.to_ascii_lowercase();
+                    continue;
+                }
+                9 if k.eq_ignore_ascii_case("algorithm") => {
+                    c.algorithm = Some(v.into_owned());
+                    continue;
+                }
+                3 if k.eq_ignore_ascii_case("qop") => {
+                    c.qop = Some(v.into_owned());
+                    continue;
+                }
+                2 if k.eq_ignore_ascii_case("nc") => &mut c.nc,
+                6 if k.eq_ignore_ascii_case("cnonce") => &mut c.cnonce,
+                _ => continue,
+            };
+            *field = v.into_owned();
         }
         if c.username.is_empty() || c.nonce.is_empty() || c.response.is_empty() || c.uri.is_empty()
         {
@@ -137,9 +160,10 @@ impl Credentials {
     }
 }
 
-/// `k=v, k="v", …` with quoted strings (backslash escapes) allowed.
-fn auth_params(s: &str) -> Result<Vec<(String, String)>, &'static str> {
-    let mut out = Vec::new();
+/// `k=v, k="v", …` with quoted strings (backslash escapes) allowed. Values
+/// are borrowed unless they hold escapes.
+fn auth_params(s: &str) -> Result<Vec<(&str, Cow<'_, str>)>, &'static str> {
+    let mut out = Vec::with_capacity(10);
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -153,7 +177,7 @@ fn auth_params(s: &str) -> Result<Vec<(String, String)>, &'static str> {
         while i < b.len() && b[i] != b'=' && b[i] != b',' {
             i += 1;
         }
-        let key = s[start..i].trim().to_owned();
+        let key = s[start..i].trim();
         if i >= b.len() || b[i] != b'=' {
             return Err("auth parameter without a value");
         }
@@ -163,33 +187,43 @@ fn auth_params(s: &str) -> Result<Vec<(String, String)>, &'static str> {
         }
         let value = if b.get(i) == Some(&b'"') {
             i += 1;
-            let mut v = Vec::new();
+            let start = i;
+            let mut escaped = false;
             loop {
                 match b.get(i) {
                     None => return Err("unterminated quoted auth parameter"),
                     Some(b'\\') => {
-                        if let Some(&c) = b.get(i + 1) {
-                            v.push(c);
-                        }
+                        escaped = true;
                         i += 2;
                     }
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&c) => {
-                        v.push(c);
-                        i += 1;
-                    }
+                    Some(b'"') => break,
+                    Some(_) => i += 1,
                 }
             }
-            String::from_utf8_lossy(&v).into_owned()
+            let raw = &b[start..i];
+            i += 1;
+            if escaped {
+                let mut v = Vec::with_capacity(raw.len());
+                let mut j = 0;
+                while j < raw.len() {
+                    if raw[j] == b'\\' {
+                        j += 1;
+                    }
+                    if let Some(&c) = raw.get(j) {
+                        v.push(c);
+                    }
+                    j += 1;
+                }
+                Cow::Owned(String::from_utf8_lossy(&v).into_owned())
+            } else {
+                String::from_utf8_lossy(raw)
+            }
         } else {
             let start = i;
             while i < b.len() && b[i] != b',' {
                 i += 1;
             }
-            s[start..i].trim().to_owned()
+            Cow::Borrowed(s[start..i].trim())
         };
         out.push((key, value));
     }
@@ -224,7 +258,7 @@ impl Nonces {
         let mut h = Sha256::new();
         h.update(self.secret);
         h.update(body.as_bytes());
-        hex::encode(&h.finalize()[..12])
+        lower_hex(&h.finalize()[..12])
     }
 
     pub fn issue(&self, now_s: u64, serial: u64) -> String {

@@ -93,17 +93,13 @@ fn is_token_char(c: u8) -> bool {
 
 /// Finds the end of the head: the blank line (CRLF CRLF, or LF LF).
 fn head_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\n' {
-            if bytes.get(i + 1) == Some(&b'\n') {
-                return Some((i + 1, i + 2));
-            }
-            if bytes.get(i + 1) == Some(&b'\r') && bytes.get(i + 2) == Some(&b'\n') {
-                return Some((i + 1, i + 3));
-            }
+    for i in memchr::memchr_iter(b'\n', bytes) {
+        match bytes.get(i + 1..i + 3) {
+            Some([b'\n', ..]) => return Some((i + 1, i + 2)),
+            Some([b'\r', b'\n']) => return Some((i + 1, i + 3)),
+            None if bytes.get(i + 1) == Some(&b'\n') => return Some((i + 1, i + 2)),
+            _ => {}
         }
-        i += 1;
     }
     None
 }
@@ -159,7 +155,11 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
         return Err(ParseError::TooLarge);
     }
     let (head_stop, body_start) = head_end(bytes).unwrap_or((bytes.len(), bytes.len()));
-    let head = String::from_utf8_lossy(&bytes[..head_stop]);
+    // Checked first as UTF-8, which is quick for the usual ASCII head.
+    let head = match std::str::from_utf8(&bytes[..head_stop]) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(&bytes[..head_stop]),
+    };
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let first = lines.next().ok_or(ParseError::Garbage("empty"))?;
     let mut defect: Option<String> = None;
@@ -419,9 +419,9 @@ impl Message {
                 return Err(invalid("Via branch is only the magic cookie"));
             }
         }
-        let request_uri =
-            crate::uri::Uri::parse(uri).map_err(|e| invalid(format!("Request-URI: {e}")))?;
-        if request_uri.headers.is_some() {
+        let (_, uri_headers) =
+            crate::uri::Uri::check(uri).map_err(|e| invalid(format!("Request-URI: {e}")))?;
+        if uri_headers {
             return Err(invalid("a Request-URI cannot carry headers"));
         }
         if let Some(date) = self.header("date")
@@ -460,15 +460,15 @@ impl Message {
             return Err(invalid("Expires must be a number of seconds below 2**32"));
         }
         self.content_length()?;
-        crate::addr::NameAddr::parse(self.header("to").unwrap_or(""), false)
+        crate::addr::NameAddr::check(self.header("to").unwrap_or(""), false)
             .map_err(|e| invalid(format!("To: {e}")))?;
-        crate::addr::NameAddr::parse(self.header("from").unwrap_or(""), false)
+        crate::addr::NameAddr::check(self.header("from").unwrap_or(""), false)
             .map_err(|e| invalid(format!("From: {e}")))?;
         for c in self.header_values("contact") {
             if c.trim() == "*" {
                 continue;
             }
-            crate::addr::NameAddr::parse(c, true).map_err(|e| invalid(format!("Contact: {e}")))?;
+            crate::addr::NameAddr::check(c, true).map_err(|e| invalid(format!("Contact: {e}")))?;
         }
         Ok(())
     }
@@ -613,29 +613,33 @@ impl<'a> Iterator for SplitList<'a> {
     fn next(&mut self) -> Option<&'a str> {
         loop {
             let value = self.rest?;
-            let (mut in_quote, mut escaped, mut angle) = (false, false, false);
+            let bytes = value.as_bytes();
+            let (mut in_quote, mut angle) = (false, false);
             let mut cut = None;
-            for (i, b) in value.bytes().enumerate() {
-                if in_quote {
-                    if escaped {
-                        escaped = false;
-                    } else if b == b'\\' {
-                        escaped = true;
-                    } else if b == b'"' {
-                        in_quote = false;
-                    }
-                    continue;
-                }
-                match b {
-                    b'"' => in_quote = true,
-                    b'<' => angle = true,
-                    b'>' => angle = false,
-                    b',' if !angle => {
+            let mut i = 0;
+            // Jump from one byte that can change the state to the next.
+            while i < bytes.len() {
+                let next = if in_quote {
+                    memchr::memchr2(b'\\', b'"', &bytes[i..])
+                } else if angle {
+                    memchr::memchr2(b'>', b'"', &bytes[i..])
+                } else {
+                    memchr::memchr3(b',', b'"', b'<', &bytes[i..])
+                };
+                let Some(at) = next else { break };
+                i += at;
+                match (in_quote, bytes[i]) {
+                    (true, b'\\') => i += 1, // skips the escaped byte
+                    (true, _) => in_quote = false,
+                    (false, b'"') => in_quote = true,
+                    (false, b'<') => angle = true,
+                    (false, b'>') => angle = false,
+                    (false, _) => {
                         cut = Some(i);
                         break;
                     }
-                    _ => {}
                 }
+                i += 1;
             }
             let part = match cut {
                 Some(i) => {
@@ -767,7 +771,7 @@ impl Via {
         let (host, port) = crate::uri::split_host_port(sent_by.trim())?;
         let mut via = Via {
             transport: proto,
-            host,
+            host: host.to_owned(),
             port,
             branch: None,
             received: None,

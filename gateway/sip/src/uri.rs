@@ -35,76 +35,133 @@ fn valid_uri_char(c: char) -> bool {
     !(c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == '"')
 }
 
-impl Uri {
-    pub fn parse(s: &str) -> Result<Self, &'static str> {
+/// A URI's parts as slices of its text, every rule already checked; what
+/// [`Uri::parse`] copies out and [`Uri::check`] throws away.
+struct Parts<'a> {
+    scheme: &'a str,
+    user: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+    /// The `;…` parameters without the first `;`, checked.
+    params: Option<&'a str>,
+    headers: Option<&'a str>,
+    /// For non-SIP schemes: everything after the colon.
+    opaque: &'a str,
+}
+
+fn scheme_of(text: &str) -> Scheme {
+    if text.eq_ignore_ascii_case("sip") {
+        Scheme::Sip
+    } else if text.eq_ignore_ascii_case("sips") {
+        Scheme::Sips
+    } else if text.eq_ignore_ascii_case("tel") {
+        Scheme::Tel
+    } else {
+        Scheme::Other(text.to_ascii_lowercase())
+    }
+}
+
+impl<'a> Parts<'a> {
+    fn parse(s: &'a str) -> Result<Self, &'static str> {
         if s.is_empty() {
             return Err("empty URI");
         }
-        if !s.chars().all(valid_uri_char) {
+        let valid = if s.is_ascii() {
+            s.bytes()
+                .all(|b| b > b' ' && b != 0x7f && !matches!(b, b'<' | b'>' | b'"'))
+        } else {
+            s.chars().all(valid_uri_char)
+        };
+        if !valid {
             return Err("URI contains whitespace, quotes or angle brackets");
         }
-        let (scheme, rest) = s.split_once(':').ok_or("URI without a scheme")?;
+        let (scheme, rest) = split_at(s, b':').ok_or("URI without a scheme")?;
         let mut chars = scheme.chars();
         if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
             || !chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         {
             return Err("bad URI scheme");
         }
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "sip" => Scheme::Sip,
-            "sips" => Scheme::Sips,
-            "tel" => Scheme::Tel,
-            other => Scheme::Other(other.to_owned()),
-        };
         if rest.is_empty() {
             return Err("URI without anything after the scheme");
         }
-        if !matches!(scheme, Scheme::Sip | Scheme::Sips) {
-            return Ok(Uri {
-                scheme,
-                user: None,
-                host: String::new(),
-                port: None,
-                params: Vec::new(),
-                headers: None,
-                opaque: rest.to_owned(),
-            });
+        let mut parts = Parts {
+            scheme,
+            user: None,
+            host: "",
+            port: None,
+            params: None,
+            headers: None,
+            opaque: "",
+        };
+        if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+            parts.opaque = rest;
+            return Ok(parts);
         }
         // The user part may hold `?`, `;` and `:` (RFC 4475 §3.1.1.2), never
         // an unescaped `@`: it ends at the first one.
-        let (user, after_user) = match rest.split_once('@') {
+        let after_user = match split_at(rest, b'@') {
             Some((u, h)) => {
                 if u.is_empty() {
                     return Err("empty user part");
                 }
                 check_escapes(u)?;
-                (Some(u.to_owned()), h)
+                parts.user = Some(u);
+                h
             }
-            None => (None, rest),
+            None => rest,
         };
-        let (hostpart, headers) = match after_user.split_once('?') {
+        let hostpart = match split_at(after_user, b'?') {
             Some((m, h)) => {
                 if h.is_empty() {
                     return Err("empty URI headers");
                 }
-                (m, Some(h.to_owned()))
+                parts.headers = Some(h);
+                m
             }
-            None => (after_user, None),
+            None => after_user,
         };
-        let (hostport, params) = match hostpart.split_once(';') {
-            Some((hp, p)) => (hp, parse_params(p)?),
-            None => (hostpart, Vec::new()),
+        let hostport = match split_at(hostpart, b';') {
+            Some((hp, p)) => {
+                for (name, _) in params(p) {
+                    if name.is_empty() {
+                        return Err("empty URI parameter");
+                    }
+                    check_escapes(name)?;
+                }
+                parts.params = Some(p);
+                hp
+            }
+            None => hostpart,
         };
-        let (host, port) = split_host_port(hostport)?;
+        (parts.host, parts.port) = split_host_port(hostport)?;
+        Ok(parts)
+    }
+}
+
+impl Uri {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let p = Parts::parse(s)?;
         Ok(Uri {
-            scheme,
-            user,
-            host,
-            port,
-            params,
-            headers,
-            opaque: String::new(),
+            scheme: scheme_of(p.scheme),
+            user: p.user.map(str::to_owned),
+            host: p.host.to_owned(),
+            port: p.port,
+            params: p.params.map_or_else(Vec::new, |text| {
+                params(text)
+                    .map(|(n, v)| (n.to_owned(), v.map(str::to_owned)))
+                    .collect()
+            }),
+            headers: p.headers.map(str::to_owned),
+            opaque: p.opaque.to_owned(),
         })
+    }
+
+    /// Checks `s` by [`Uri::parse`]'s rules without building the URI;
+    /// returns its scheme. The URI carries `?headers` when `has_headers`.
+    pub fn check(s: &str) -> Result<(Scheme, bool), &'static str> {
+        let p = Parts::parse(s)?;
+        Ok((scheme_of(p.scheme), p.headers.is_some()))
     }
 
     pub fn is_sip(&self) -> bool {
@@ -156,6 +213,13 @@ impl fmt::Display for Uri {
     }
 }
 
+/// `s` split around the first `sep` (an ASCII byte), by a plain scan: the
+/// parts of a URI are too short for a vectorised search to pay off.
+fn split_at(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == sep)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
 fn check_escapes(s: &str) -> Result<(), &'static str> {
     let b = s.as_bytes();
     let mut i = 0;
@@ -194,26 +258,18 @@ pub fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_params(p: &str) -> Result<Vec<(String, Option<String>)>, &'static str> {
-    let mut out = Vec::new();
-    for part in p.split(';') {
-        let (name, value) = match part.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (part, None),
-        };
-        if name.is_empty() {
-            return Err("empty URI parameter");
-        }
-        check_escapes(name)?;
-        out.push((name.to_owned(), value));
-    }
-    Ok(out)
+/// `name[=value]` pairs of a `;`-separated parameter list.
+fn params(p: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    p.split(';').map(|part| match part.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (part, None),
+    })
 }
 
 /// `host[:port]` where host is a name, an IPv4 address or a bracketed IPv6
 /// reference. An IPv6 address without brackets is refused (RFC 5118 §4.2);
 /// `[2001:db8:::192.0.2.1]` is tolerated (§4.10).
-pub fn split_host_port(s: &str) -> Result<(String, Option<u16>), &'static str> {
+pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), &'static str> {
     if s.is_empty() {
         return Err("empty host");
     }
@@ -230,16 +286,16 @@ pub fn split_host_port(s: &str) -> Result<(String, Option<u16>), &'static str> {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or("junk after IPv6 reference")?),
         };
-        (format!("[{addr}]"), port)
+        (&s[..end + 2], port)
     } else {
-        match s.split_once(':') {
+        match split_at(s, b':') {
             Some((h, p)) => {
-                if p.contains(':') {
+                if p.bytes().any(|b| b == b':') {
                     return Err("IPv6 address must be in [brackets]");
                 }
-                (h.to_owned(), Some(p))
+                (h, Some(p))
             }
-            None => (s.to_owned(), None),
+            None => (s, None),
         }
     };
     if !host.starts_with('[')

@@ -522,8 +522,15 @@ impl<L: Location> Core<L> {
             r.push_header("unsupported", unsupported.join(", "));
             return Some(r);
         }
-        let uri = Uri::parse(req.request_uri().unwrap_or("")).ok()?;
-        if !uri.is_sip() && uri.scheme != switchboard_sip::uri::Scheme::Tel {
+        // validate() checked the whole Request-URI; only its scheme matters here.
+        let scheme = req
+            .request_uri()
+            .and_then(|u| u.split_once(':'))
+            .map(|(s, _)| s)?;
+        if !["sip", "sips", "tel"]
+            .iter()
+            .any(|known| scheme.eq_ignore_ascii_case(known))
+        {
             return Some(self.reply(req, 416, src));
         }
         let has_to_tag = req
