@@ -15,7 +15,11 @@ pub struct NameAddr {
 }
 
 fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~'
+        )
 }
 
 /// A value's parts as slices of its text, every rule already checked.
@@ -78,16 +82,18 @@ impl<'a> Parts<'a> {
         for param in header_params(tail) {
             let (n, val) = param?;
             if is_contact {
-                match (n.to_ascii_lowercase().as_str(), val) {
-                    ("expires", Some(e))
-                        if !e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty() =>
+                let expires = n.eq_ignore_ascii_case("expires");
+                let q = n.eq_ignore_ascii_case("q");
+                match val {
+                    Some(e)
+                        if expires && (!e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty()) =>
                     {
                         return Err("Contact expires must be a number");
                     }
-                    ("q", Some(q)) if !valid_q(q) => {
+                    Some(v) if q && !valid_q(v) => {
                         return Err("Contact q must be between 0 and 1");
                     }
-                    ("expires" | "q", None) => return Err("Contact parameter needs a value"),
+                    None if expires || q => return Err("Contact parameter needs a value"),
                     _ => {}
                 }
             }
@@ -142,7 +148,7 @@ fn valid_q(q: &str) -> bool {
 /// `<uri>` at the start of `s`; returns the URI text and what follows.
 fn bracketed(s: &str) -> Result<(&str, &str), &'static str> {
     let inner = s.strip_prefix('<').ok_or("expected <URI>")?;
-    let end = inner.find('>').ok_or("missing > after the URI")?;
+    let end = memchr::memchr(b'>', inner.as_bytes()).ok_or("missing > after the URI")?;
     Ok((&inner[..end], &inner[end + 1..]))
 }
 
@@ -167,7 +173,9 @@ fn header_params(tail: &str) -> impl Iterator<Item = Result<(&str, Option<&str>)
             if let Some(v) = v {
                 let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
                 if v.is_empty()
-                    || !(quoted || v.chars().all(|c| is_token_char(c) || "[]:".contains(c)))
+                    || !(quoted
+                        || v.chars()
+                            .all(|c| is_token_char(c) || matches!(c, '[' | ']' | ':')))
                 {
                     return Err("malformed header parameter value");
                 }

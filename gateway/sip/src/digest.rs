@@ -262,9 +262,11 @@ impl Nonces {
     }
 
     pub fn issue(&self, now_s: u64, serial: u64) -> String {
-        let body = format!("{now_s:x}.{serial:x}");
-        let tag = self.tag(&body);
-        format!("{body}.{tag}")
+        let mut nonce = format!("{now_s:x}.{serial:x}");
+        let tag = self.tag(&nonce);
+        nonce.push('.');
+        nonce.push_str(&tag);
+        nonce
     }
 
     /// The serial a nonce was issued with (meaningful once `check` passed).
@@ -367,11 +369,20 @@ impl NonceCounts {
 /// A `WWW-Authenticate` / `Proxy-Authenticate` value. It depends only on
 /// the realm and the nonce, never on who asked (no user enumeration).
 pub fn challenge(alg: Algorithm, realm: &str, nonce: &str, stale: bool) -> String {
-    format!(
-        "Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{}",
+    let mut out = String::with_capacity(80 + realm.len() + nonce.len());
+    for part in [
+        "Digest realm=\"",
+        realm,
+        "\", nonce=\"",
+        nonce,
+        "\", algorithm=",
         alg.name(),
-        if stale { ", stale=true" } else { "" }
-    )
+        ", qop=\"auth\"",
+        if stale { ", stale=true" } else { "" },
+    ] {
+        out.push_str(part);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -88,7 +88,11 @@ fn compact(name: &str) -> Option<&'static str> {
 }
 
 fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
 }
 
 /// Finds the end of the head: the blank line (CRLF CRLF, or LF LF).
@@ -160,7 +164,21 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
         Ok(text) => std::borrow::Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(&bytes[..head_stop]),
     };
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut rest = Some(head.as_ref());
+    let mut lines = std::iter::from_fn(|| {
+        let text = rest?;
+        let line = match memchr::memchr(b'\n', text.as_bytes()) {
+            Some(i) => {
+                rest = Some(&text[i + 1..]);
+                &text[..i]
+            }
+            None => {
+                rest = None;
+                text
+            }
+        };
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    });
     let first = lines.next().ok_or(ParseError::Garbage("empty"))?;
     let mut defect: Option<String> = None;
     let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
@@ -187,13 +205,15 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             defect.get_or_insert_with(|| format!("more than {MAX_HEADERS} header fields"));
             break;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        let Some((name, value)) =
+            memchr::memchr(b':', line.as_bytes()).map(|i| (&line[..i], &line[i + 1..]))
+        else {
             defect.get_or_insert_with(|| {
                 format!("header line without a colon: {:?}", truncate(line))
             });
             continue;
         };
-        let name = name.trim_end_matches([' ', '\t']);
+        let name = name.trim_end_matches(|c| c == ' ' || c == '\t');
         if name.is_empty() || !name.bytes().all(is_token_char) {
             defect.get_or_insert_with(|| format!("bad header name {:?}", truncate(name)));
             continue;
@@ -782,17 +802,17 @@ impl Via {
                 let (k, val) = p
                     .split_once('=')
                     .map_or((p.trim(), None), |(k, v)| (k.trim(), Some(v.trim())));
-                match k.to_ascii_lowercase().as_str() {
-                    "branch" => via.branch = val.map(str::to_owned),
-                    "received" => via.received = val.map(str::to_owned),
-                    "rport" => {
-                        via.rport = Some(match val {
-                            Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
-                            None => None,
-                        });
-                    }
-                    "" => return Err("empty Via parameter"),
-                    _ => {}
+                if k.is_empty() {
+                    return Err("empty Via parameter");
+                } else if k.eq_ignore_ascii_case("branch") {
+                    via.branch = val.map(str::to_owned);
+                } else if k.eq_ignore_ascii_case("received") {
+                    via.received = val.map(str::to_owned);
+                } else if k.eq_ignore_ascii_case("rport") {
+                    via.rport = Some(match val {
+                        Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
+                        None => None,
+                    });
                 }
             }
         }

@@ -78,7 +78,7 @@ impl<'a> Parts<'a> {
         let (scheme, rest) = split_at(s, b':').ok_or("URI without a scheme")?;
         let mut chars = scheme.chars();
         if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-            || !chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         {
             return Err("bad URI scheme");
         }

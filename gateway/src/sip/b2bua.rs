@@ -1601,7 +1601,7 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
             out.push_str(p);
         }
     }
-    if via.host.trim_matches(['[', ']']) != ip || via.rport.is_some() {
+    if via.host.trim_matches(|c| c == '[' || c == ']') != ip || via.rport.is_some() {
         out.push_str(";received=");
         out.push_str(&ip);
     }
