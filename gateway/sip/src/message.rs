@@ -213,7 +213,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             });
             continue;
         };
-        let name = name.trim_end_matches(|c| c == ' ' || c == '\t');
+        let name = name.trim_end_matches([' ', '\t']);
         if name.is_empty() || !name.bytes().all(is_token_char) {
             defect.get_or_insert_with(|| format!("bad header name {:?}", truncate(name)));
             continue;

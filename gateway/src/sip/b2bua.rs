@@ -1581,6 +1581,28 @@ fn ack_for_failure(invite: &Bytes, uri: &str, to: &str) -> Bytes {
 }
 
 /// `received`/`rport` on a response's top Via, as the registrar does.
+/// An address as text; IPv4 (every datagram's source) without the
+/// formatting machinery.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
     let Some((_, value)) = resp.headers.iter_mut().find(|(n, _)| n == "via") else {
         return;
@@ -1590,7 +1612,7 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
     let Ok(via) = switchboard_sip::Via::parse(top) else {
         return;
     };
-    let ip = src.ip().to_string();
+    let ip = ip_text(src.ip());
     let (sent_by, existing) = top.split_once(';').unwrap_or((top, ""));
     let mut out = String::with_capacity(value.len() + 48);
     out.push_str(sent_by.trim_end());
@@ -1601,7 +1623,7 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
             out.push_str(p);
         }
     }
-    if via.host.trim_matches(|c| c == '[' || c == ']') != ip || via.rport.is_some() {
+    if via.host.trim_matches(['[', ']']) != ip || via.rport.is_some() {
         out.push_str(";received=");
         out.push_str(&ip);
     }
@@ -1619,6 +1641,22 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "192.168.100.200",
+            "8.8.4.4",
+            "::1",
+            "2001:db8::5",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     fn invite() -> Message {
         switchboard_sip::parse(

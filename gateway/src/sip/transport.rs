@@ -24,8 +24,13 @@ pub(super) async fn serve_udp<L: Location>(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    // One wait for the shutdown for the whole loop, not one per datagram.
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
     loop {
         let (n, src) = tokio::select! {
+            biased;
+            () = &mut stop => return,
             r = socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -34,7 +39,6 @@ pub(super) async fn serve_udp<L: Location>(
                     continue;
                 }
             },
-            () = shutdown.cancelled() => return,
         };
         if n > MAX_MESSAGE {
             m::SIP_DROPPED.with_label_values(&["too_large"]).inc();
