@@ -14,11 +14,13 @@ pub struct NameAddr {
     pub params: Vec<(String, Option<String>)>,
 }
 
-fn is_token_char(c: char) -> bool {
+/// RFC 3261's `token` characters (any byte of a non-ASCII character is
+/// refused, as the character is).
+fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
-            '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~'
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
         )
 }
 
@@ -59,8 +61,8 @@ impl<'a> Parts<'a> {
         } else if let Some(lt) = v.find('<') {
             let display = v[..lt].trim();
             if !display
-                .chars()
-                .all(|c| is_token_char(c) || c == ' ' || c == '\t')
+                .bytes()
+                .all(|c| is_token_char(c) || c == b' ' || c == b'\t')
             {
                 return Err("display name with special characters must be quoted");
             }
@@ -167,15 +169,15 @@ fn header_params(tail: &str) -> impl Iterator<Item = Result<(&str, Option<&str>)
                 Some((n, v)) => (n.trim(), Some(v.trim())),
                 None => (part.trim(), None),
             };
-            if n.is_empty() || !n.chars().all(is_token_char) {
+            if n.is_empty() || !n.bytes().all(is_token_char) {
                 return Err("empty or malformed header parameter");
             }
             if let Some(v) = v {
                 let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
                 if v.is_empty()
                     || !(quoted
-                        || v.chars()
-                            .all(|c| is_token_char(c) || matches!(c, '[' | ']' | ':')))
+                        || v.bytes()
+                            .all(|c| is_token_char(c) || matches!(c, b'[' | b']' | b':')))
                 {
                     return Err("malformed header parameter value");
                 }

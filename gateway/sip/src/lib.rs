@@ -14,7 +14,7 @@ pub mod transaction;
 pub mod uri;
 
 pub use addr::NameAddr;
-pub use message::{Message, ParseError, StartLine, Via, parse};
+pub use message::{Message, ParseError, StartLine, Via, ViaRef, parse};
 pub use uri::Uri;
 
 /// Methods the gateway implements (the `Allow` header of 405/501).

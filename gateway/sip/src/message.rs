@@ -434,8 +434,8 @@ impl Message {
             }
         }
         for v in self.header_values("via") {
-            let via = Via::parse(v).map_err(|e| invalid(format!("Via: {e}")))?;
-            if via.branch.as_deref() == Some(BRANCH_COOKIE) {
+            let via = ViaRef::parse(v).map_err(|e| invalid(format!("Via: {e}")))?;
+            if via.branch == Some(BRANCH_COOKIE) {
                 return Err(invalid("Via branch is only the magic cookie"));
             }
         }
@@ -770,9 +770,22 @@ pub struct Via {
     pub rport: Option<Option<u16>>,
 }
 
-impl Via {
-    pub fn parse(v: &str) -> Result<Self, &'static str> {
-        let (proto, rest) = {
+/// A Via's parts as slices of its text, checked by [`Via::parse`]'s rules
+/// without copying anything (`transport` as written, not upper-cased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaRef<'a> {
+    pub transport: &'a str,
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub branch: Option<&'a str>,
+    pub received: Option<&'a str>,
+    /// `Some(None)` for a bare `rport` asking to be filled in.
+    pub rport: Option<Option<u16>>,
+}
+
+impl<'a> ViaRef<'a> {
+    pub fn parse(v: &'a str) -> Result<Self, &'static str> {
+        let (transport, rest) = {
             // "SIP / 2.0 / UDP host..." : three slash-separated tokens.
             let mut parts = v.splitn(3, '/');
             let name = parts.next().ok_or("no protocol")?.trim();
@@ -782,16 +795,16 @@ impl Via {
                 return Err("protocol is not SIP/2.0");
             }
             let end = rest.find(|c: char| c.is_whitespace()).ok_or("no sent-by")?;
-            (rest[..end].to_ascii_uppercase(), rest[end..].trim_start())
+            (&rest[..end], rest[end..].trim_start())
         };
-        if proto.is_empty() || !proto.bytes().all(is_token_char) {
+        if transport.is_empty() || !transport.bytes().all(is_token_char) {
             return Err("bad transport");
         }
         let (sent_by, params) = rest.split_once(';').unwrap_or((rest, ""));
         let (host, port) = crate::uri::split_host_port(sent_by.trim())?;
-        let mut via = Via {
-            transport: proto,
-            host: host.to_owned(),
+        let mut via = ViaRef {
+            transport,
+            host,
             port,
             branch: None,
             received: None,
@@ -805,9 +818,9 @@ impl Via {
                 if k.is_empty() {
                     return Err("empty Via parameter");
                 } else if k.eq_ignore_ascii_case("branch") {
-                    via.branch = val.map(str::to_owned);
+                    via.branch = val;
                 } else if k.eq_ignore_ascii_case("received") {
-                    via.received = val.map(str::to_owned);
+                    via.received = val;
                 } else if k.eq_ignore_ascii_case("rport") {
                     via.rport = Some(match val {
                         Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
@@ -817,6 +830,20 @@ impl Via {
             }
         }
         Ok(via)
+    }
+}
+
+impl Via {
+    pub fn parse(v: &str) -> Result<Self, &'static str> {
+        let p = ViaRef::parse(v)?;
+        Ok(Via {
+            transport: p.transport.to_ascii_uppercase(),
+            host: p.host.to_owned(),
+            port: p.port,
+            branch: p.branch.map(str::to_owned),
+            received: p.received.map(str::to_owned),
+            rport: p.rport,
+        })
     }
 }
 

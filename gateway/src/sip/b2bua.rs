@@ -1609,7 +1609,7 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
     };
     let mut parts = split_list(value);
     let Some(top) = parts.next() else { return };
-    let Ok(via) = switchboard_sip::Via::parse(top) else {
+    let Ok(via) = switchboard_sip::ViaRef::parse(top) else {
         return;
     };
     let ip = ip_text(src.ip());
