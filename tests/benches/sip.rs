@@ -204,49 +204,26 @@ async fn main() {
         ours.0, theirs.0
     );
 
+    let run = async |server, count, pace| {
+        load(
+            server,
+            work.path(),
+            "register_auth.xml",
+            &users,
+            procs,
+            count,
+            pace,
+        )
+        .await
+    };
+
     // Warm both up (users' first bindings, caches, allocator).
-    load(
-        ours,
-        work.path(),
-        "register_auth.xml",
-        &users,
-        procs,
-        users_n,
-        closed,
-    )
-    .await;
-    load(
-        theirs,
-        work.path(),
-        "register_auth.xml",
-        &users,
-        procs,
-        users_n,
-        closed,
-    )
-    .await;
+    run(ours, users_n, closed).await;
+    run(theirs, users_n, closed).await;
 
     // One unlimited round, for reference: both run at the rate SIPp leaves.
-    let t = load(
-        theirs,
-        work.path(),
-        "register_auth.xml",
-        &users,
-        procs,
-        total,
-        closed,
-    )
-    .await;
-    let o = load(
-        ours,
-        work.path(),
-        "register_auth.xml",
-        &users,
-        procs,
-        total,
-        closed,
-    )
-    .await;
+    let t = run(theirs, total, closed).await;
+    let o = run(ours, total, closed).await;
     println!(
         "unlimited: kamailio {:.0}/s ({:.1} us CPU each)   switchboard {:.0}/s ({:.1} us CPU each)   ({:.2})",
         t.per_s,
@@ -289,28 +266,10 @@ async fn main() {
     let (mut failed_ours, mut failed_theirs) = (0, 0);
     for r in 0..rounds {
         let held = throttled(1);
-        let t = load(
-            theirs,
-            work.path(),
-            "register_auth.xml",
-            &users,
-            procs,
-            total,
-            closed,
-        )
-        .await;
+        let t = run(theirs, total, closed).await;
         let t_held = throttled(1) - held;
         let held = throttled(0);
-        let o = load(
-            ours,
-            work.path(),
-            "register_auth.xml",
-            &users,
-            procs,
-            total,
-            closed,
-        )
-        .await;
+        let o = run(ours, total, closed).await;
         let o_held = throttled(0) - held;
         println!(
             "round {r}: kamailio {:.0}/s (p99 {} ms, {} failed, {:.1} us CPU each, held back {t_held}x)   \
@@ -345,26 +304,8 @@ async fn main() {
         in_flight,
         rate: (offered / procs).max(1),
     };
-    let tl = load(
-        theirs,
-        work.path(),
-        "register_auth.xml",
-        &users,
-        procs,
-        offered * 5,
-        paced,
-    )
-    .await;
-    let ol = load(
-        ours,
-        work.path(),
-        "register_auth.xml",
-        &users,
-        procs,
-        offered * 5,
-        paced,
-    )
-    .await;
+    let tl = run(theirs, offered * 5, paced).await;
+    let ol = run(ours, offered * 5, paced).await;
     println!(
         "paced at {offered}/s: kamailio p99 {} ms ({:.0}/s, {} failed)   switchboard p99 {} ms ({:.0}/s, {} failed)",
         tl.p99_ms, tl.per_s, tl.failed, ol.p99_ms, ol.per_s, ol.failed
