@@ -1,6 +1,7 @@
 //! `name-addr` / `addr-spec` header values: To, From, Contact, Route,
 //! Path (RFC 3261 §20.10, §25.1).
 
+use crate::message::is_token_char;
 use crate::uri::Uri;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,16 +13,6 @@ pub struct NameAddr {
     pub uri: Uri,
     /// Header parameters after the address (`;tag=…`, `;expires=…`, `;q=…`).
     pub params: Vec<(String, Option<String>)>,
-}
-
-/// RFC 3261's `token` characters (any byte of a non-ASCII character is
-/// refused, as the character is).
-fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
 }
 
 /// A value's parts as slices of its text, every rule already checked.

@@ -51,15 +51,14 @@ impl Algorithm {
     }
 }
 
-/// Lower-case hex of `bytes`.
+/// Lower-case hex of `bytes`, written in one go (`hex::encode` builds its
+/// string a character at a time).
 fn lower_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
+    let mut out = vec![0; bytes.len() * 2];
+    // The buffer is exactly twice as long, so this cannot fail, and hex
+    // digits are ASCII.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// `H(username:realm:password)`, computed once per user and algorithm.
@@ -105,28 +104,26 @@ impl Credentials {
         }
         let mut c = Credentials::default();
         for (k, v) in auth_params(rest)? {
-            let field = match k.len() {
-                8 if k.eq_ignore_ascii_case("username") => &mut c.username,
-                5 if k.eq_ignore_ascii_case("realm") => &mut c.realm,
-                5 if k.eq_ignore_ascii_case("nonce") => &mut c.nonce,
-                3 if k.eq_ignore_ascii_case("uri") => &mut c.uri,
-                8 if k.eq_ignore_ascii_case("response") => {
-                    c.response = v.to_ascii_lowercase();
-                    continue;
-                }
-                9 if k.eq_ignore_ascii_case("algorithm") => {
-                    c.algorithm = Some(v.into_owned());
-                    continue;
-                }
-                3 if k.eq_ignore_ascii_case("qop") => {
-                    c.qop = Some(v.into_owned());
-                    continue;
-                }
-                2 if k.eq_ignore_ascii_case("nc") => &mut c.nc,
-                6 if k.eq_ignore_ascii_case("cnonce") => &mut c.cnonce,
-                _ => continue,
-            };
-            *field = v.into_owned();
+            let is = |name: &str| k.eq_ignore_ascii_case(name);
+            if is("username") {
+                c.username = v.into_owned();
+            } else if is("realm") {
+                c.realm = v.into_owned();
+            } else if is("nonce") {
+                c.nonce = v.into_owned();
+            } else if is("uri") {
+                c.uri = v.into_owned();
+            } else if is("response") {
+                c.response = v.to_ascii_lowercase();
+            } else if is("algorithm") {
+                c.algorithm = Some(v.into_owned());
+            } else if is("qop") {
+                c.qop = Some(v.into_owned());
+            } else if is("nc") {
+                c.nc = v.into_owned();
+            } else if is("cnonce") {
+                c.cnonce = v.into_owned();
+            }
         }
         if c.username.is_empty() || c.nonce.is_empty() || c.response.is_empty() || c.uri.is_empty()
         {

@@ -87,7 +87,8 @@ fn compact(name: &str) -> Option<&'static str> {
     })
 }
 
-fn is_token_char(c: u8) -> bool {
+/// RFC 3261's `token` characters.
+pub(crate) fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
@@ -380,8 +381,10 @@ impl Message {
         self.header("call-id")
     }
 
-    /// The top Via's branch, read without parsing the rest of the Via
-    /// (`None` when it has none or an empty one).
+    /// The top Via's branch, read as a parameter without parsing the rest
+    /// of the Via (`None` when it has none or an empty one). For the To tag
+    /// and nonce-count checks of every request, so kept cheap; the Via's
+    /// validity is [`Message::validate`]'s business.
     pub fn top_branch(&self) -> Option<&str> {
         let top = self.header_values("via").next()?;
         param_value(top, "branch").filter(|b| !b.is_empty())
@@ -439,9 +442,9 @@ impl Message {
                 return Err(invalid("Via branch is only the magic cookie"));
             }
         }
-        let (_, uri_headers) =
+        let uri_headers =
             crate::uri::Uri::check(uri).map_err(|e| invalid(format!("Request-URI: {e}")))?;
-        if uri_headers {
+        if uri_headers.is_some() {
             return Err(invalid("a Request-URI cannot carry headers"));
         }
         if let Some(date) = self.header("date")

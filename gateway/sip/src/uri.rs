@@ -66,9 +66,9 @@ impl<'a> Parts<'a> {
         if s.is_empty() {
             return Err("empty URI");
         }
+        // Bytes are characters in ASCII, the usual case: no decoding.
         let valid = if s.is_ascii() {
-            s.bytes()
-                .all(|b| b > b' ' && b != 0x7f && !matches!(b, b'<' | b'>' | b'"'))
+            s.bytes().map(char::from).all(valid_uri_char)
         } else {
             s.chars().all(valid_uri_char)
         };
@@ -158,10 +158,9 @@ impl Uri {
     }
 
     /// Checks `s` by [`Uri::parse`]'s rules without building the URI;
-    /// returns its scheme. The URI carries `?headers` when `has_headers`.
-    pub fn check(s: &str) -> Result<(Scheme, bool), &'static str> {
-        let p = Parts::parse(s)?;
-        Ok((scheme_of(p.scheme), p.headers.is_some()))
+    /// returns its `?headers` part, if it has one.
+    pub fn check(s: &str) -> Result<Option<&str>, &'static str> {
+        Parts::parse(s).map(|p| p.headers)
     }
 
     pub fn is_sip(&self) -> bool {
