@@ -533,7 +533,7 @@ async fn abuse_no_enumeration_bans_per_source_scanners_and_rate_limits() {
         .await
         .unwrap();
     let shape = |m: &switchboard_sip::Message| {
-        let mut names: Vec<String> = m.headers.iter().map(|(n, _)| n.clone()).collect();
+        let mut names: Vec<String> = m.headers.iter().map(|(n, _)| n.to_string()).collect();
         names.sort();
         let challenge = m
             .header("www-authenticate")

@@ -52,7 +52,8 @@ pub struct Message {
     pub start: StartLine,
     /// The version as received (`SIP/2.0` when valid).
     pub version: String,
-    pub headers: Vec<(String, String)>,
+    /// Header fields in order, each name in its full lower-case form.
+    pub headers: Vec<(HeaderName, String)>,
     pub body: Bytes,
     /// Why a request must be answered 400 although it parsed (a bad header
     /// line, a malformed request line, a Content-Length that disagrees).
@@ -68,21 +69,84 @@ pub struct Framing {
     pub declared_body: Option<usize>,
 }
 
-fn compact(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "v" => "via",
-        "f" => "from",
-        "t" => "to",
-        "i" => "call-id",
-        "m" => "contact",
-        "l" => "content-length",
-        "c" => "content-type",
-        "k" => "supported",
-        "s" => "subject",
-        "e" => "content-encoding",
-        "o" => "event",
-        "r" => "refer-to",
-        "u" => "allow-events",
+/// A header field's name, lower case and in full; the names SIP uses are
+/// static, so parsing and answering a message allocates none for them.
+pub type HeaderName = std::borrow::Cow<'static, str>;
+
+/// Header names that are stored without an allocation.
+const KNOWN_NAMES: [&str; 40] = [
+    "via",
+    "from",
+    "to",
+    "call-id",
+    "cseq",
+    "contact",
+    "max-forwards",
+    "content-length",
+    "content-type",
+    "expires",
+    "min-expires",
+    "authorization",
+    "proxy-authorization",
+    "www-authenticate",
+    "proxy-authenticate",
+    "user-agent",
+    "server",
+    "date",
+    "allow",
+    "accept",
+    "supported",
+    "unsupported",
+    "require",
+    "proxy-require",
+    "path",
+    "route",
+    "record-route",
+    "warning",
+    "retry-after",
+    "subject",
+    "content-encoding",
+    "content-disposition",
+    "event",
+    "refer-to",
+    "allow-events",
+    "session-expires",
+    "min-se",
+    "organization",
+    "timestamp",
+    "reason",
+];
+
+/// The stored name of a header called `name` on the wire (any case,
+/// compact forms expanded).
+pub fn header_name(name: &str) -> HeaderName {
+    if let [letter] = name.as_bytes()
+        && let Some(full) = compact(letter.to_ascii_lowercase())
+    {
+        return HeaderName::Borrowed(full);
+    }
+    match KNOWN_NAMES.iter().find(|k| k.eq_ignore_ascii_case(name)) {
+        Some(known) => HeaderName::Borrowed(known),
+        None => HeaderName::Owned(name.to_ascii_lowercase()),
+    }
+}
+
+/// The full name of a compact form (RFC 3261 §7.3.3, and the extensions').
+fn compact(letter: u8) -> Option<&'static str> {
+    Some(match letter {
+        b'v' => "via",
+        b'f' => "from",
+        b't' => "to",
+        b'i' => "call-id",
+        b'm' => "contact",
+        b'l' => "content-length",
+        b'c' => "content-type",
+        b'k' => "supported",
+        b's' => "subject",
+        b'e' => "content-encoding",
+        b'o' => "event",
+        b'r' => "refer-to",
+        b'u' => "allow-events",
         _ => return None,
     })
 }
@@ -182,7 +246,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
     });
     let first = lines.next().ok_or(ParseError::Garbage("empty"))?;
     let mut defect: Option<String> = None;
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
+    let mut headers: Vec<(HeaderName, String)> = Vec::with_capacity(16);
     for line in lines {
         if line.is_empty() {
             continue;
@@ -219,9 +283,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             defect.get_or_insert_with(|| format!("bad header name {:?}", truncate(name)));
             continue;
         }
-        let lower = name.to_ascii_lowercase();
-        let full = compact(&lower).map_or(lower, str::to_owned);
-        headers.push((full, value.trim().to_owned()));
+        headers.push((header_name(name), value.trim().to_owned()));
     }
 
     let (start, version) = if let Some(rest) = first.strip_prefix("SIP/") {
@@ -536,7 +598,7 @@ impl Message {
     pub fn response(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Message {
         let mut headers = Vec::with_capacity(8);
         for (n, v) in &self.headers {
-            match n.as_str() {
+            match &**n {
                 "via" | "from" | "call-id" | "cseq" => headers.push((n.clone(), v.clone())),
                 "to" => {
                     let mut v = v.clone();
@@ -565,7 +627,7 @@ impl Message {
     }
 
     pub fn push_header(&mut self, name: &str, value: impl Into<String>) {
-        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self.headers.push((header_name(name), value.into()));
     }
 
     pub fn remove_header(&mut self, name: &str) {

@@ -1074,8 +1074,23 @@ impl<L: Location> Core<L> {
     }
 }
 
-/// RFC 7231 date (SIP's Date header, RFC 3261 §20.17).
+/// RFC 7231 date (SIP's Date header, RFC 3261 §20.17), formatted once a
+/// second per thread.
 fn httpdate(unix: Secs) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(Secs, String)> =
+            const { std::cell::RefCell::new((0, String::new())) };
+    }
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != unix || text.is_empty() {
+            *at = unix;
+            *text = format_httpdate(unix);
+        }
+        text.clone()
+    })
+}
+
+fn format_httpdate(unix: Secs) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap_or(0))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let fmt = time::macros::format_description!(

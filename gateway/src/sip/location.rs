@@ -124,8 +124,14 @@ pub fn apply(bindings: &mut Vec<Binding>, u: &Update<'_>) -> Result<(), Location
     Ok(())
 }
 
+/// Whether `c` names binding `b`: the same [`contact_key`], compared
+/// without building either key.
 fn same_contact(b: &Binding, c: &ContactUpdate) -> bool {
-    contact_key(&b.contact, b.instance.as_deref()) == contact_key(&c.uri, c.instance.as_deref())
+    match (b.instance.as_deref(), c.instance.as_deref()) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => b.contact.eq_ignore_ascii_case(&c.uri),
+        _ => false,
+    }
 }
 
 /// A binding's identity within its AOR: the device instance (RFC 5626)

@@ -62,7 +62,12 @@ pub enum SipError {
 pub struct SipServer {
     core: Arc<Core<AnyLocation>>,
     feed: Option<FeedLog>,
+    /// One socket per `udp_listen` address (the one calls send from).
     udp: Vec<Arc<UdpSocket>>,
+    /// More sockets on those addresses (`SO_REUSEPORT`), so each worker
+    /// thread has a socket of its own: the kernel hands each peer's
+    /// datagrams to one of them, in order, and no datagram wakes two tasks.
+    udp_more: Vec<Arc<UdpSocket>>,
     tcp: Vec<TcpListener>,
     tls: Vec<TcpListener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -189,6 +194,27 @@ impl SipServer {
             .as_ref()
             .filter(|(m, _)| m.enabled)
             .map(|(m, dir)| (dir.clone(), m.retention_days));
+        let workers = if SHARED_PORTS {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            1
+        };
+        let mut udp_more = Vec::new();
+        for socket in &udp {
+            let addr = socket.local_addr().map_err(|source| SipError::Bind {
+                transport: "UDP",
+                addr: local,
+                source,
+            })?;
+            for _ in 1..workers {
+                let more = bind_udp_more(addr).map_err(|source| SipError::Bind {
+                    transport: "UDP",
+                    addr,
+                    source,
+                })?;
+                udp_more.push(Arc::new(more));
+            }
+        }
         let core = Arc::new(Core::new(cfg, users, location, ctx)?);
         if let Some(socket) = udp.first() {
             core.set_socket(Arc::clone(socket));
@@ -197,6 +223,7 @@ impl SipServer {
             feed,
             core,
             udp,
+            udp_more,
             tcp,
             tls,
             acceptor,
@@ -236,15 +263,12 @@ impl SipServer {
     /// Serves until `shutdown`.
     pub async fn serve(self, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        for socket in &self.udp {
-            for _ in 0..workers {
-                tasks.spawn(transport::serve_udp(
-                    Arc::clone(&self.core),
-                    Arc::clone(socket),
-                    shutdown.clone(),
-                ));
-            }
+        for socket in self.udp.iter().chain(&self.udp_more) {
+            tasks.spawn(transport::serve_udp(
+                Arc::clone(&self.core),
+                Arc::clone(socket),
+                shutdown.clone(),
+            ));
         }
         for listener in self.tcp {
             tasks.spawn(transport::serve_tcp(
@@ -384,14 +408,74 @@ impl SipReloader {
 /// caps it at `net.core.rmem_max`).
 const UDP_RECV_BUFFER: usize = 4 << 20;
 
-/// A non-blocking UDP socket on `addr` with a large receive buffer.
+/// Whether several sockets can share one UDP port (`SO_REUSEPORT`).
+const SHARED_PORTS: bool = cfg!(all(
+    unix,
+    not(any(
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "cygwin"
+    ))
+));
+
+/// A non-blocking UDP socket on `addr` with a large receive buffer, which
+/// [`bind_udp_more`] can add sockets to. The port must be free: it is
+/// first bound alone, so a port another process holds, even one that
+/// allows sharing (a second Switchboard), is refused as in use.
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let addr = std::net::UdpSocket::bind(addr)?.local_addr()?;
+    bind_udp_more(addr)
+}
+
+/// One more socket on the port a [`bind_udp`] socket holds.
+fn bind_udp_more(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Err(e) = socket.set_recv_buffer_size(UDP_RECV_BUFFER) {
         tracing::warn!(error = %e, "could not enlarge the SIP UDP receive buffer");
     }
     socket.set_nonblocking(true)?;
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn udp_sockets_share_a_port_only_within_the_process() {
+        let first = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let more = if SHARED_PORTS {
+            bind_udp_more(addr).unwrap()
+        } else {
+            bind_udp("127.0.0.1:0".parse().unwrap()).unwrap()
+        };
+        // A second daemon configured with the same port is refused, even
+        // though this one's sockets allow sharing among themselves.
+        let again = bind_udp(addr).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        // Every peer's datagrams arrive on one of the shared sockets.
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        for _ in 0..3 {
+            peer.send_to(b"x", addr).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(5), async {
+                tokio::select! {
+                    r = first.recv_from(&mut a) => r.map(|(n, from)| (a[..n].to_vec(), from)),
+                    r = more.recv_from(&mut b) => r.map(|(n, from)| (b[..n].to_vec(), from)),
+                }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(got, (b"x".to_vec(), peer.local_addr().unwrap()));
+        }
+    }
 }
