@@ -73,48 +73,49 @@ pub struct Framing {
 /// static, so parsing and answering a message allocates none for them.
 pub type HeaderName = std::borrow::Cow<'static, str>;
 
-/// Header names that are stored without an allocation.
-const KNOWN_NAMES: [&str; 40] = [
-    "via",
-    "from",
-    "to",
-    "call-id",
-    "cseq",
-    "contact",
-    "max-forwards",
-    "content-length",
-    "content-type",
-    "expires",
-    "min-expires",
-    "authorization",
-    "proxy-authorization",
-    "www-authenticate",
-    "proxy-authenticate",
-    "user-agent",
-    "server",
-    "date",
-    "allow",
-    "accept",
-    "supported",
-    "unsupported",
-    "require",
-    "proxy-require",
-    "path",
-    "route",
-    "record-route",
-    "warning",
-    "retry-after",
-    "subject",
-    "content-encoding",
-    "content-disposition",
-    "event",
-    "refer-to",
-    "allow-events",
-    "session-expires",
-    "min-se",
-    "organization",
-    "timestamp",
-    "reason",
+/// The header names SIP uses: stored without an allocation, and written
+/// in their usual spelling.
+const KNOWN_NAMES: [(&str, &str); 40] = [
+    ("via", "Via"),
+    ("from", "From"),
+    ("to", "To"),
+    ("call-id", "Call-ID"),
+    ("cseq", "CSeq"),
+    ("contact", "Contact"),
+    ("max-forwards", "Max-Forwards"),
+    ("content-length", "Content-Length"),
+    ("content-type", "Content-Type"),
+    ("expires", "Expires"),
+    ("min-expires", "Min-Expires"),
+    ("authorization", "Authorization"),
+    ("proxy-authorization", "Proxy-Authorization"),
+    ("www-authenticate", "WWW-Authenticate"),
+    ("proxy-authenticate", "Proxy-Authenticate"),
+    ("user-agent", "User-Agent"),
+    ("server", "Server"),
+    ("date", "Date"),
+    ("allow", "Allow"),
+    ("accept", "Accept"),
+    ("supported", "Supported"),
+    ("unsupported", "Unsupported"),
+    ("require", "Require"),
+    ("proxy-require", "Proxy-Require"),
+    ("path", "Path"),
+    ("route", "Route"),
+    ("record-route", "Record-Route"),
+    ("warning", "Warning"),
+    ("retry-after", "Retry-After"),
+    ("subject", "Subject"),
+    ("content-encoding", "Content-Encoding"),
+    ("content-disposition", "Content-Disposition"),
+    ("event", "Event"),
+    ("refer-to", "Refer-To"),
+    ("allow-events", "Allow-Events"),
+    ("session-expires", "Session-Expires"),
+    ("min-se", "Min-Se"),
+    ("organization", "Organization"),
+    ("timestamp", "Timestamp"),
+    ("reason", "Reason"),
 ];
 
 /// The stored name of a header called `name` on the wire (any case,
@@ -125,8 +126,11 @@ pub fn header_name(name: &str) -> HeaderName {
     {
         return HeaderName::Borrowed(full);
     }
-    match KNOWN_NAMES.iter().find(|k| k.eq_ignore_ascii_case(name)) {
-        Some(known) => HeaderName::Borrowed(known),
+    match KNOWN_NAMES
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+    {
+        Some((known, _)) => HeaderName::Borrowed(known),
         None => HeaderName::Owned(name.to_ascii_lowercase()),
     }
 }
@@ -780,47 +784,20 @@ pub fn reason_phrase(code: u16) -> &'static str {
 /// names this daemon sends are answered without allocating.
 pub fn canonical_name(n: &str) -> std::borrow::Cow<'static, str> {
     use std::borrow::Cow;
-    Cow::Borrowed(match n {
-        "via" => "Via",
-        "from" => "From",
-        "to" => "To",
-        "call-id" => "Call-ID",
-        "cseq" => "CSeq",
-        "contact" => "Contact",
-        "content-type" => "Content-Type",
-        "content-length" => "Content-Length",
-        "max-forwards" => "Max-Forwards",
-        "expires" => "Expires",
-        "min-expires" => "Min-Expires",
-        "www-authenticate" => "WWW-Authenticate",
-        "proxy-authenticate" => "Proxy-Authenticate",
-        "authorization" => "Authorization",
-        "server" => "Server",
-        "user-agent" => "User-Agent",
-        "date" => "Date",
-        "allow" => "Allow",
-        "accept" => "Accept",
-        "supported" => "Supported",
-        "unsupported" => "Unsupported",
-        "path" => "Path",
-        "route" => "Route",
-        "record-route" => "Record-Route",
-        "warning" => "Warning",
-        "retry-after" => "Retry-After",
-        _ => {
-            return Cow::Owned(
-                n.split('-')
-                    .map(|w| {
-                        let mut c = w.chars();
-                        c.next()
-                            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<_>>()
-                    .join("-"),
-            );
-        }
-    })
+    if let Some((_, wire)) = KNOWN_NAMES.iter().find(|(k, _)| *k == n) {
+        return Cow::Borrowed(wire);
+    }
+    Cow::Owned(
+        n.split('-')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("-"),
+    )
 }
 
 /// A Via header value (RFC 3261 §20.42), with LWS tolerated around `/`.

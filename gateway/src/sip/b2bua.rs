@@ -1580,7 +1580,6 @@ fn ack_for_failure(invite: &Bytes, uri: &str, to: &str) -> Bytes {
     Bytes::from(text)
 }
 
-/// `received`/`rport` on a response's top Via, as the registrar does.
 /// An address as text; IPv4 (every datagram's source) without the
 /// formatting machinery.
 fn ip_text(ip: std::net::IpAddr) -> String {
@@ -1603,6 +1602,7 @@ fn ip_text(ip: std::net::IpAddr) -> String {
     out
 }
 
+/// `received`/`rport` on a response's top Via, as the registrar does.
 pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
     let Some((_, value)) = resp.headers.iter_mut().find(|(n, _)| n == "via") else {
         return;

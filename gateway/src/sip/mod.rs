@@ -98,16 +98,27 @@ impl SipServer {
         let users = Users::from_config(cfg)?;
         // Port 0 for both: TCP takes the port UDP got, as phones expect. If
         // another process holds that port for TCP, UDP tries another one.
+        let workers = if SHARED_PORTS {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            1
+        };
         let mut attempt = 0;
-        let (udp, tcp) = loop {
+        let (udp, udp_more, tcp) = loop {
             attempt += 1;
             let mut udp = Vec::new();
+            let mut udp_more = Vec::new();
             for addr in &cfg.udp_listen {
-                let socket = bind_udp(*addr).map_err(|source| SipError::Bind {
+                let bind_error = |source| SipError::Bind {
                     transport: "UDP",
                     addr: *addr,
                     source,
-                })?;
+                };
+                let socket = bind_udp(*addr).map_err(bind_error)?;
+                let bound = socket.local_addr().map_err(bind_error)?;
+                for _ in 1..workers {
+                    udp_more.push(Arc::new(bind_udp_more(bound).map_err(bind_error)?));
+                }
                 udp.push(Arc::new(socket));
             }
             let mut tcp = Vec::new();
@@ -141,7 +152,7 @@ impl SipServer {
                 }
             }
             if !retry {
-                break (udp, tcp);
+                break (udp, udp_more, tcp);
             }
         };
         let mut tls = Vec::new();
@@ -194,27 +205,6 @@ impl SipServer {
             .as_ref()
             .filter(|(m, _)| m.enabled)
             .map(|(m, dir)| (dir.clone(), m.retention_days));
-        let workers = if SHARED_PORTS {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            1
-        };
-        let mut udp_more = Vec::new();
-        for socket in &udp {
-            let addr = socket.local_addr().map_err(|source| SipError::Bind {
-                transport: "UDP",
-                addr: local,
-                source,
-            })?;
-            for _ in 1..workers {
-                let more = bind_udp_more(addr).map_err(|source| SipError::Bind {
-                    transport: "UDP",
-                    addr,
-                    source,
-                })?;
-                udp_more.push(Arc::new(more));
-            }
-        }
         let core = Arc::new(Core::new(cfg, users, location, ctx)?);
         if let Some(socket) = udp.first() {
             core.set_socket(Arc::clone(socket));
