@@ -183,10 +183,10 @@ pub fn authorization(
     let realm = field("realm");
     let creds = Credentials {
         username: user.into(),
-        realm: realm.clone(),
-        nonce: field("nonce"),
+        realm: realm.as_str().into(),
+        nonce: field("nonce").into(),
         uri: uri.into(),
-        response: String::new(),
+        response: "".into(),
         algorithm: Some(alg.name().into()),
         qop: Some("auth".into()),
         nc: "00000001".into(),

@@ -2,7 +2,7 @@
 //! Path (RFC 3261 §20.10, §25.1).
 
 use crate::message::is_token_char;
-use crate::uri::Uri;
+use crate::uri::{Uri, UriRef};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameAddr {
@@ -49,7 +49,7 @@ impl<'a> Parts<'a> {
             let rest = quoted[end + 1..].trim_start();
             let (uri, tail) = bracketed(rest)?;
             (Some(&quoted[..end]), uri, tail)
-        } else if let Some(lt) = v.find('<') {
+        } else if let Some(lt) = memchr::memchr(b'<', v.as_bytes()) {
             let display = v[..lt].trim();
             if !display
                 .bytes()
@@ -62,7 +62,7 @@ impl<'a> Parts<'a> {
         } else {
             // addr-spec: parameters belong to the header, so a URI with its
             // own parameters, headers or commas must be in <> (§20).
-            let (uri, tail) = match v.find(';') {
+            let (uri, tail) = match memchr::memchr(b';', v.as_bytes()) {
                 Some(i) => (v[..i].trim_end(), &v[i..]),
                 None => (v, ""),
             };
@@ -99,6 +99,40 @@ impl<'a> Parts<'a> {
             },
             uri,
         ))
+    }
+}
+
+/// A name-addr's parts as slices of its text, every rule already checked:
+/// what [`NameAddr::parse`] copies out, for readers that keep nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddrRef<'a> {
+    /// The display name without quotes (escapes kept).
+    pub display: Option<&'a str>,
+    /// The URI's text as written between `<>` (or the bare addr-spec).
+    pub uri_text: &'a str,
+    pub uri: UriRef<'a>,
+    /// The header parameters after the address, checked.
+    tail: &'a str,
+}
+
+impl<'a> NameAddrRef<'a> {
+    /// Reads one value by [`NameAddr::parse`]'s rules.
+    pub fn parse(value: &'a str, is_contact: bool) -> Result<Self, &'static str> {
+        let (p, uri) = Parts::parse(value, is_contact, UriRef::parse)?;
+        Ok(NameAddrRef {
+            display: p.display,
+            uri_text: p.uri_text,
+            uri,
+            tail: p.tail,
+        })
+    }
+
+    /// A header parameter (`Some(None)` for a flag).
+    pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
+        header_params(self.tail)
+            .flatten()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 }
 

@@ -34,15 +34,15 @@ impl Algorithm {
     }
 
     /// Lower-case hex of the hash of the parts joined by `:`.
-    pub fn hash(self, parts: &[&[u8]]) -> String {
-        fn run<D: sha2::Digest>(mut d: D, parts: &[&[u8]]) -> String {
+    pub fn hash(self, parts: &[&[u8]]) -> Hex {
+        fn run<D: sha2::Digest>(mut d: D, parts: &[&[u8]]) -> Hex {
             for (i, p) in parts.iter().enumerate() {
                 if i > 0 {
                     d.update(b":");
                 }
                 d.update(p);
             }
-            lower_hex(&d.finalize())
+            Hex::of(&d.finalize())
         }
         match self {
             Algorithm::Md5 => run(Md5::new(), parts),
@@ -53,21 +53,52 @@ impl Algorithm {
 
 /// Lower-case hex of `bytes`, written in one go (`hex::encode` builds its
 /// string a character at a time).
-fn lower_hex(bytes: &[u8]) -> String {
-    let mut out = vec![0; bytes.len() * 2];
-    // The buffer is exactly twice as long, so this cannot fail, and hex
-    // digits are ASCII.
-    let _ = hex::encode_to_slice(bytes, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+/// A digest in lower-case hex, kept on the stack: checking a request's
+/// credentials computes several and keeps none.
+#[derive(Clone, Copy)]
+pub struct Hex {
+    digits: [u8; 64],
+    len: usize,
+}
+
+impl Hex {
+    /// `bytes` (at most 32 of them) in lower-case hex.
+    fn of(bytes: &[u8]) -> Self {
+        let mut digits = [0; 64];
+        let len = (bytes.len() * 2).min(64);
+        // The buffer is exactly twice as long as the bytes kept, so this
+        // cannot fail.
+        let _ = hex::encode_to_slice(&bytes[..len / 2], &mut digits[..len]);
+        Hex { digits, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are stored.
+        std::str::from_utf8(&self.digits[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// `H(username:realm:password)`, computed once per user and algorithm.
 pub fn ha1(alg: Algorithm, username: &str, realm: &str, password: &str) -> String {
     alg.hash(&[username.as_bytes(), realm.as_bytes(), password.as_bytes()])
+        .as_str()
+        .to_owned()
 }
 
 /// The `response` a client holding `ha1` must send for `qop=auth`.
-pub fn response(alg: Algorithm, ha1: &str, c: &Credentials, method: &str) -> String {
+pub fn response(alg: Algorithm, ha1: &str, c: &Credentials<'_>, method: &str) -> Hex {
     let ha2 = alg.hash(&[method.as_bytes(), c.uri.as_bytes()]);
     alg.hash(&[
         ha1.as_bytes(),
@@ -75,28 +106,30 @@ pub fn response(alg: Algorithm, ha1: &str, c: &Credentials, method: &str) -> Str
         c.nc.as_bytes(),
         c.cnonce.as_bytes(),
         b"auth",
-        ha2.as_bytes(),
+        ha2.as_str().as_bytes(),
     ])
 }
 
-/// An `Authorization` / `Proxy-Authorization` header with the Digest scheme.
+/// An `Authorization` / `Proxy-Authorization` header with the Digest
+/// scheme. Its fields borrow from the header unless unescaping changed them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub realm: String,
-    pub nonce: String,
-    pub uri: String,
-    pub response: String,
-    pub algorithm: Option<String>,
-    pub qop: Option<String>,
-    pub nc: String,
-    pub cnonce: String,
+pub struct Credentials<'a> {
+    pub username: Cow<'a, str>,
+    pub realm: Cow<'a, str>,
+    pub nonce: Cow<'a, str>,
+    pub uri: Cow<'a, str>,
+    /// Lower case.
+    pub response: Cow<'a, str>,
+    pub algorithm: Option<Cow<'a, str>>,
+    pub qop: Option<Cow<'a, str>>,
+    pub nc: Cow<'a, str>,
+    pub cnonce: Cow<'a, str>,
 }
 
-impl Credentials {
+impl<'a> Credentials<'a> {
     /// `Ok(None)` when the scheme is not Digest (RFC 4475 §3.3.7: answer
     /// with a challenge in a scheme we know).
-    pub fn parse(value: &str) -> Result<Option<Self>, &'static str> {
+    pub fn parse(value: &'a str) -> Result<Option<Self>, &'static str> {
         let value = value.trim();
         let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
         if !scheme.eq_ignore_ascii_case("Digest") {
@@ -106,23 +139,27 @@ impl Credentials {
         for (k, v) in auth_params(rest)? {
             let is = |name: &str| k.eq_ignore_ascii_case(name);
             if is("username") {
-                c.username = v.into_owned();
+                c.username = v;
             } else if is("realm") {
-                c.realm = v.into_owned();
+                c.realm = v;
             } else if is("nonce") {
-                c.nonce = v.into_owned();
+                c.nonce = v;
             } else if is("uri") {
-                c.uri = v.into_owned();
+                c.uri = v;
             } else if is("response") {
-                c.response = v.to_ascii_lowercase();
+                c.response = if v.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(v.to_ascii_lowercase())
+                } else {
+                    v
+                };
             } else if is("algorithm") {
-                c.algorithm = Some(v.into_owned());
+                c.algorithm = Some(v);
             } else if is("qop") {
-                c.qop = Some(v.into_owned());
+                c.qop = Some(v);
             } else if is("nc") {
-                c.nc = v.into_owned();
+                c.nc = v;
             } else if is("cnonce") {
-                c.cnonce = v.into_owned();
+                c.cnonce = v;
             }
         }
         if c.username.is_empty() || c.nonce.is_empty() || c.response.is_empty() || c.uri.is_empty()
@@ -213,7 +250,8 @@ fn auth_params(s: &str) -> Result<Vec<(&str, Cow<'_, str>)>, &'static str> {
                 }
                 Cow::Owned(String::from_utf8_lossy(&v).into_owned())
             } else {
-                String::from_utf8_lossy(raw)
+                // Quotes are ASCII, so the slice between them is whole text.
+                Cow::Borrowed(&s[start..i - 1])
             }
         } else {
             let start = i;
@@ -251,18 +289,18 @@ impl Nonces {
         Nonces { secret, lifetime_s }
     }
 
-    fn tag(&self, body: &str) -> String {
+    fn tag(&self, body: &str) -> Hex {
         let mut h = Sha256::new();
         h.update(self.secret);
         h.update(body.as_bytes());
-        lower_hex(&h.finalize()[..12])
+        Hex::of(&h.finalize()[..12])
     }
 
     pub fn issue(&self, now_s: u64, serial: u64) -> String {
         let mut nonce = format!("{now_s:x}.{serial:x}");
         let tag = self.tag(&nonce);
         nonce.push('.');
-        nonce.push_str(&tag);
+        nonce.push_str(tag.as_str());
         nonce
     }
 
@@ -278,7 +316,7 @@ impl Nonces {
         let Some((body, tag)) = nonce.rsplit_once('.') else {
             return NonceCheck::Unknown;
         };
-        if !constant_time_eq(self.tag(body).as_bytes(), tag.as_bytes()) {
+        if !constant_time_eq(self.tag(body).as_str().as_bytes(), tag.as_bytes()) {
             return NonceCheck::Unknown;
         }
         let Some(issued_at) = body
@@ -402,7 +440,7 @@ mod tests {
             "testrealm@host.com",
             "Circle Of Life",
         );
-        assert_eq!(response(Algorithm::Md5, &h, &c, "GET"), c.response);
+        assert_eq!(response(Algorithm::Md5, &h, &c, "GET").as_str(), c.response);
         assert_eq!(c.nonce_count(), Some(1));
     }
 
@@ -424,7 +462,10 @@ mod tests {
             "http-auth@example.org",
             "Circle of Life",
         );
-        assert_eq!(response(Algorithm::Sha256, &h, &c, "GET"), c.response);
+        assert_eq!(
+            response(Algorithm::Sha256, &h, &c, "GET").as_str(),
+            c.response
+        );
     }
 
     #[test]

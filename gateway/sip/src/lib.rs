@@ -10,12 +10,14 @@ pub mod addr;
 pub mod digest;
 pub mod message;
 pub mod registrar;
+mod text;
 pub mod transaction;
 pub mod uri;
 
-pub use addr::NameAddr;
+pub use addr::{NameAddr, NameAddrRef};
 pub use message::{Message, ParseError, StartLine, Via, ViaRef, parse};
-pub use uri::Uri;
+pub use text::Text;
+pub use uri::{Uri, UriRef};
 
 /// Methods the gateway implements (the `Allow` header of 405/501).
 pub const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";

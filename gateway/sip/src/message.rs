@@ -7,7 +7,11 @@
 //! 400 (or 505), with a reason — on a message whose fields are still there
 //! to build that answer from.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+pub use crate::text::Text;
 
 /// RFC 3261's branch prefix (§8.1.1.7).
 pub const BRANCH_COOKIE: &str = "z9hG4bK";
@@ -41,19 +45,20 @@ fn invalid(reason: impl Into<String>) -> ParseError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: String, uri: String },
-    Response { code: u16, reason: String },
+    Request { method: Text, uri: Text },
+    Response { code: u16, reason: Text },
 }
 
 /// A parsed message. Header names are stored in their full, lower-case
-/// form (`v` becomes `via`); values as received, unfolded and trimmed.
+/// form (`v` becomes `via`); values as received, unfolded and trimmed, as
+/// [`Text`] sharing one copy of the received head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub start: StartLine,
     /// The version as received (`SIP/2.0` when valid).
-    pub version: String,
+    pub version: Text,
     /// Header fields in order, each name in its full lower-case form.
-    pub headers: Vec<(HeaderName, String)>,
+    pub headers: Vec<(HeaderName, Text)>,
     pub body: Bytes,
     /// Why a request must be answered 400 although it parsed (a bad header
     /// line, a malformed request line, a Content-Length that disagrees).
@@ -126,13 +131,17 @@ pub fn header_name(name: &str) -> HeaderName {
     {
         return HeaderName::Borrowed(full);
     }
-    match KNOWN_NAMES
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-    {
-        Some((known, _)) => HeaderName::Borrowed(known),
-        None => HeaderName::Owned(name.to_ascii_lowercase()),
+    // Lower-cased on the stack, then compared byte for byte: no name SIP
+    // uses is longer than the buffer.
+    let mut buf = [0u8; 24];
+    if let Some(lower) = buf.get_mut(..name.len()) {
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        if let Some((known, _)) = KNOWN_NAMES.iter().find(|(k, _)| k.as_bytes() == lower) {
+            return HeaderName::Borrowed(known);
+        }
     }
+    HeaderName::Owned(name.to_ascii_lowercase())
 }
 
 /// The full name of a compact form (RFC 3261 §7.3.3, and the extensions').
@@ -229,11 +238,13 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
     }
     let (head_stop, body_start) = head_end(bytes).unwrap_or((bytes.len(), bytes.len()));
     // Checked first as UTF-8, which is quick for the usual ASCII head.
-    let head = match std::str::from_utf8(&bytes[..head_stop]) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(&bytes[..head_stop]),
+    // One copy of the head; every field is a range of it.
+    let head: Arc<str> = match std::str::from_utf8(&bytes[..head_stop]) {
+        Ok(text) => Arc::from(text),
+        Err(_) => Arc::from(String::from_utf8_lossy(&bytes[..head_stop])),
     };
-    let mut rest = Some(head.as_ref());
+    let text = |part: &str| Text::slice(&head, part);
+    let mut rest = Some(&*head);
     let mut lines = std::iter::from_fn(|| {
         let text = rest?;
         let line = match memchr::memchr(b'\n', text.as_bytes()) {
@@ -250,7 +261,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
     });
     let first = lines.next().ok_or(ParseError::Garbage("empty"))?;
     let mut defect: Option<String> = None;
-    let mut headers: Vec<(HeaderName, String)> = Vec::with_capacity(16);
+    let mut headers: Vec<(HeaderName, Text)> = Vec::with_capacity(16);
     for line in lines {
         if line.is_empty() {
             continue;
@@ -259,8 +270,10 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             // A continuation of the previous field (folding).
             match headers.last_mut() {
                 Some((_, v)) => {
-                    v.push(' ');
-                    v.push_str(line.trim());
+                    let mut unfolded = std::mem::take(v).into_string();
+                    unfolded.push(' ');
+                    unfolded.push_str(line.trim());
+                    *v = Text::from(unfolded);
                 }
                 None => {
                     defect.get_or_insert_with(|| {
@@ -287,15 +300,15 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             defect.get_or_insert_with(|| format!("bad header name {:?}", truncate(name)));
             continue;
         }
-        headers.push((header_name(name), value.trim().to_owned()));
+        headers.push((header_name(name), text(value.trim())));
     }
 
     let (start, version) = if let Some(rest) = first.strip_prefix("SIP/") {
         // Response: SIP/2.0 SP 3DIGIT SP reason. A bad one is dropped.
         let mut parts = rest.splitn(3, ' ');
-        let version = format!("SIP/{}", parts.next().unwrap_or(""));
+        let version = text(&first[..4 + parts.next().unwrap_or("").len()]);
         let code_text = parts.next().unwrap_or("");
-        let reason = parts.next().unwrap_or("").to_owned();
+        let reason = text(parts.next().unwrap_or(""));
         if code_text.len() != 3 || !code_text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseError::Garbage(
                 "response status code is not three digits",
@@ -309,30 +322,31 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
         }
         (StartLine::Response { code, reason }, version)
     } else {
-        let parts: Vec<&str> = first.split(' ').collect();
-        let method = parts[0];
+        let mut parts = first.split(' ');
+        let method = parts.next().unwrap_or("");
         if method.is_empty() || !method.bytes().all(is_token_char) {
             return Err(ParseError::Garbage("no request or status line"));
         }
-        if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
-            // Extra or missing spaces (RFC 4475 §3.1.2.8-10): answer 400.
-            defect.get_or_insert_with(|| "malformed request line".to_owned());
-            let uri = parts.get(1).copied().unwrap_or("").to_owned();
-            (
+        let (uri, version) = (parts.next(), parts.next());
+        match (uri, version, parts.next()) {
+            (Some(uri), Some(version), None) if !uri.is_empty() && !version.is_empty() => (
                 StartLine::Request {
-                    method: method.to_owned(),
-                    uri,
+                    method: text(method),
+                    uri: text(uri),
                 },
-                "SIP/2.0".to_owned(),
-            )
-        } else {
-            (
-                StartLine::Request {
-                    method: method.to_owned(),
-                    uri: parts[1].to_owned(),
-                },
-                parts[2].to_owned(),
-            )
+                text(version),
+            ),
+            _ => {
+                // Extra or missing spaces (RFC 4475 §3.1.2.8-10): answer 400.
+                defect.get_or_insert_with(|| "malformed request line".to_owned());
+                (
+                    StartLine::Request {
+                        method: text(method),
+                        uri: text(uri.unwrap_or("")),
+                    },
+                    Text::from_static("SIP/2.0"),
+                )
+            }
         }
     };
 
@@ -484,7 +498,9 @@ impl Message {
                 },
             );
         }
-        for name in [
+        // One pass over the fields finds how many there are of each of the
+        // headers below, and each one's (first) value.
+        const SINGLE: [&str; 7] = [
             "to",
             "from",
             "call-id",
@@ -492,13 +508,41 @@ impl Message {
             "max-forwards",
             "content-length",
             "content-type",
-        ] {
-            if self.count(name) > 1 {
+        ];
+        const VIA: usize = 7;
+        const DATE: usize = 8;
+        const EXPIRES: usize = 9;
+        let mut count = [0usize; 10];
+        let mut first = [""; 10];
+        for (n, v) in &self.headers {
+            let i = match &**n {
+                "via" => VIA,
+                "date" => DATE,
+                "expires" => EXPIRES,
+                other => match SINGLE.iter().position(|s| *s == other) {
+                    Some(i) => i,
+                    None => continue,
+                },
+            };
+            if count[i] == 0 {
+                first[i] = v;
+            }
+            count[i] += 1;
+        }
+        let [to, from, _, cseq, max_forwards, ..] = first;
+        for (i, name) in SINGLE.iter().enumerate() {
+            if count[i] > 1 {
                 return Err(invalid(format!("more than one {name} header")));
             }
         }
-        for name in ["via", "to", "from", "call-id", "cseq"] {
-            if self.count(name) == 0 {
+        for (i, name) in [
+            (VIA, "via"),
+            (0, "to"),
+            (1, "from"),
+            (2, "call-id"),
+            (3, "cseq"),
+        ] {
+            if count[i] == 0 {
                 return Err(invalid(format!("missing {name} header")));
             }
         }
@@ -513,12 +557,9 @@ impl Message {
         if uri_headers.is_some() {
             return Err(invalid("a Request-URI cannot carry headers"));
         }
-        if let Some(date) = self.header("date")
-            && !date.ends_with(" GMT")
-        {
+        if count[DATE] > 0 && !first[DATE].ends_with(" GMT") {
             return Err(invalid("Date must be in GMT"));
         }
-        let cseq = self.header("cseq").unwrap_or("");
         let (num, cmethod) = cseq
             .split_once([' ', '\t'])
             .ok_or_else(|| invalid("CSeq needs a number and a method"))?;
@@ -532,7 +573,8 @@ impl Message {
         if cmethod.trim() != method {
             return Err(invalid("CSeq method does not match the request method"));
         }
-        if let Some(mf) = self.header("max-forwards")
+        let mf = max_forwards;
+        if count[4] > 0
             && !(!mf.is_empty()
                 && mf.len() <= 16
                 && mf.bytes().all(|b| b.is_ascii_digit())
@@ -540,7 +582,8 @@ impl Message {
         {
             return Err(invalid("Max-Forwards must be 0 to 255"));
         }
-        if let Some(e) = self.header("expires")
+        let e = first[EXPIRES];
+        if count[EXPIRES] > 0
             && !(!e.is_empty()
                 && e.bytes().all(|b| b.is_ascii_digit())
                 && e.len() <= 20
@@ -549,10 +592,8 @@ impl Message {
             return Err(invalid("Expires must be a number of seconds below 2**32"));
         }
         self.content_length()?;
-        crate::addr::NameAddr::check(self.header("to").unwrap_or(""), false)
-            .map_err(|e| invalid(format!("To: {e}")))?;
-        crate::addr::NameAddr::check(self.header("from").unwrap_or(""), false)
-            .map_err(|e| invalid(format!("From: {e}")))?;
+        crate::addr::NameAddr::check(to, false).map_err(|e| invalid(format!("To: {e}")))?;
+        crate::addr::NameAddr::check(from, false).map_err(|e| invalid(format!("From: {e}")))?;
         for c in self.header_values("contact") {
             if c.trim() == "*" {
                 continue;
@@ -599,20 +640,18 @@ impl Message {
 
     /// A response to this request: Via, From, To, Call-ID and CSeq copied
     /// (RFC 3261 §8.2.6.2), a To tag added when one is given and absent.
-    pub fn response(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Message {
+    pub fn response(&self, code: u16, reason: impl Into<Text>, to_tag: Option<&str>) -> Message {
         let mut headers = Vec::with_capacity(8);
         for (n, v) in &self.headers {
             match &**n {
                 "via" | "from" | "call-id" | "cseq" => headers.push((n.clone(), v.clone())),
                 "to" => {
-                    let mut v = v.clone();
-                    if let Some(tag) = to_tag
-                        && code > 100
-                        && !has_param(&v, "tag")
-                    {
-                        v.push_str(";tag=");
-                        v.push_str(tag);
-                    }
+                    let v = match to_tag {
+                        Some(tag) if code > 100 && !has_param(v, "tag") => {
+                            Text::from(format!("{v};tag={tag}"))
+                        }
+                        _ => v.clone(),
+                    };
                     headers.push((n.clone(), v));
                 }
                 _ => {}
@@ -621,16 +660,16 @@ impl Message {
         Message {
             start: StartLine::Response {
                 code,
-                reason: reason.to_owned(),
+                reason: reason.into(),
             },
-            version: "SIP/2.0".into(),
+            version: Text::from_static("SIP/2.0"),
             headers,
             body: Bytes::new(),
             defect: None,
         }
     }
 
-    pub fn push_header(&mut self, name: &str, value: impl Into<String>) {
+    pub fn push_header(&mut self, name: &str, value: impl Into<Text>) {
         self.headers.push((header_name(name), value.into()));
     }
 
@@ -646,39 +685,48 @@ pub fn has_param(value: &str, param: &str) -> bool {
 
 /// A header parameter's value (`""` for a flag), outside quotes and `<>`.
 pub fn param_value<'a>(value: &'a str, param: &str) -> Option<&'a str> {
+    // Every request asks this of its Via (the branch), so it jumps from
+    // one `;` to the next rather than splitting.
     let tail = after_addr(value);
-    for p in tail.split(';').skip(1) {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+    let mut rest = &tail[memchr::memchr(b';', tail.as_bytes())? + 1..];
+    loop {
+        let end = memchr::memchr(b';', rest.as_bytes());
+        let p = &rest[..end.unwrap_or(rest.len())];
+        let (k, v) = match memchr::memchr(b'=', p.as_bytes()) {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (p, ""),
+        };
         if k.trim().eq_ignore_ascii_case(param) {
             return Some(v.trim());
         }
+        rest = &rest[end? + 1..];
     }
-    None
 }
 
 /// The part of a name-addr header value after the address (where header
 /// parameters live).
 fn after_addr(value: &str) -> &str {
-    let mut in_quote = false;
-    let mut escaped = false;
     let bytes = value.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_quote = false;
-            }
-            continue;
+    let mut i = 0;
+    // Outside quotes: the next quote or `<`; inside: the next `\\` or quote.
+    while let Some(at) = memchr::memchr2(b'"', b'<', &bytes[i..]) {
+        i += at;
+        if bytes[i] == b'<' {
+            return memchr::memchr(b'>', &bytes[i..]).map_or("", |j| &value[i + j + 1..]);
         }
-        match b {
-            b'"' => in_quote = true,
-            b'<' => {
-                return value[i..].find('>').map_or("", |j| &value[i + j + 1..]);
+        i += 1;
+        loop {
+            let Some(at) = memchr::memchr2(b'\\', b'"', &bytes[i..]) else {
+                return value; // an unclosed quote: no address after it
+            };
+            i += at + 1;
+            if bytes[i - 1] == b'"' {
+                break;
             }
-            _ => {}
+            i += 1; // skips the escaped byte
+            if i >= bytes.len() {
+                return value;
+            }
         }
     }
     value
@@ -928,6 +976,21 @@ To: <sip:a@example.com>\r\nFrom: <sip:a@example.com>;tag=x\r\nCall-ID: c1\r\nCSe
         assert_eq!(param_value(again.header("to").unwrap(), "tag"), Some("srv"));
         assert_eq!(again.via().unwrap().rport, Some(None));
         assert_eq!(again.cseq(), Some((1, "REGISTER")));
+    }
+
+    #[test]
+    fn parameters_are_read_after_the_address_only() {
+        let to = "\"A \\\"<x>;tag=no\" <sip:a@b;tag=uri>;tag=yes;Expires = 60";
+        assert_eq!(param_value(to, "tag"), Some("yes"));
+        assert_eq!(param_value(to, "expires"), Some("60"));
+        assert_eq!(param_value("<sip:a@b;lr>", "lr"), None);
+        assert_eq!(param_value("sip:a@b;lr", "lr"), Some(""));
+        assert_eq!(
+            param_value("SIP/2.0/UDP h;rport;branch=z9hG4bK1", "branch"),
+            Some("z9hG4bK1")
+        );
+        assert_eq!(param_value("\"unclosed <sip:a@b>;tag=1", "tag"), Some("1"));
+        assert_eq!(param_value("x;tag=1\\", "tag"), Some("1\\"));
     }
 
     #[test]

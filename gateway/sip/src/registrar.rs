@@ -1,8 +1,11 @@
 //! What a REGISTER asks for (RFC 3261 §10.3): the address of record, the
 //! bindings to add, refresh or remove, and the expiry rules. Storing the
-//! bindings is the gateway's location service.
+//! bindings is the gateway's location service. What is read borrows from
+//! the message: the location service copies what it keeps.
 
-use crate::addr::NameAddr;
+use std::borrow::Cow;
+
+use crate::addr::NameAddrRef;
 use crate::message::Message;
 
 /// Expiry limits, in seconds.
@@ -25,39 +28,39 @@ impl Default for ExpiryPolicy {
 
 /// One Contact of a REGISTER.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContactUpdate {
+pub struct ContactUpdate<'a> {
     /// The contact URI as written (URI parameters and escaped headers
     /// kept, RFC 4475 §3.3.13–14); header parameters are not part of it.
-    pub uri: String,
+    pub uri: &'a str,
     /// Seconds granted; 0 removes the binding.
     pub expires_s: u32,
     /// `q` as written, if any.
-    pub q: Option<String>,
+    pub q: Option<&'a str>,
     /// `+sip.instance` (RFC 5626), which identifies a device across
     /// contact changes.
-    pub instance: Option<String>,
+    pub instance: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub enum Change<'a> {
     /// No Contact: a query for the current bindings.
     Fetch,
     /// `Contact: *` with `Expires: 0`.
     RemoveAll,
-    Update(Vec<ContactUpdate>),
+    Update(Vec<ContactUpdate<'a>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Register {
+pub struct Register<'a> {
     /// The user part of the To URI, unescaped.
-    pub user: String,
+    pub user: Cow<'a, str>,
     /// The host of the To URI, lower-cased.
-    pub domain: String,
-    pub call_id: String,
+    pub domain: Cow<'a, str>,
+    pub call_id: &'a str,
     pub cseq: u32,
-    pub change: Change,
+    pub change: Change<'a>,
     /// Path header values (RFC 3327), in order.
-    pub path: Vec<String>,
+    pub path: Vec<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +76,11 @@ fn bad(reason: impl Into<String>) -> RegisterError {
 }
 
 /// Reads a REGISTER that already passed [`Message::validate`].
-pub fn interpret(msg: &Message, policy: &ExpiryPolicy) -> Result<Register, RegisterError> {
-    let to = NameAddr::parse(msg.header("to").unwrap_or(""), false)
+pub fn interpret<'a>(
+    msg: &'a Message,
+    policy: &ExpiryPolicy,
+) -> Result<Register<'a>, RegisterError> {
+    let to = NameAddrRef::parse(msg.header("to").unwrap_or(""), false)
         .map_err(|e| bad(format!("To: {e}")))?;
     if !to.uri.is_sip() {
         return Err(bad("To must be a sip: or sips: address of record"));
@@ -103,7 +109,7 @@ pub fn interpret(msg: &Message, policy: &ExpiryPolicy) -> Result<Register, Regis
     } else {
         let mut updates = Vec::with_capacity(contacts.len());
         for c in contacts {
-            let addr = NameAddr::parse(c, true).map_err(|e| bad(format!("Contact: {e}")))?;
+            let addr = NameAddrRef::parse(c, true).map_err(|e| bad(format!("Contact: {e}")))?;
             let asked = match addr.param("expires").flatten() {
                 Some(e) => e
                     .parse::<u64>()
@@ -117,21 +123,25 @@ pub fn interpret(msg: &Message, policy: &ExpiryPolicy) -> Result<Register, Regis
                 });
             }
             updates.push(ContactUpdate {
-                uri: addr.uri_text.clone(),
+                uri: addr.uri_text,
                 expires_s: asked.min(policy.max_s),
-                q: addr.param("q").flatten().map(str::to_owned),
-                instance: addr.param("+sip.instance").flatten().map(str::to_owned),
+                q: addr.param("q").flatten(),
+                instance: addr.param("+sip.instance").flatten(),
             });
         }
         Change::Update(updates)
     };
     Ok(Register {
         user,
-        domain: to.uri.host.to_ascii_lowercase(),
-        call_id: msg.call_id().unwrap_or("").to_owned(),
+        domain: if to.uri.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(to.uri.host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(to.uri.host)
+        },
+        call_id: msg.call_id().unwrap_or(""),
         cseq,
         change,
-        path: msg.header_values("path").map(str::to_owned).collect(),
+        path: msg.header_values("path").collect(),
     })
 }
 
@@ -156,16 +166,13 @@ To: <sip:1001@Example.com>\r\nFrom: <sip:1001@example.com>;tag=a\r\nCall-ID: c\r
             "Contact: <sip:1001@10.0.0.1:5060;transport=udp>;expires=120, <sip:1001@10.0.0.2>;q=0.5\r\nExpires: 300\r\n",
         );
         let r = interpret(&m, &ExpiryPolicy::default()).unwrap();
-        assert_eq!(
-            (r.user.as_str(), r.domain.as_str(), r.cseq),
-            ("1001", "example.com", 7)
-        );
+        assert_eq!((&*r.user, &*r.domain, r.cseq), ("1001", "example.com", 7));
         let Change::Update(c) = r.change else {
             panic!("{:?}", r.change)
         };
         assert_eq!(c[0].uri, "sip:1001@10.0.0.1:5060;transport=udp");
         assert_eq!((c[0].expires_s, c[1].expires_s), (120, 300));
-        assert_eq!(c[1].q.as_deref(), Some("0.5"));
+        assert_eq!(c[1].q, Some("0.5"));
     }
 
     #[test]

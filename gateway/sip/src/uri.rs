@@ -2,6 +2,7 @@
 //! for IPv6 references). Any other scheme is kept opaque: a registrar must
 //! be able to read `To: isbn:…` well enough to refuse it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::Ipv6Addr;
 
@@ -35,18 +36,24 @@ fn valid_uri_char(c: char) -> bool {
     !(c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == '"')
 }
 
-/// A URI's parts as slices of its text, every rule already checked; what
-/// [`Uri::parse`] copies out and [`Uri::check`] throws away.
-struct Parts<'a> {
-    scheme: &'a str,
-    user: Option<&'a str>,
-    host: &'a str,
-    port: Option<u16>,
+/// A URI's parts as slices of its text, every rule already checked: what
+/// [`Uri::parse`] copies out, for readers that keep nothing (the
+/// registrar reading a REGISTER's To).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UriRef<'a> {
+    /// As written (`Uri::scheme` is the parsed form).
+    pub scheme: &'a str,
+    /// The user part, still escaped.
+    pub user: Option<&'a str>,
+    /// As written; IPv6 references keep their brackets.
+    pub host: &'a str,
+    pub port: Option<u16>,
     /// The `;…` parameters without the first `;`, checked.
-    params: Option<&'a str>,
-    headers: Option<&'a str>,
+    pub params: Option<&'a str>,
+    /// The `?…` header part, escaped as received.
+    pub headers: Option<&'a str>,
     /// For non-SIP schemes: everything after the colon.
-    opaque: &'a str,
+    pub opaque: &'a str,
 }
 
 fn scheme_of(text: &str) -> Scheme {
@@ -61,14 +68,16 @@ fn scheme_of(text: &str) -> Scheme {
     }
 }
 
-impl<'a> Parts<'a> {
-    fn parse(s: &'a str) -> Result<Self, &'static str> {
+impl<'a> UriRef<'a> {
+    pub fn parse(s: &'a str) -> Result<Self, &'static str> {
         if s.is_empty() {
             return Err("empty URI");
         }
-        // Bytes are characters in ASCII, the usual case: no decoding.
+        // In ASCII, the usual case, whitespace and controls are the bytes up
+        // to the space, and DEL: no decoding, no Unicode tables.
         let valid = if s.is_ascii() {
-            s.bytes().map(char::from).all(valid_uri_char)
+            s.bytes()
+                .all(|b| b > b' ' && b != 0x7f && !matches!(b, b'<' | b'>' | b'"'))
         } else {
             s.chars().all(valid_uri_char)
         };
@@ -85,7 +94,7 @@ impl<'a> Parts<'a> {
         if rest.is_empty() {
             return Err("URI without anything after the scheme");
         }
-        let mut parts = Parts {
+        let mut parts = UriRef {
             scheme,
             user: None,
             host: "",
@@ -137,11 +146,27 @@ impl<'a> Parts<'a> {
         (parts.host, parts.port) = split_host_port(hostport)?;
         Ok(parts)
     }
+
+    pub fn is_sip(&self) -> bool {
+        self.scheme.eq_ignore_ascii_case("sip") || self.scheme.eq_ignore_ascii_case("sips")
+    }
+
+    /// The user part with `%HH` escapes decoded (lossy for invalid UTF-8);
+    /// borrowed when it has none.
+    pub fn user_unescaped(&self) -> Option<Cow<'a, str>> {
+        self.user.map(|u| {
+            if u.contains('%') {
+                Cow::Owned(unescape(u))
+            } else {
+                Cow::Borrowed(u)
+            }
+        })
+    }
 }
 
 impl Uri {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let p = Parts::parse(s)?;
+        let p = UriRef::parse(s)?;
         Ok(Uri {
             scheme: scheme_of(p.scheme),
             user: p.user.map(str::to_owned),
@@ -160,7 +185,7 @@ impl Uri {
     /// Checks `s` by [`Uri::parse`]'s rules without building the URI;
     /// returns its `?headers` part, if it has one.
     pub fn check(s: &str) -> Result<Option<&str>, &'static str> {
-        Parts::parse(s).map(|p| p.headers)
+        UriRef::parse(s).map(|p| p.headers)
     }
 
     pub fn is_sip(&self) -> bool {

@@ -14,13 +14,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 use switchboard_sip::message::{Message, canonical_name, param_value, reason_phrase, split_list};
 use switchboard_sip::transaction::{Action, ClientTx, Kind as TxKind, ServerTx, Timers};
-use switchboard_sip::{NameAddr, Uri};
+use switchboard_sip::{NameAddr, Text, Uri};
 use switchboard_storage::{Contact, Kind};
 
 use super::location::Transport;
@@ -401,10 +402,10 @@ impl Calls {
             .response(code, reason_phrase(code), Some(&call.a_tag));
         stamp_rport(&mut r, call.src);
         if (101..300).contains(&code) {
-            r.push_header("contact", contact);
+            r.push_header("contact", contact.to_owned());
         }
         if let Some((ct, body)) = body {
-            r.push_header("content-type", ct);
+            r.push_header("content-type", ct.to_owned());
             r.body = body.clone();
         }
         Bytes::from(r.to_bytes())
@@ -1325,7 +1326,7 @@ To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {}\r\nAllow: {}\
             let mut r = orig.response(code, resp_reason(resp), Some(&own_tag));
             stamp_rport(&mut r, *src);
             if !resp.body.is_empty() {
-                r.push_header("content-type", ct);
+                r.push_header("content-type", ct.to_owned());
                 r.body = body;
             }
             if (200..300).contains(&code) {
@@ -1478,10 +1479,10 @@ fn add_summary(payload: &mut Value, summary: Option<crate::media::Summary>) {
     }
 }
 
-fn resp_reason(resp: &Message) -> &str {
+fn resp_reason(resp: &Message) -> Text {
     match &resp.start {
-        switchboard_sip::StartLine::Response { reason, .. } => reason,
-        switchboard_sip::StartLine::Request { .. } => "",
+        switchboard_sip::StartLine::Response { reason, .. } => reason.clone(),
+        switchboard_sip::StartLine::Request { .. } => Text::default(),
     }
 }
 
@@ -1582,11 +1583,12 @@ fn ack_for_failure(invite: &Bytes, uri: &str, to: &str) -> Bytes {
 
 /// An address as text; IPv4 (every datagram's source) without the
 /// formatting machinery.
-fn ip_text(ip: std::net::IpAddr) -> String {
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     let std::net::IpAddr::V4(v4) = ip else {
-        return ip.to_string();
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{ip}");
+        return;
     };
-    let mut out = String::with_capacity(15);
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             out.push('.');
@@ -1599,7 +1601,6 @@ fn ip_text(ip: std::net::IpAddr) -> String {
         }
         out.push(char::from(b'0' + octet % 10));
     }
-    out
 }
 
 /// `received`/`rport` on a response's top Via, as the registrar does.
@@ -1612,7 +1613,6 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
     let Ok(via) = switchboard_sip::ViaRef::parse(top) else {
         return;
     };
-    let ip = ip_text(src.ip());
     let (sent_by, existing) = top.split_once(';').unwrap_or((top, ""));
     let mut out = String::with_capacity(value.len() + 48);
     out.push_str(sent_by.trim_end());
@@ -1623,19 +1623,21 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
             out.push_str(p);
         }
     }
-    if via.host.trim_matches(['[', ']']) != ip || via.rport.is_some() {
-        out.push_str(";received=");
-        out.push_str(&ip);
+    let mark = out.len();
+    out.push_str(";received=");
+    push_ip(&mut out, src.ip());
+    if via.rport.is_none() && via.host.trim_matches(['[', ']']) == &out[mark + 10..] {
+        out.truncate(mark);
     }
     if via.rport.is_some() {
-        out.push_str(";rport=");
-        out.push_str(&src.port().to_string());
+        // Writing into a String cannot fail.
+        let _ = write!(out, ";rport={}", src.port());
     }
     for rest in parts {
         out.push_str(", ");
         out.push_str(rest);
     }
-    *value = out;
+    *value = out.into();
 }
 
 #[cfg(test)]
@@ -1654,7 +1656,9 @@ mod tests {
             "2001:db8::5",
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
+            let mut text = "x".to_owned();
+            push_ip(&mut text, ip);
+            assert_eq!(text, format!("x{ip}"));
         }
     }
 

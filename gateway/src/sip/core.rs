@@ -17,7 +17,7 @@ use switchboard_sip::digest::{
 };
 use switchboard_sip::message::{self, Message, ParseError, split_list};
 use switchboard_sip::registrar::{self, ExpiryPolicy, RegisterError};
-use switchboard_sip::{ALLOWED_METHODS, NameAddr, Uri, is_known_method};
+use switchboard_sip::{ALLOWED_METHODS, NameAddr, Text, Uri, is_known_method};
 use switchboard_storage::{Channel, Contact, ContactKey, FeedLog, Interaction, NewRecord};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -435,7 +435,7 @@ impl<L: Location> Core<L> {
                 return None;
             }
         };
-        let Some(method) = msg.method().map(str::to_owned) else {
+        let Some(method) = msg.method() else {
             if !self.with_calls(|calls| calls.on_response(&msg, now_ms)) {
                 m::SIP_DROPPED.with_label_values(&["stray_response"]).inc();
             }
@@ -445,9 +445,9 @@ impl<L: Location> Core<L> {
             m::SIP_DROPPED.with_label_values(&["scanner"]).inc();
             return None;
         }
-        let label = method_label(&method);
+        let label = method_label(method);
         m::SIP_REQUESTS.with_label_values(&[label]).inc();
-        let reply = self.respond(&msg, &method, src, transport, now_ms).await?;
+        let reply = self.respond(&msg, method, src, transport, now_ms).await?;
         let code = reply.status().unwrap_or(500);
         m::SIP_RESPONSES
             .with_label_values(&[
@@ -461,20 +461,17 @@ impl<L: Location> Core<L> {
     /// A response with Via, From, To, Call-ID and CSeq copied, a To tag
     /// that is the same for retransmissions, and the top Via stamped with
     /// `received`/`rport` (RFC 3581).
-    fn to_tag(&self, req: &Message) -> String {
-        format!(
-            "{:012x}",
-            fnv(&[
-                req.call_id().unwrap_or(""),
-                req.header("from").unwrap_or(""),
-                req.top_branch().unwrap_or(""),
-            ]) & 0xffff_ffff_ffff
-        )
+    fn to_tag(&self, req: &Message) -> ToTag {
+        ToTag::new(fnv(&[
+            req.call_id().unwrap_or(""),
+            req.header("from").unwrap_or(""),
+            req.top_branch().unwrap_or(""),
+        ]))
     }
 
     fn reply(&self, req: &Message, code: u16, src: SocketAddr) -> Message {
         let tag = self.to_tag(req);
-        let mut resp = req.response(code, message::reason_phrase(code), Some(&tag));
+        let mut resp = req.response(code, message::reason_phrase(code), Some(tag.as_str()));
         stamp_rport(&mut resp, src);
         resp.push_header("server", "Switchboard");
         resp
@@ -657,7 +654,7 @@ impl<L: Location> Core<L> {
         let Some(call) = self.plan(req, &dialled, trunk, extension).await else {
             return Some(self.reply(req, 404, src));
         };
-        let tag = self.to_tag(req);
+        let tag = self.to_tag(req).as_str().to_owned();
         self.with_calls(|calls| Some(calls.start(req.clone(), src, transport, call, tag, now_ms)));
         None
     }
@@ -926,7 +923,7 @@ impl<L: Location> Core<L> {
             return Auth::Challenge { stale: false };
         };
         let users = self.users();
-        let Some(user) = users.by_extension.get(&c.username) else {
+        let Some(user) = users.by_extension.get(&*c.username) else {
             // Same work as for a known user, then the same answer.
             let _ = digest::response(alg, "0", &c, req.method().unwrap_or(""));
             return self.failed(src, now_ms, "unknown user");
@@ -936,7 +933,7 @@ impl<L: Location> Core<L> {
             Algorithm::Sha256 => &user.ha1_sha256,
         };
         let expected = digest::response(alg, ha1, &c, req.method().unwrap_or(""));
-        if !digest::constant_time_eq(expected.as_bytes(), c.response.as_bytes()) {
+        if !digest::constant_time_eq(expected.as_str().as_bytes(), c.response.as_bytes()) {
             return self.failed(src, now_ms, "wrong password");
         }
         let Some(serial) = Nonces::serial(&c.nonce) else {
@@ -948,7 +945,7 @@ impl<L: Location> Core<L> {
             .unwrap_or_else(|p| p.into_inner())
             .check(serial / NONCE_SHARDS as u64, nc, branch);
         match check {
-            CountCheck::Advanced | CountCheck::Retransmission => Auth::Ok(c.username),
+            CountCheck::Advanced | CountCheck::Retransmission => Auth::Ok(c.username.into_owned()),
             CountCheck::Forgotten => Auth::Challenge { stale: true },
             CountCheck::Replay => {
                 m::SIP_AUTH_FAILURES.with_label_values(&["replay"]).inc();
@@ -989,7 +986,7 @@ impl<L: Location> Core<L> {
                 return r;
             }
         };
-        if !self.domains.is_empty() && !self.domains.contains(&reg.domain) {
+        if !self.domains.is_empty() && !self.domains.iter().any(|d| *d == *reg.domain) {
             return self.reply(req, 403, src);
         }
         let username = match self.authenticate(req, "authorization", src, now_ms) {
@@ -997,14 +994,14 @@ impl<L: Location> Core<L> {
             Auth::Challenge { stale } => return self.challenge(req, 401, stale, src),
             Auth::Failed => return self.challenge(req, 401, false, src),
         };
-        if username != reg.user {
+        if *username != *reg.user {
             // Authenticated, but for another extension's address of record.
             return self.reply(req, 403, src);
         }
         let now = unix_now();
         let update = Update {
             aor: &reg.user,
-            call_id: &reg.call_id,
+            call_id: reg.call_id,
             cseq: reg.cseq,
             change: &reg.change,
             received: src,
@@ -1031,7 +1028,7 @@ impl<L: Location> Core<L> {
             m::SIP_REGISTRATIONS.set(i64::try_from(self.location.count()).unwrap_or(i64::MAX));
             info!(extension = %reg.user, registered, source = %src, "SIP registration changed");
             if let Some(d) = &self.dispatcher
-                && let Some(user) = self.users().by_extension.get(&reg.user)
+                && let Some(user) = self.users().by_extension.get(&*reg.user)
                 && !user.manager.is_empty()
                 && let Err(e) = d.set_registered(&user.manager, registered).await
             {
@@ -1050,7 +1047,7 @@ impl<L: Location> Core<L> {
             );
         }
         for p in &reg.path {
-            r.push_header("path", p.clone());
+            r.push_header("path", (*p).to_owned());
         }
         r.push_header("date", httpdate(now));
         r
@@ -1074,17 +1071,38 @@ impl<L: Location> Core<L> {
     }
 }
 
+/// Our To tag for a request's dialog: 12 hex digits of a hash of what
+/// identifies the request, so a retransmission gets the same tag. Kept on
+/// the stack, as every reply needs one.
+struct ToTag([u8; 12]);
+
+impl ToTag {
+    fn new(hash: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 12];
+        for (i, d) in digits.iter_mut().enumerate() {
+            *d = HEX[((hash >> (44 - 4 * i)) & 0xf) as usize];
+        }
+        ToTag(digits)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// RFC 7231 date (SIP's Date header, RFC 3261 §20.17), formatted once a
 /// second per thread.
-fn httpdate(unix: Secs) -> String {
+fn httpdate(unix: Secs) -> Text {
     thread_local! {
-        static LAST: std::cell::RefCell<(Secs, String)> =
-            const { std::cell::RefCell::new((0, String::new())) };
+        static LAST: std::cell::RefCell<(Secs, Text)> =
+            std::cell::RefCell::new((0, Text::default()));
     }
     LAST.with_borrow_mut(|(at, text)| {
         if *at != unix || text.is_empty() {
             *at = unix;
-            *text = format_httpdate(unix);
+            *text = Text::from(std::sync::Arc::<str>::from(format_httpdate(unix)));
         }
         text.clone()
     })

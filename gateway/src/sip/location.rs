@@ -55,10 +55,10 @@ pub struct Update<'a> {
     pub aor: &'a str,
     pub call_id: &'a str,
     pub cseq: u32,
-    pub change: &'a Change,
+    pub change: &'a Change<'a>,
     pub received: SocketAddr,
     pub transport: Transport,
-    pub path: &'a [String],
+    pub path: &'a [&'a str],
     pub now: Secs,
 }
 
@@ -107,15 +107,15 @@ pub fn apply(bindings: &mut Vec<Binding>, u: &Update<'_>) -> Result<(), Location
                 bindings.retain(|b| !same_contact(b, c));
                 if c.expires_s > 0 {
                     bindings.push(Binding {
-                        contact: c.uri.as_str().into(),
+                        contact: c.uri.into(),
                         received: u.received,
                         transport: u.transport,
                         expires_at: u.now + u64::from(c.expires_s),
                         call_id: u.call_id.into(),
                         cseq: u.cseq,
-                        q: c.q.as_deref().map(Into::into),
-                        instance: c.instance.as_deref().map(Into::into),
-                        path: u.path.iter().map(|p| p.as_str().into()).collect(),
+                        q: c.q.map(Into::into),
+                        instance: c.instance.map(Into::into),
+                        path: u.path.iter().map(|p| (*p).into()).collect(),
                     });
                 }
             }
@@ -126,10 +126,10 @@ pub fn apply(bindings: &mut Vec<Binding>, u: &Update<'_>) -> Result<(), Location
 
 /// Whether `c` names binding `b`: the same [`contact_key`], compared
 /// without building either key.
-fn same_contact(b: &Binding, c: &ContactUpdate) -> bool {
-    match (b.instance.as_deref(), c.instance.as_deref()) {
+fn same_contact(b: &Binding, c: &ContactUpdate<'_>) -> bool {
+    match (b.instance.as_deref(), c.instance) {
         (Some(x), Some(y)) => x == y,
-        (None, None) => b.contact.eq_ignore_ascii_case(&c.uri),
+        (None, None) => b.contact.eq_ignore_ascii_case(c.uri),
         _ => false,
     }
 }
@@ -301,9 +301,9 @@ impl Location for MemoryLocation {
 pub mod conformance {
     use super::*;
 
-    fn contact(uri: &str, expires_s: u32) -> ContactUpdate {
+    fn contact(uri: &str, expires_s: u32) -> ContactUpdate<'_> {
         ContactUpdate {
-            uri: uri.into(),
+            uri,
             expires_s,
             q: None,
             instance: None,
@@ -312,7 +312,7 @@ pub mod conformance {
 
     fn update<'a>(
         aor: &'a str,
-        change: &'a Change,
+        change: &'a Change<'a>,
         call_id: &'a str,
         cseq: u32,
         now: Secs,

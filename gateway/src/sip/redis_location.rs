@@ -191,19 +191,19 @@ impl Location for RedisLocation {
             for c in contacts {
                 let expires_at = u.now + u64::from(c.expires_s);
                 let stored = Stored {
-                    contact: c.uri.clone(),
+                    contact: c.uri.to_owned(),
                     received: u.received,
                     transport: u.transport.as_str().to_owned(),
                     expires_at,
                     call_id: u.call_id.to_owned(),
                     cseq: u.cseq,
-                    q: c.q.clone(),
-                    instance: c.instance.clone(),
-                    path: u.path.to_vec(),
+                    q: c.q.map(str::to_owned),
+                    instance: c.instance.map(str::to_owned),
+                    path: u.path.iter().map(|p| (*p).to_owned()).collect(),
                 };
                 let json = serde_json::to_string(&stored)
                     .map_err(|e| LocationError::Store(e.to_string()))?;
-                inv.arg(contact_key(&c.uri, c.instance.as_deref()))
+                inv.arg(contact_key(c.uri, c.instance))
                     .arg(if c.expires_s == 0 { 0 } else { expires_at })
                     .arg(json);
             }
