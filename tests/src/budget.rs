@@ -64,17 +64,57 @@ impl CpuBudget {
         Ok(())
     }
 
-    /// How many periods the group has been held back in so far: above zero
-    /// when the budget, not the load, limited the server.
-    pub fn throttled_periods(&self) -> u64 {
-        std::fs::read_to_string(self.dir.join("cpu.stat"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("nr_throttled "))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
+    /// The group's periods so far: how many it had work in, and how many
+    /// of those it was held back in. When it is held back in nearly all,
+    /// the budget limited the server; when in fewer, the load did.
+    pub fn periods(&self) -> Periods {
+        let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).unwrap_or_default();
+        let field = |name: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Periods {
+            active: field("nr_periods"),
+            throttled: field("nr_throttled"),
+        }
+    }
+}
+
+/// Counts of a group's CFS periods (`nr_periods`, `nr_throttled`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Periods {
+    pub active: u64,
+    pub throttled: u64,
+}
+
+impl std::ops::Sub for Periods {
+    type Output = Periods;
+
+    fn sub(self, earlier: Periods) -> Periods {
+        Periods {
+            active: self.active.saturating_sub(earlier.active),
+            throttled: self.throttled.saturating_sub(earlier.throttled),
+        }
+    }
+}
+
+impl Periods {
+    /// The share of the periods with work that were held back, in %.
+    pub fn held_percent(self) -> f64 {
+        self.throttled as f64 * 100.0 / self.active.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for Periods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "held back in {} of {} periods, {:.0} %",
+            self.throttled,
+            self.active,
+            self.held_percent()
+        )
     }
 }
 

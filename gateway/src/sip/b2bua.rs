@@ -1623,10 +1623,13 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
             out.push_str(p);
         }
     }
+    // `received` is written, then taken back when the Via already names
+    // the source and no `rport` asked for it.
+    const RECEIVED: &str = ";received=";
     let mark = out.len();
-    out.push_str(";received=");
+    out.push_str(RECEIVED);
     push_ip(&mut out, src.ip());
-    if via.rport.is_none() && via.host.trim_matches(['[', ']']) == &out[mark + 10..] {
+    if via.rport.is_none() && via.host.trim_matches(['[', ']']) == &out[mark + RECEIVED.len()..] {
         out.truncate(mark);
     }
     if via.rport.is_some() {
