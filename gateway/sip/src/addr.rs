@@ -15,22 +15,24 @@ pub struct NameAddr {
     pub params: Vec<(String, Option<String>)>,
 }
 
-/// A value's parts as slices of its text, every rule already checked.
-struct Parts<'a> {
-    display: Option<&'a str>,
-    uri_text: &'a str,
-    /// Header parameters after the address, checked.
+/// A name-addr's parts as slices of its text, every rule already checked:
+/// what [`NameAddr::parse`] copies out, for readers that keep nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddrRef<'a> {
+    /// The display name without quotes (escapes kept).
+    pub display: Option<&'a str>,
+    /// The URI's text as written between `<>` (or the bare addr-spec).
+    pub uri_text: &'a str,
+    pub uri: UriRef<'a>,
+    /// The header parameters after the address, checked.
     tail: &'a str,
 }
 
-impl<'a> Parts<'a> {
-    /// Splits and checks `value`; `uri` reads the URI (before the
-    /// parameters are checked, so its error is the one reported).
-    fn parse<U>(
-        value: &'a str,
-        is_contact: bool,
-        uri: impl FnOnce(&'a str) -> Result<U, &'static str>,
-    ) -> Result<(Self, U), &'static str> {
+impl<'a> NameAddrRef<'a> {
+    /// Splits and checks one value. `is_contact` adds the Contact rules for
+    /// `expires` and `q`. The URI is read before the parameters are
+    /// checked, so its error is the one reported.
+    pub fn parse(value: &'a str, is_contact: bool) -> Result<Self, &'static str> {
         let v = value.trim();
         let (display, uri_text, tail) = if let Some(quoted) = v.strip_prefix('"') {
             let mut escaped = false;
@@ -71,7 +73,7 @@ impl<'a> Parts<'a> {
             }
             (None, uri, tail)
         };
-        let uri = uri(uri_text)?;
+        let uri = UriRef::parse(uri_text)?;
         for param in header_params(tail) {
             let (n, val) = param?;
             if is_contact {
@@ -91,39 +93,11 @@ impl<'a> Parts<'a> {
                 }
             }
         }
-        Ok((
-            Parts {
-                display,
-                uri_text,
-                tail,
-            },
-            uri,
-        ))
-    }
-}
-
-/// A name-addr's parts as slices of its text, every rule already checked:
-/// what [`NameAddr::parse`] copies out, for readers that keep nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NameAddrRef<'a> {
-    /// The display name without quotes (escapes kept).
-    pub display: Option<&'a str>,
-    /// The URI's text as written between `<>` (or the bare addr-spec).
-    pub uri_text: &'a str,
-    pub uri: UriRef<'a>,
-    /// The header parameters after the address, checked.
-    tail: &'a str,
-}
-
-impl<'a> NameAddrRef<'a> {
-    /// Reads one value by [`NameAddr::parse`]'s rules.
-    pub fn parse(value: &'a str, is_contact: bool) -> Result<Self, &'static str> {
-        let (p, uri) = Parts::parse(value, is_contact, UriRef::parse)?;
         Ok(NameAddrRef {
-            display: p.display,
-            uri_text: p.uri_text,
+            display,
+            uri_text,
             uri,
-            tail: p.tail,
+            tail,
         })
     }
 
@@ -137,14 +111,13 @@ impl<'a> NameAddrRef<'a> {
 }
 
 impl NameAddr {
-    /// Parses one value. `is_contact` adds the Contact rules for `expires`
-    /// and `q`.
+    /// Parses one value by [`NameAddrRef::parse`]'s rules and copies it out.
     pub fn parse(value: &str, is_contact: bool) -> Result<Self, &'static str> {
-        let (p, uri) = Parts::parse(value, is_contact, Uri::parse)?;
+        let p = NameAddrRef::parse(value, is_contact)?;
         Ok(NameAddr {
             display: p.display.map(str::to_owned),
             uri_text: p.uri_text.to_owned(),
-            uri,
+            uri: Uri::from(p.uri),
             params: header_params(p.tail)
                 .map(|param| param.map(|(n, v)| (n.to_owned(), v.map(str::to_owned))))
                 .collect::<Result<_, _>>()?,
@@ -153,7 +126,7 @@ impl NameAddr {
 
     /// Checks a value by [`NameAddr::parse`]'s rules without building it.
     pub fn check(value: &str, is_contact: bool) -> Result<(), &'static str> {
-        Parts::parse(value, is_contact, Uri::check).map(drop)
+        NameAddrRef::parse(value, is_contact).map(drop)
     }
 
     pub fn param(&self, name: &str) -> Option<Option<&str>> {

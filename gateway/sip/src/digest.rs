@@ -51,8 +51,6 @@ impl Algorithm {
     }
 }
 
-/// Lower-case hex of `bytes`, written in one go (`hex::encode` builds its
-/// string a character at a time).
 /// A digest in lower-case hex, kept on the stack: checking a request's
 /// credentials computes several and keeps none.
 #[derive(Clone, Copy)]
@@ -63,7 +61,7 @@ pub struct Hex {
 
 impl Hex {
     /// `bytes` (at most 32 of them) in lower-case hex.
-    fn of(bytes: &[u8]) -> Self {
+    pub fn of(bytes: &[u8]) -> Self {
         let mut digits = [0; 64];
         let len = (bytes.len() * 2).min(64);
         // The buffer is exactly twice as long as the bytes kept, so this
@@ -147,10 +145,9 @@ impl<'a> Credentials<'a> {
             } else if is("uri") {
                 c.uri = v;
             } else if is("response") {
-                c.response = if v.bytes().any(|b| b.is_ascii_uppercase()) {
-                    Cow::Owned(v.to_ascii_lowercase())
-                } else {
-                    v
+                c.response = match v {
+                    Cow::Borrowed(b) => crate::ascii_lowercase(b),
+                    Cow::Owned(o) => Cow::Owned(o.to_ascii_lowercase()),
                 };
             } else if is("algorithm") {
                 c.algorithm = Some(v);

@@ -22,6 +22,15 @@ pub use uri::{Uri, UriRef};
 /// Methods the gateway implements (the `Allow` header of 405/501).
 pub const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";
 
+/// `s` in ASCII lower case, borrowed when it already is.
+pub(crate) fn ascii_lowercase(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// Whether the method is one we implement.
 pub fn is_known_method(method: &str) -> bool {
     matches!(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use crate::text::Text;
+use crate::text::Text;
 
 /// RFC 3261's branch prefix (§8.1.1.7).
 pub const BRANCH_COOKIE: &str = "z9hG4bK";
@@ -509,6 +509,7 @@ impl Message {
             "content-length",
             "content-type",
         ];
+        const MAX_FORWARDS: usize = 4;
         const VIA: usize = 7;
         const DATE: usize = 8;
         const EXPIRES: usize = 9;
@@ -574,7 +575,7 @@ impl Message {
             return Err(invalid("CSeq method does not match the request method"));
         }
         let mf = max_forwards;
-        if count[4] > 0
+        if count[MAX_FORWARDS] > 0
             && !(!mf.is_empty()
                 && mf.len() <= 16
                 && mf.bytes().all(|b| b.is_ascii_digit())

@@ -133,11 +133,7 @@ pub fn interpret<'a>(
     };
     Ok(Register {
         user,
-        domain: if to.uri.host.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(to.uri.host.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(to.uri.host)
-        },
+        domain: crate::ascii_lowercase(to.uri.host),
         call_id: msg.call_id().unwrap_or(""),
         cseq,
         change,

@@ -154,20 +154,13 @@ impl<'a> UriRef<'a> {
     /// The user part with `%HH` escapes decoded (lossy for invalid UTF-8);
     /// borrowed when it has none.
     pub fn user_unescaped(&self) -> Option<Cow<'a, str>> {
-        self.user.map(|u| {
-            if u.contains('%') {
-                Cow::Owned(unescape(u))
-            } else {
-                Cow::Borrowed(u)
-            }
-        })
+        self.user.map(unescape)
     }
 }
 
-impl Uri {
-    pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let p = UriRef::parse(s)?;
-        Ok(Uri {
+impl From<UriRef<'_>> for Uri {
+    fn from(p: UriRef<'_>) -> Self {
+        Uri {
             scheme: scheme_of(p.scheme),
             user: p.user.map(str::to_owned),
             host: p.host.to_owned(),
@@ -179,7 +172,13 @@ impl Uri {
             }),
             headers: p.headers.map(str::to_owned),
             opaque: p.opaque.to_owned(),
-        })
+        }
+    }
+}
+
+impl Uri {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        UriRef::parse(s).map(Uri::from)
     }
 
     /// Checks `s` by [`Uri::parse`]'s rules without building the URI;
@@ -201,7 +200,7 @@ impl Uri {
 
     /// The user part with `%HH` escapes decoded (lossy for invalid UTF-8).
     pub fn user_unescaped(&self) -> Option<String> {
-        self.user.as_deref().map(unescape)
+        self.user.as_deref().map(|u| unescape(u).into_owned())
     }
 }
 
@@ -262,8 +261,11 @@ fn check_escapes(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Decodes `%HH` escapes.
-pub fn unescape(s: &str) -> String {
+/// Decodes `%HH` escapes; borrows `s` when it has none.
+pub fn unescape(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s);
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -279,7 +281,7 @@ pub fn unescape(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `name[=value]` pairs of a `;`-separated parameter list.

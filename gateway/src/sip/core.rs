@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use switchboard_config::{ConfigError, SipConfig, SipNumber, SipTrunk};
 use switchboard_sip::digest::{
-    self, Algorithm, CountCheck, Credentials, NonceCheck, NonceCounts, Nonces,
+    self, Algorithm, CountCheck, Credentials, Hex, NonceCheck, NonceCounts, Nonces,
 };
 use switchboard_sip::message::{self, Message, ParseError, split_list};
 use switchboard_sip::registrar::{self, ExpiryPolicy, RegisterError};
@@ -458,17 +458,21 @@ impl<L: Location> Core<L> {
         Some(reply.to_bytes())
     }
 
-    /// A response with Via, From, To, Call-ID and CSeq copied, a To tag
-    /// that is the same for retransmissions, and the top Via stamped with
-    /// `received`/`rport` (RFC 3581).
-    fn to_tag(&self, req: &Message) -> ToTag {
-        ToTag::new(fnv(&[
+    /// Our To tag for a request's dialog: 12 hex digits of a hash of what
+    /// identifies the request, so a retransmission gets the same tag; on
+    /// the stack, as every reply needs one.
+    fn to_tag(&self, req: &Message) -> Hex {
+        let hash = fnv(&[
             req.call_id().unwrap_or(""),
             req.header("from").unwrap_or(""),
             req.top_branch().unwrap_or(""),
-        ]))
+        ]);
+        Hex::of(&hash.to_be_bytes()[2..])
     }
 
+    /// A response with Via, From, To, Call-ID and CSeq copied, a To tag
+    /// that is the same for retransmissions, and the top Via stamped with
+    /// `received`/`rport` (RFC 3581).
     fn reply(&self, req: &Message, code: u16, src: SocketAddr) -> Message {
         let tag = self.to_tag(req);
         let mut resp = req.response(code, message::reason_phrase(code), Some(tag.as_str()));
@@ -1068,27 +1072,6 @@ impl<L: Location> Core<L> {
                 let _ = d.set_registered(&u.manager, false).await;
             }
         }
-    }
-}
-
-/// Our To tag for a request's dialog: 12 hex digits of a hash of what
-/// identifies the request, so a retransmission gets the same tag. Kept on
-/// the stack, as every reply needs one.
-struct ToTag([u8; 12]);
-
-impl ToTag {
-    fn new(hash: u64) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut digits = [0u8; 12];
-        for (i, d) in digits.iter_mut().enumerate() {
-            *d = HEX[((hash >> (44 - 4 * i)) & 0xf) as usize];
-        }
-        ToTag(digits)
-    }
-
-    fn as_str(&self) -> &str {
-        // Only hex digits are ever stored.
-        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
