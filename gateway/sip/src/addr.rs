@@ -33,7 +33,7 @@ impl<'a> NameAddrRef<'a> {
     /// `expires` and `q`. The URI is read before the parameters are
     /// checked, so its error is the one reported.
     pub fn parse(value: &'a str, is_contact: bool) -> Result<Self, &'static str> {
-        let v = value.trim();
+        let v = value.trim_ascii();
         let (display, uri_text, tail) = if let Some(quoted) = v.strip_prefix('"') {
             let mut escaped = false;
             let mut end = None;
@@ -48,11 +48,11 @@ impl<'a> NameAddrRef<'a> {
                 }
             }
             let end = end.ok_or("unterminated quoted display name")?;
-            let rest = quoted[end + 1..].trim_start();
+            let rest = quoted[end + 1..].trim_ascii_start();
             let (uri, tail) = bracketed(rest)?;
             (Some(&quoted[..end]), uri, tail)
         } else if let Some(lt) = memchr::memchr(b'<', v.as_bytes()) {
-            let display = v[..lt].trim();
+            let display = v[..lt].trim_ascii();
             if !display
                 .bytes()
                 .all(|c| is_token_char(c) || c == b' ' || c == b'\t')
@@ -65,7 +65,7 @@ impl<'a> NameAddrRef<'a> {
             // addr-spec: parameters belong to the header, so a URI with its
             // own parameters, headers or commas must be in <> (§20).
             let (uri, tail) = match memchr::memchr(b';', v.as_bytes()) {
-                Some(i) => (v[..i].trim_end(), &v[i..]),
+                Some(i) => (v[..i].trim_ascii_end(), &v[i..]),
                 None => (v, ""),
             };
             if uri.contains(['?', ',']) {
@@ -155,7 +155,7 @@ fn bracketed(s: &str) -> Result<(&str, &str), &'static str> {
 /// `;name[=value]` parameters, each checked; nothing else may follow the
 /// address.
 fn header_params(tail: &str) -> impl Iterator<Item = Result<(&str, Option<&str>), &'static str>> {
-    let tail = tail.trim();
+    let tail = tail.trim_ascii();
     let (rest, junk) = match tail.strip_prefix(';') {
         Some(rest) => (Some(rest), None),
         None if tail.is_empty() => (None, None),
@@ -164,8 +164,8 @@ fn header_params(tail: &str) -> impl Iterator<Item = Result<(&str, Option<&str>)
     junk.into_iter()
         .chain(rest.into_iter().flat_map(split_params).map(|part| {
             let (n, v) = match part.split_once('=') {
-                Some((n, v)) => (n.trim(), Some(v.trim())),
-                None => (part.trim(), None),
+                Some((n, v)) => (n.trim_ascii(), Some(v.trim_ascii())),
+                None => (part.trim_ascii(), None),
             };
             if n.is_empty() || !n.bytes().all(is_token_char) {
                 return Err("empty or malformed header parameter");

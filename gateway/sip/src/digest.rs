@@ -128,7 +128,7 @@ impl<'a> Credentials<'a> {
     /// `Ok(None)` when the scheme is not Digest (RFC 4475 §3.3.7: answer
     /// with a challenge in a scheme we know).
     pub fn parse(value: &'a str) -> Result<Option<Self>, &'static str> {
-        let value = value.trim();
+        let value = value.trim_ascii();
         let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
         if !scheme.eq_ignore_ascii_case("Digest") {
             return Ok(None);
@@ -208,7 +208,7 @@ fn auth_params(s: &str) -> Result<Vec<(&str, Cow<'_, str>)>, &'static str> {
         while i < b.len() && b[i] != b'=' && b[i] != b',' {
             i += 1;
         }
-        let key = s[start..i].trim();
+        let key = s[start..i].trim_ascii();
         if i >= b.len() || b[i] != b'=' {
             return Err("auth parameter without a value");
         }
@@ -255,7 +255,7 @@ fn auth_params(s: &str) -> Result<Vec<(&str, Cow<'_, str>)>, &'static str> {
             while i < b.len() && b[i] != b',' {
                 i += 1;
             }
-            Cow::Borrowed(s[start..i].trim())
+            Cow::Borrowed(s[start..i].trim_ascii())
         };
         out.push((key, value));
     }
@@ -294,7 +294,10 @@ impl Nonces {
     }
 
     pub fn issue(&self, now_s: u64, serial: u64) -> String {
-        let mut nonce = format!("{now_s:x}.{serial:x}");
+        let mut nonce = String::with_capacity(96);
+        push_hex(&mut nonce, now_s);
+        nonce.push('.');
+        push_hex(&mut nonce, serial);
         let tag = self.tag(&nonce);
         nonce.push('.');
         nonce.push_str(tag.as_str());
@@ -330,6 +333,17 @@ impl Nonces {
             return NonceCheck::Stale;
         }
         NonceCheck::Fresh { issued_at }
+    }
+}
+
+/// Appends `n` in lower-case hex without leading zeros, as `{:x}` writes
+/// it (a challenge is written for every first REGISTER).
+fn push_hex(out: &mut String, n: u64) {
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(char::from(
+            b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize],
+        ));
     }
 }
 
@@ -478,6 +492,19 @@ mod tests {
             NonceCheck::Unknown
         );
         assert_eq!(n.check("garbage", 1100), NonceCheck::Unknown);
+    }
+
+    #[test]
+    fn nonces_carry_their_time_and_serial_in_hex() {
+        let n = Nonces::new([7; 32], 300);
+        for (now, serial) in [(0, 0), (1000, 1), (0x6a1f_00ff, 0xabc), (u64::MAX, 16)] {
+            let nonce = n.issue(now, serial);
+            assert!(
+                nonce.starts_with(&format!("{now:x}.{serial:x}.")),
+                "{nonce}"
+            );
+            assert_eq!(Nonces::serial(&nonce), Some(serial));
+        }
     }
 
     #[test]

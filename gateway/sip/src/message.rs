@@ -206,9 +206,9 @@ pub fn frame(buf: &[u8]) -> Result<Option<Framing>, ParseError> {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let name = name.trim().to_ascii_lowercase();
+        let name = name.trim_ascii().to_ascii_lowercase();
         if name == "content-length" || name == "l" {
-            let v = value.trim();
+            let v = value.trim_ascii();
             let n: usize = v
                 .parse()
                 .map_err(|_| invalid(format!("Content-Length {v:?} is not a number")))?;
@@ -272,7 +272,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
                 Some((_, v)) => {
                     let mut unfolded = std::mem::take(v).into_string();
                     unfolded.push(' ');
-                    unfolded.push_str(line.trim());
+                    unfolded.push_str(line.trim_ascii());
                     *v = Text::from(unfolded);
                 }
                 None => {
@@ -300,7 +300,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             defect.get_or_insert_with(|| format!("bad header name {:?}", truncate(name)));
             continue;
         }
-        headers.push((header_name(name), text(value.trim())));
+        headers.push((header_name(name), text(value.trim_ascii())));
     }
 
     let (start, version) = if let Some(rest) = first.strip_prefix("SIP/") {
@@ -454,7 +454,7 @@ impl Message {
     pub fn cseq(&self) -> Option<(u32, &str)> {
         let v = self.header("cseq")?;
         let (num, method) = v.split_once([' ', '\t'])?;
-        Some((num.trim().parse().ok()?, method.trim()))
+        Some((num.trim_ascii().parse().ok()?, method.trim_ascii()))
     }
 
     pub fn call_id(&self) -> Option<&str> {
@@ -565,13 +565,13 @@ impl Message {
             .split_once([' ', '\t'])
             .ok_or_else(|| invalid("CSeq needs a number and a method"))?;
         let num: u64 = num
-            .trim()
+            .trim_ascii()
             .parse()
             .map_err(|_| invalid("CSeq number is not a number"))?;
         if num > u64::from(u32::MAX >> 1) {
             return Err(invalid("CSeq number must be below 2**31"));
         }
-        if cmethod.trim() != method {
+        if cmethod.trim_ascii() != method {
             return Err(invalid("CSeq method does not match the request method"));
         }
         let mf = max_forwards;
@@ -596,7 +596,7 @@ impl Message {
         crate::addr::NameAddr::check(to, false).map_err(|e| invalid(format!("To: {e}")))?;
         crate::addr::NameAddr::check(from, false).map_err(|e| invalid(format!("From: {e}")))?;
         for c in self.header_values("contact") {
-            if c.trim() == "*" {
+            if c.trim_ascii() == "*" {
                 continue;
             }
             crate::addr::NameAddr::check(c, true).map_err(|e| invalid(format!("Contact: {e}")))?;
@@ -618,13 +618,23 @@ impl Message {
 
     /// Serialises with CRLFs and a correct Content-Length.
     pub fn to_bytes(&self) -> Vec<u8> {
-        use std::io::Write as _;
+        // Byte by byte rather than `write!`: every reply goes through here.
         let mut out = Vec::with_capacity(512 + self.body.len());
-        // Writing into a Vec cannot fail.
-        let _ = match &self.start {
-            StartLine::Request { method, uri } => write!(out, "{method} {uri} SIP/2.0\r\n"),
-            StartLine::Response { code, reason } => write!(out, "SIP/2.0 {code} {reason}\r\n"),
-        };
+        match &self.start {
+            StartLine::Request { method, uri } => {
+                out.extend_from_slice(method.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(uri.as_bytes());
+                out.extend_from_slice(b" SIP/2.0\r\n");
+            }
+            StartLine::Response { code, reason } => {
+                out.extend_from_slice(b"SIP/2.0 ");
+                out.extend_from_slice(itoa::Buffer::new().format(*code).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
         for (n, v) in &self.headers {
             if n == "content-length" {
                 continue;
@@ -634,7 +644,9 @@ impl Message {
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        let _ = write!(out, "Content-Length: {}\r\n\r\n", self.body.len());
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(&self.body);
         out
     }
@@ -649,7 +661,11 @@ impl Message {
                 "to" => {
                     let v = match to_tag {
                         Some(tag) if code > 100 && !has_param(v, "tag") => {
-                            Text::from(format!("{v};tag={tag}"))
+                            let mut to = String::with_capacity(v.len() + 5 + tag.len());
+                            to.push_str(v);
+                            to.push_str(";tag=");
+                            to.push_str(tag);
+                            Text::from(to)
                         }
                         _ => v.clone(),
                     };
@@ -697,8 +713,8 @@ pub fn param_value<'a>(value: &'a str, param: &str) -> Option<&'a str> {
             Some(i) => (&p[..i], &p[i + 1..]),
             None => (p, ""),
         };
-        if k.trim().eq_ignore_ascii_case(param) {
-            return Some(v.trim());
+        if k.trim_ascii().eq_ignore_ascii_case(param) {
+            return Some(v.trim_ascii());
         }
         rest = &rest[end? + 1..];
     }
@@ -789,7 +805,7 @@ impl<'a> Iterator for SplitList<'a> {
                     value
                 }
             };
-            let part = part.trim();
+            let part = part.trim_ascii();
             if !part.is_empty() {
                 return Some(part);
             }
@@ -875,24 +891,29 @@ pub struct ViaRef<'a> {
 }
 
 impl<'a> ViaRef<'a> {
+    /// Every request's top Via is read here at least twice (its rules, and
+    /// `received`/`rport` on the reply), so it is split by byte.
     pub fn parse(v: &'a str) -> Result<Self, &'static str> {
+        use crate::uri::split_at;
         let (transport, rest) = {
             // "SIP / 2.0 / UDP host..." : three slash-separated tokens.
-            let mut parts = v.splitn(3, '/');
-            let name = parts.next().ok_or("no protocol")?.trim();
-            let ver = parts.next().ok_or("no protocol version")?.trim();
-            let rest = parts.next().ok_or("no transport")?.trim_start();
-            if !name.eq_ignore_ascii_case("SIP") || ver != "2.0" {
+            let (name, rest) = split_at(v, b'/').ok_or("no protocol version")?;
+            let (ver, rest) = split_at(rest, b'/').ok_or("no transport")?;
+            if !name.trim_ascii().eq_ignore_ascii_case("SIP") || ver.trim_ascii() != "2.0" {
                 return Err("protocol is not SIP/2.0");
             }
-            let end = rest.find(|c: char| c.is_whitespace()).ok_or("no sent-by")?;
-            (&rest[..end], rest[end..].trim_start())
+            let rest = rest.trim_ascii_start();
+            let end = rest
+                .bytes()
+                .position(|b| b.is_ascii_whitespace())
+                .ok_or("no sent-by")?;
+            (&rest[..end], rest[end..].trim_ascii_start())
         };
         if transport.is_empty() || !transport.bytes().all(is_token_char) {
             return Err("bad transport");
         }
-        let (sent_by, params) = rest.split_once(';').unwrap_or((rest, ""));
-        let (host, port) = crate::uri::split_host_port(sent_by.trim())?;
+        let (sent_by, params) = split_at(rest, b';').unwrap_or((rest, ""));
+        let (host, port) = crate::uri::split_host_port(sent_by.trim_ascii())?;
         let mut via = ViaRef {
             transport,
             host,
@@ -901,23 +922,24 @@ impl<'a> ViaRef<'a> {
             received: None,
             rport: None,
         };
-        if !params.is_empty() {
-            for p in params.split(';') {
-                let (k, val) = p
-                    .split_once('=')
-                    .map_or((p.trim(), None), |(k, v)| (k.trim(), Some(v.trim())));
-                if k.is_empty() {
-                    return Err("empty Via parameter");
-                } else if k.eq_ignore_ascii_case("branch") {
-                    via.branch = val;
-                } else if k.eq_ignore_ascii_case("received") {
-                    via.received = val;
-                } else if k.eq_ignore_ascii_case("rport") {
-                    via.rport = Some(match val {
-                        Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
-                        None => None,
-                    });
-                }
+        let mut params = (!params.is_empty()).then_some(params);
+        while let Some(list) = params {
+            let (p, more) = split_at(list, b';').map_or((list, None), |(p, m)| (p, Some(m)));
+            params = more;
+            let (k, val) = split_at(p, b'=').map_or((p.trim_ascii(), None), |(k, v)| {
+                (k.trim_ascii(), Some(v.trim_ascii()))
+            });
+            if k.is_empty() {
+                return Err("empty Via parameter");
+            } else if k.eq_ignore_ascii_case("branch") {
+                via.branch = val;
+            } else if k.eq_ignore_ascii_case("received") {
+                via.received = val;
+            } else if k.eq_ignore_ascii_case("rport") {
+                via.rport = Some(match val {
+                    Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
+                    None => None,
+                });
             }
         }
         Ok(via)
@@ -941,6 +963,15 @@ impl Via {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sip_whitespace_is_trimmed_from_values() {
+        // Space and tab around a value go; a Unicode space is part of it.
+        let raw = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+Subject: \t \u{a0}hi\u{a0} \t\r\nl: 0\r\n\r\n";
+        let m = parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.header("subject"), Some("\u{a0}hi\u{a0}"));
+    }
 
     #[test]
     fn folded_compact_and_odd_spacing() {

@@ -92,7 +92,7 @@ pub fn interpret<'a>(
     let (cseq, _) = msg.cseq().ok_or_else(|| bad("bad CSeq"))?;
     let header_expires = match msg.header("expires") {
         Some(e) => Some(
-            e.trim()
+            e.trim_ascii()
                 .parse::<u32>()
                 .map_err(|_| bad("Expires is not a number"))?,
         ),

@@ -238,7 +238,7 @@ impl fmt::Display for Uri {
 
 /// `s` split around the first `sep` (an ASCII byte), by a plain scan: the
 /// parts of a URI are too short for a vectorised search to pay off.
-fn split_at(s: &str, sep: u8) -> Option<(&str, &str)> {
+pub(crate) fn split_at(s: &str, sep: u8) -> Option<(&str, &str)> {
     let i = s.bytes().position(|b| b == sep)?;
     Some((&s[..i], &s[i + 1..]))
 }

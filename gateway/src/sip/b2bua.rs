@@ -475,7 +475,7 @@ impl Calls {
             && call
                 .invite
                 .header("content-type")
-                .is_none_or(|t| t.trim().eq_ignore_ascii_case("application/sdp"));
+                .is_none_or(|t| t.trim_ascii().eq_ignore_ascii_case("application/sdp"));
         self.calls.insert(id, call);
         let mut events = Vec::new();
         if sdp && let Some(media) = self.media.as_mut() {
@@ -1615,9 +1615,13 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
     };
     let (sent_by, existing) = top.split_once(';').unwrap_or((top, ""));
     let mut out = String::with_capacity(value.len() + 48);
-    out.push_str(sent_by.trim_end());
-    for p in existing.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let key = p.split('=').next().unwrap_or("").trim();
+    out.push_str(sent_by.trim_ascii_end());
+    for p in existing
+        .split(';')
+        .map(str::trim_ascii)
+        .filter(|p| !p.is_empty())
+    {
+        let key = p.split('=').next().unwrap_or("").trim_ascii();
         if !key.eq_ignore_ascii_case("rport") && !key.eq_ignore_ascii_case("received") {
             out.push(';');
             out.push_str(p);
@@ -1633,8 +1637,8 @@ pub fn stamp_rport(resp: &mut Message, src: SocketAddr) {
         out.truncate(mark);
     }
     if via.rport.is_some() {
-        // Writing into a String cannot fail.
-        let _ = write!(out, ";rport={}", src.port());
+        out.push_str(";rport=");
+        out.push_str(itoa::Buffer::new().format(src.port()));
     }
     for rest in parts {
         out.push_str(", ");

@@ -195,17 +195,50 @@ fn unix_now() -> Secs {
         .map_or(0, |d| d.as_secs())
 }
 
-fn method_label(method: &str) -> &'static str {
-    match method {
-        "INVITE" => "INVITE",
-        "ACK" => "ACK",
-        "CANCEL" => "CANCEL",
-        "BYE" => "BYE",
-        "OPTIONS" => "OPTIONS",
-        "REGISTER" => "REGISTER",
-        "UPDATE" => "UPDATE",
-        "INFO" => "INFO",
-        _ => "other",
+/// The method labels of the request and response counters.
+const METHOD_LABELS: [&str; 9] = [
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "UPDATE", "INFO", "other",
+];
+
+/// A request method's place in [`METHOD_LABELS`] (the last for any other).
+fn method_index(method: &str) -> usize {
+    METHOD_LABELS[..METHOD_LABELS.len() - 1]
+        .iter()
+        .position(|l| *l == method)
+        .unwrap_or(METHOD_LABELS.len() - 1)
+}
+
+/// The status classes of the response counter.
+const CLASS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+
+/// Each method's request counter and each method and class's response
+/// counter, looked up by label once: a labelled lookup hashes the labels
+/// under a lock, and every request counts twice. A series appears in
+/// `/metrics` when first counted, as before.
+struct MethodCounters {
+    requests: [OnceLock<prometheus::IntCounter>; METHOD_LABELS.len()],
+    responses: [[OnceLock<prometheus::IntCounter>; CLASS_LABELS.len()]; METHOD_LABELS.len()],
+}
+
+static METHOD_COUNTERS: MethodCounters = MethodCounters {
+    requests: [const { OnceLock::new() }; METHOD_LABELS.len()],
+    responses: [const { [const { OnceLock::new() }; CLASS_LABELS.len()] }; METHOD_LABELS.len()],
+};
+
+impl MethodCounters {
+    fn request(&self, method: usize) {
+        self.requests[method]
+            .get_or_init(|| m::SIP_REQUESTS.with_label_values(&[METHOD_LABELS[method]]))
+            .inc();
+    }
+
+    fn response(&self, method: usize, code: u16) {
+        let class = usize::from(code / 100).clamp(1, 6) - 1;
+        self.responses[method][class]
+            .get_or_init(|| {
+                m::SIP_RESPONSES.with_label_values(&[METHOD_LABELS[method], CLASS_LABELS[class]])
+            })
+            .inc();
     }
 }
 
@@ -445,16 +478,10 @@ impl<L: Location> Core<L> {
             m::SIP_DROPPED.with_label_values(&["scanner"]).inc();
             return None;
         }
-        let label = method_label(method);
-        m::SIP_REQUESTS.with_label_values(&[label]).inc();
+        let index = method_index(method);
+        METHOD_COUNTERS.request(index);
         let reply = self.respond(&msg, method, src, transport, now_ms).await?;
-        let code = reply.status().unwrap_or(500);
-        m::SIP_RESPONSES
-            .with_label_values(&[
-                label,
-                ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"][usize::from(code / 100).clamp(1, 6) - 1],
-            ])
-            .inc();
+        METHOD_COUNTERS.response(index, reply.status().unwrap_or(500));
         Some(reply.to_bytes())
     }
 
@@ -584,7 +611,7 @@ impl<L: Location> Core<L> {
     ) -> Option<Message> {
         if !req.body.is_empty() {
             let ct = req.header("content-type").unwrap_or("");
-            let media = ct.split(';').next().unwrap_or("").trim();
+            let media = ct.split(';').next().unwrap_or("").trim_ascii();
             if !media.eq_ignore_ascii_case("application/sdp") {
                 let mut r = self.reply(req, 415, src);
                 r.push_header("accept", "application/sdp");
@@ -593,7 +620,7 @@ impl<L: Location> Core<L> {
         }
         if req.count("accept") > 0
             && !req.header_values("accept").any(|a| {
-                let a = a.split(';').next().unwrap_or("").trim();
+                let a = a.split(';').next().unwrap_or("").trim_ascii();
                 a.eq_ignore_ascii_case("application/sdp")
                     || a == "*/*"
                     || a.eq_ignore_ascii_case("application/*")
@@ -646,7 +673,7 @@ impl<L: Location> Core<L> {
         };
         if req
             .header("max-forwards")
-            .is_some_and(|m| m.trim().parse::<u32>().is_ok_and(|n| n == 0))
+            .is_some_and(|m| m.trim_ascii().parse::<u32>().is_ok_and(|n| n == 0))
         {
             return Some(self.reply(req, 483, src));
         }
@@ -1041,14 +1068,12 @@ impl<L: Location> Core<L> {
         }
         let mut r = self.reply(req, 200, src);
         for b in &updated.bindings {
-            r.push_header(
-                "contact",
-                format!(
-                    "<{}>;expires={}",
-                    b.contact,
-                    b.expires_at.saturating_sub(now)
-                ),
-            );
+            let mut contact = String::with_capacity(b.contact.len() + 20);
+            contact.push('<');
+            contact.push_str(&b.contact);
+            contact.push_str(">;expires=");
+            contact.push_str(itoa::Buffer::new().format(b.expires_at.saturating_sub(now)));
+            r.push_header("contact", contact);
         }
         for p in &reg.path {
             r.push_header("path", (*p).to_owned());
