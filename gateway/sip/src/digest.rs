@@ -294,10 +294,7 @@ impl Nonces {
     }
 
     pub fn issue(&self, now_s: u64, serial: u64) -> String {
-        let mut nonce = String::with_capacity(96);
-        push_hex(&mut nonce, now_s);
-        nonce.push('.');
-        push_hex(&mut nonce, serial);
+        let mut nonce = format!("{now_s:x}.{serial:x}");
         let tag = self.tag(&nonce);
         nonce.push('.');
         nonce.push_str(tag.as_str());
@@ -333,17 +330,6 @@ impl Nonces {
             return NonceCheck::Stale;
         }
         NonceCheck::Fresh { issued_at }
-    }
-}
-
-/// Appends `n` in lower-case hex without leading zeros, as `{:x}` writes
-/// it (a challenge is written for every first REGISTER).
-fn push_hex(out: &mut String, n: u64) {
-    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.push(char::from(
-            b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize],
-        ));
     }
 }
 

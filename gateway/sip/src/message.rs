@@ -922,24 +922,21 @@ impl<'a> ViaRef<'a> {
             received: None,
             rport: None,
         };
-        let mut params = (!params.is_empty()).then_some(params);
-        while let Some(list) = params {
-            let (p, more) = split_at(list, b';').map_or((list, None), |(p, m)| (p, Some(m)));
-            params = more;
-            let (k, val) = split_at(p, b'=').map_or((p.trim_ascii(), None), |(k, v)| {
-                (k.trim_ascii(), Some(v.trim_ascii()))
-            });
-            if k.is_empty() {
-                return Err("empty Via parameter");
-            } else if k.eq_ignore_ascii_case("branch") {
-                via.branch = val;
-            } else if k.eq_ignore_ascii_case("received") {
-                via.received = val;
-            } else if k.eq_ignore_ascii_case("rport") {
-                via.rport = Some(match val {
-                    Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
-                    None => None,
-                });
+        if !params.is_empty() {
+            for (k, val) in crate::uri::params(params) {
+                let (k, val) = (k.trim_ascii(), val.map(str::trim_ascii));
+                if k.is_empty() {
+                    return Err("empty Via parameter");
+                } else if k.eq_ignore_ascii_case("branch") {
+                    via.branch = val;
+                } else if k.eq_ignore_ascii_case("received") {
+                    via.received = val;
+                } else if k.eq_ignore_ascii_case("rport") {
+                    via.rport = Some(match val {
+                        Some(n) => Some(n.parse().map_err(|_| "bad rport")?),
+                        None => None,
+                    });
+                }
             }
         }
         Ok(via)

@@ -284,11 +284,15 @@ pub fn unescape(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// `name[=value]` pairs of a `;`-separated parameter list.
-fn params(p: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
-    p.split(';').map(|part| match part.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (part, None),
+/// `name[=value]` pairs of a `;`-separated parameter list (as `split(';')`
+/// would cut it, an empty list being one empty name), split by byte.
+pub(crate) fn params(p: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let mut rest = Some(p);
+    std::iter::from_fn(move || {
+        let list = rest?;
+        let (part, more) = split_at(list, b';').map_or((list, None), |(a, b)| (a, Some(b)));
+        rest = more;
+        Some(split_at(part, b'=').map_or((part, None), |(n, v)| (n, Some(v))))
     })
 }
 
