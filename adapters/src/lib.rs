@@ -89,6 +89,21 @@ pub enum CommandError {
     Rejected(String),
 }
 
+/// Opens an adapter's own SQLite file in WAL mode with `synchronous =
+/// NORMAL` (a power cut may lose the last commits, never consistency: each
+/// caller says why that loses nothing) and creates its `schema`.
+pub(crate) fn open_local_db(
+    path: &std::path::Path,
+    schema: &str,
+) -> rusqlite::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open(path)?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.pragma_update(None, "synchronous", "NORMAL")?;
+    db.busy_timeout(std::time::Duration::from_secs(5))?;
+    db.execute_batch(schema)?;
+    Ok(db)
+}
+
 /// Backoff before retry `attempt` (0-based) after a failure: 1 s doubling
 /// to 60 s. Adapters reconnect and the gateway retries commands with it.
 pub fn backoff(attempt: u32) -> std::time::Duration {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use mail_parser::MimeHeaders;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use switchboard_adapters::blobs::Blobs;
 use switchboard_storage::{Interaction, Kind};
 use switchboard_tests::mail::{Dovecot, SmtpSink, letter};
 use switchboard_tests::{Launch, Switchboard, feed_interactions};
@@ -536,12 +538,9 @@ async fn hostile_letters_are_all_accounted_for() {
         garbage.payload
     );
     let raw_sha = garbage.payload["raw_sha256"].as_str().unwrap();
-    assert!(
-        data.join("attachments")
-            .join(&raw_sha[..2])
-            .join(raw_sha)
-            .exists()
-    );
+    let store = Blobs::open_read_only(data.join("attachments")).unwrap();
+    let kept = store.read(raw_sha).expect("the raw letter is kept");
+    assert_eq!(hex::encode(Sha256::digest(&kept)), raw_sha);
     let (status, _) = sb.get_text("gateway", "/readyz").await.unwrap();
     assert_eq!(status, 200);
     sb.terminate(Duration::from_secs(10)).await.unwrap();

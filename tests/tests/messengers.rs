@@ -14,6 +14,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use switchboard_adapters::blobs::Blobs;
 use switchboard_storage::{Interaction, Kind};
 use switchboard_tests::doubles::Double;
 use switchboard_tests::{Launch, Switchboard, feed_interactions};
@@ -127,7 +128,7 @@ async fn a_telegram_photo_arrives_by_polling_is_assigned_and_answered() {
     let sha = hex::encode(Sha256::digest(&photo));
     assert_eq!(msg.payload["attachments"][0]["sha256"], sha.as_str());
     assert_eq!(msg.payload["attachments"][0]["kind"], "photo");
-    let stored = std::fs::read(data.join("attachments").join(&sha[..2]).join(&sha)).unwrap();
+    let stored = stored_file(&data, &sha);
     assert_eq!(stored, photo);
 
     // Routing assigns it to the online manager.
@@ -386,7 +387,7 @@ token = "jivo-0123456789abcdef"
             sha.as_str(),
             "{e:#?}"
         );
-        let kept = std::fs::read(data_dir_file(&data, &sha)).unwrap();
+        let kept = stored_file(&data, &sha);
         assert_eq!(kept, bytes);
     };
     let vk_message = customer
@@ -760,7 +761,10 @@ api_url = "{}"
     sb.terminate(Duration::from_secs(10)).await.unwrap();
 }
 
-/// Where the attachment store keeps a file.
-fn data_dir_file(data: &Path, sha: &str) -> std::path::PathBuf {
-    data.join("attachments").join(&sha[..2]).join(sha)
+/// A file the gateway's attachment store keeps, read beside it.
+fn stored_file(data: &Path, sha: &str) -> Vec<u8> {
+    Blobs::open_read_only(data.join("attachments"))
+        .unwrap()
+        .read(sha)
+        .unwrap_or_else(|| panic!("{sha} is not in the attachment store"))
 }

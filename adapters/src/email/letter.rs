@@ -353,7 +353,7 @@ mod tests {
 
     fn blobs() -> (tempfile::TempDir, Blobs) {
         let dir = tempfile::tempdir().unwrap();
-        let b = Blobs::new(dir.path().join("attachments"));
+        let b = Blobs::open(dir.path().join("attachments")).unwrap();
         (dir, b)
     }
 

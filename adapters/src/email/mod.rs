@@ -97,11 +97,12 @@ struct Inner {
 }
 
 impl Email {
-    /// Opens `<data_dir>/email.sqlite` and reads the mailboxes' passwords.
-    /// `config` must have passed validation.
+    /// Opens `<data_dir>/email.sqlite` and reads the mailboxes' passwords;
+    /// attachments go to `blobs`. `config` must have passed validation.
     pub fn new(
         config: &EmailConfig,
         data_dir: &Path,
+        blobs: Blobs,
         country: phonenumber::country::Id,
     ) -> Result<Self, MailError> {
         std::fs::create_dir_all(data_dir).map_err(|e| MailError::Local(e.to_string()))?;
@@ -122,12 +123,6 @@ impl Email {
                 None => None,
             };
             passwords.insert(m.name.clone(), (incoming, smtp));
-        }
-        let blobs = Blobs::new(data_dir.join("attachments"));
-        if !config.mailboxes.is_empty() {
-            blobs
-                .prepare()
-                .map_err(|e| MailError::Local(format!("attachment store: {e}")))?;
         }
         Ok(Self {
             inner: Arc::new(Inner {

@@ -37,15 +37,12 @@ pub struct MailState {
 pub struct StateError(#[from] rusqlite::Error);
 
 impl MailState {
+    /// A power cut may lose the last commits: that only rewinds a cursor,
+    /// and those letters are taken again with the same envelope ids, which
+    /// consumers absorb.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = Connection::open(path)?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL in WAL mode: a power cut may lose the last commits, never
-        // consistency. Losing one only rewinds a cursor: those letters are
-        // taken again with the same envelope ids, which consumers absorb.
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.execute_batch(
+        let db = crate::open_local_db(
+            path,
             "CREATE TABLE IF NOT EXISTS cursors (
                  mailbox TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS letters (

@@ -19,7 +19,6 @@ mod telegram;
 mod viber;
 mod vk;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +37,9 @@ pub use chat::{Chat, ChatError, ChatMessage, Member, WidgetLine};
 /// The adapters for `[[channels]]`, one per line.
 pub fn build(
     configs: &[ChannelConfig],
-    data_dir: &Path,
+    blobs: &Blobs,
     country: phonenumber::country::Id,
 ) -> Result<Vec<Arc<dyn Adapter>>, ConfigError> {
-    let blobs = Blobs::new(data_dir.join("attachments"));
     let mut out: Vec<Arc<dyn Adapter>> = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let key = format!("channels[{i}]");

@@ -8,7 +8,8 @@ use switchboard_config::Config;
 fn adapters(toml: &str) -> (tempfile::TempDir, Vec<Arc<dyn Adapter>>) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_toml_str(toml, std::iter::empty()).unwrap();
-    let list = build(&config.channels, dir.path(), phonenumber::country::Id::RU).unwrap();
+    let blobs = Blobs::open(dir.path().join("attachments")).unwrap();
+    let list = build(&config.channels, &blobs, phonenumber::country::Id::RU).unwrap();
     (dir, list)
 }
 

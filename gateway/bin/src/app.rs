@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use switchboard_adapters::blobs::Blobs;
 use switchboard_adapters::email::Email;
 use switchboard_adapters::inbox::Inbox;
 use switchboard_adapters::messengers;
@@ -193,13 +194,16 @@ pub(crate) async fn run(
             };
             gateway.watch_channels(ctx.health.clone(), http_stop.clone());
             let mut channels = Channels::new(ctx);
+            let blobs = Blobs::open(config.node.data_dir.join("attachments"))
+                .context("cannot open the attachment store (node.data_dir)")?;
             if !config.email.mailboxes.is_empty() {
-                let email = Email::new(&config.email, &config.node.data_dir, country)
-                    .context("cannot start the email channel (email.mailboxes)")?;
+                let email =
+                    Email::new(&config.email, &config.node.data_dir, blobs.clone(), country)
+                        .context("cannot start the email channel (email.mailboxes)")?;
                 channels.add(std::sync::Arc::new(email));
                 tracing::info!(mailboxes = config.email.mailboxes.len(), "email channel up");
             }
-            for adapter in messengers::build(&config.channels, &config.node.data_dir, country)
+            for adapter in messengers::build(&config.channels, &blobs, country)
                 .context("cannot start the messengers (channels)")?
             {
                 channels.add(adapter);
