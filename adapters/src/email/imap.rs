@@ -9,14 +9,22 @@ use std::time::Duration;
 use async_imap::{Client, Session};
 use switchboard_config::{Mailbox, Security};
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+
 use super::net::{self, Conn, IO_TIMEOUT};
-use super::{Email, Fetched, MailError, fetch, report};
+use super::{Email, Fetched, Filed, Known, MailError, Parsed, fetch, report};
 use crate::{AdapterContext, backoff, sleep_or_shutdown};
 
 /// Letters downloaded and published at once.
 const GROUP_LETTERS: usize = 500;
-/// Letters whose sizes one command asks for.
-const SIZE_WINDOW: usize = 5_000;
+/// Letters whose sizes one command asks for: the first group downloads
+/// after one window's sizes, and a huge folder's first pass never holds
+/// more than a window of parsed responses.
+const SIZE_WINDOW: usize = 2 * GROUP_LETTERS;
 /// Bytes of letters downloaded and published at once.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// The longest header section taken of a letter over the size limit.
@@ -231,21 +239,16 @@ fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
     out
 }
 
-async fn published(
-    task: tokio::task::JoinHandle<Result<usize, MailError>>,
-) -> Result<(), MailError> {
-    task.await
-        .map_err(|e| MailError::Local(format!("publishing failed: {e}")))?
-        .map(drop)
-}
-
 /// Takes every letter above UID `last`; returns the new last UID and
 /// whether the server announced a change to the folder meanwhile.
 ///
-/// The new letters are listed, their sizes asked; they are then downloaded in
-/// groups (at most `GROUP_LETTERS` letters and `BATCH_BYTES` bytes). Groups
-/// are published and their cursor committed strictly in order.
-/// Downloading, parsing and publishing overlap (three groups in flight).
+/// The new letters are listed; then, a window of `SIZE_WINDOW` UIDs at a
+/// time, their sizes are asked and they are downloaded in groups (at most
+/// `GROUP_LETTERS` letters and `BATCH_BYTES` bytes). Groups are published
+/// and their cursor committed strictly in order. Downloading (with the
+/// size questions), parsing and publishing overlap: three groups in
+/// flight, and the first download starts after one window's sizes rather
+/// than the whole folder's.
 async fn catch_up(
     email: &Email,
     mb: &Mailbox,
@@ -262,36 +265,121 @@ async fn catch_up(
         .filter(|&u| u > last)
         .collect();
     uids.sort_unstable();
-    // Sizes are asked for a window of UIDs at a time, so a first pass over
-    // a huge folder never holds a million parsed responses.
-    let mut sizes: Vec<(u32, u64)> = Vec::with_capacity(uids.len());
+    let limit = email.inner.config.max_letter_bytes;
     let mut news = false;
-    for window in uids.chunks(SIZE_WINDOW) {
-        let (first, end) = (window[0], window[window.len() - 1]);
-        let fetched = within(
-            IO_TIMEOUT,
-            fetch::uid_fetch(
-                session.get_mut(),
-                &format!("{first}:{end}"),
-                "(UID RFC822.SIZE)",
-                0,
-            ),
-        )
-        .await?;
-        news |= fetched.news;
-        sizes.extend(
-            fetched
-                .items
-                .iter()
-                .filter_map(|f| Some((f.uid?, f.size?)))
-                .filter(|(uid, _)| (first..=end).contains(uid)),
+    let mut letters = 0usize;
+    // Four stages run at once, each on its own group, strictly in order:
+    // download, parse, file (dedupe, thread, build the records) and record
+    // (publish, then commit the state and the cursor). Each stage owns its
+    // ends of the channels, so when one fails and returns, the stage
+    // before it stops at its next hand-over and the ones after it finish
+    // what they were given.
+    let (downloaded, to_parse) = mpsc::channel::<(u32, Vec<Fetched>)>(1);
+    let (parsed, to_file) = mpsc::channel::<(u32, Parsed)>(1);
+    let (filed, to_record) = mpsc::channel::<(u32, Filed)>(1);
+    // Groups recorded so far: filing needs to look, beside the state, only
+    // at the groups after these.
+    let recorded = AtomicUsize::new(0);
+    let fetch = async {
+        let downloaded = downloaded;
+        for window in uids.chunks(SIZE_WINDOW) {
+            let (groups, changed) = sized_groups(session, window, limit).await?;
+            news |= changed;
+            for group in groups {
+                let top = group.iter().map(|(u, _)| *u).max().unwrap_or(0);
+                letters += group.len();
+                let (batch, changed) = download(session, &group, limit).await?;
+                news |= changed;
+                if downloaded.send((top, batch)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok::<(), MailError>(())
+    };
+    let parse = async {
+        let (mut to_parse, parsed) = (to_parse, parsed);
+        while let Some((top, batch)) = to_parse.recv().await {
+            if parsed.send((top, email.parse(batch).await?)).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), MailError>(())
+    };
+    let file = async {
+        let (mut to_file, filed) = (to_file, filed);
+        let mut unsaved: VecDeque<(usize, Arc<Vec<Known>>)> = VecDeque::new();
+        let mut group = 0usize;
+        while let Some((top, batch)) = to_file.recv().await {
+            // Read before the state is: a group recorded later is still
+            // looked at here, which is harmless.
+            let done = recorded.load(Ordering::Acquire);
+            unsaved.retain(|(g, _)| *g >= done);
+            let earlier = unsaved.iter().map(|(_, k)| Arc::clone(k)).collect();
+            let f = email.file(mb, batch, earlier).await?;
+            unsaved.push_back((group, Arc::clone(&f.known)));
+            group += 1;
+            if filed.send((top, f)).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), MailError>(())
+    };
+    let record = async {
+        let mut to_record = to_record;
+        while let Some((top, f)) = to_record.recv().await {
+            email.record(mb, f, Some((validity, top)), ctx).await?;
+            last = last.max(top);
+            recorded.fetch_add(1, Ordering::Release);
+        }
+        Ok::<(), MailError>(())
+    };
+    let (downloading, parsing, filing, recording) = tokio::join!(fetch, parse, file, record);
+    // A later stage stops only because of its own failure, and an earlier
+    // one may stop because of it: the latest failure is the cause.
+    recording.and(filing).and(parsing).and(downloading)?;
+    if letters > 0 {
+        tracing::info!(
+            mailbox = %mb.name,
+            letters,
+            ms = started.elapsed().as_millis() as u64,
+            "letters taken"
         );
     }
+    Ok((last, news))
+}
+
+/// Asks the sizes of a window of UIDs (ascending) and splits the letters
+/// into download groups; also says whether the server announced a change
+/// meanwhile.
+async fn sized_groups(
+    session: &mut Session<Conn>,
+    window: &[u32],
+    limit: u64,
+) -> Result<(Vec<Vec<(u32, u64)>>, bool), MailError> {
+    let (Some(&first), Some(&end)) = (window.first(), window.last()) else {
+        return Ok((Vec::new(), false));
+    };
+    let fetched = within(
+        IO_TIMEOUT,
+        fetch::uid_fetch(
+            session.get_mut(),
+            &format!("{first}:{end}"),
+            "(UID RFC822.SIZE)",
+            0,
+        ),
+    )
+    .await?;
+    let mut sizes: Vec<(u32, u64)> = fetched
+        .items
+        .iter()
+        .filter_map(|f| Some((f.uid?, f.size?)))
+        .filter(|(uid, _)| (first..=end).contains(uid))
+        .collect();
     sizes.sort_unstable();
-    let limit = email.inner.config.max_letter_bytes;
     let mut groups: Vec<Vec<(u32, u64)>> = Vec::new();
     let mut bytes = 0u64;
-    for &(uid, size) in &sizes {
+    for (uid, size) in sizes {
         // A letter over the limit costs only its headers.
         let cost = if size > limit { 64 * 1024 } else { size };
         match groups.last_mut() {
@@ -305,70 +393,7 @@ async fn catch_up(
         }
         bytes += cost;
     }
-    // Three stages run at once: the next group downloads while this one is
-    // parsed and the one before is published.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Result<Vec<Fetched>, MailError>)>(1);
-    let fetch = {
-        let groups = &groups;
-        let news = &mut news;
-        async move {
-            for group in groups {
-                let top = group.iter().map(|(u, _)| *u).max().unwrap_or(0);
-                let batch = download(session, group, limit)
-                    .await
-                    .map(|(batch, changed)| {
-                        *news |= changed;
-                        batch
-                    });
-                let failed = batch.is_err();
-                // A closed channel: publishing failed and stopped reading.
-                if tx.send((top, batch)).await.is_err() || failed {
-                    break;
-                }
-            }
-        }
-    };
-    let publish = async {
-        let mut publishing: Option<(u32, tokio::task::JoinHandle<Result<usize, MailError>>)> = None;
-        let outcome = async {
-            while let Some((top, batch)) = rx.recv().await {
-                let parsed = email.parse(batch?).await?;
-                if let Some((done, task)) = publishing.take() {
-                    published(task).await?;
-                    last = last.max(done);
-                }
-                let (email, mb, ctx) = (email.clone(), mb.clone(), ctx.clone());
-                publishing = Some((
-                    top,
-                    tokio::spawn(async move {
-                        email.take(&mb, parsed, Some((validity, top)), &ctx).await
-                    }),
-                ));
-            }
-            Ok::<(), MailError>(())
-        }
-        .await;
-        drop(rx);
-        // The group in flight finishes (or fails) before anything else.
-        if let Some((done, task)) = publishing.take() {
-            match published(task).await {
-                Ok(()) => last = last.max(done),
-                Err(e) => return outcome.and(Err(e)),
-            }
-        }
-        outcome
-    };
-    let ((), outcome) = tokio::join!(fetch, publish);
-    outcome?;
-    if !sizes.is_empty() {
-        tracing::info!(
-            mailbox = %mb.name,
-            letters = sizes.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "letters taken"
-        );
-    }
-    Ok((last, news))
+    Ok((groups, fetched.news))
 }
 
 #[cfg(test)]

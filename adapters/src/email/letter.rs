@@ -79,17 +79,26 @@ pub struct Letter {
     pub auto: Option<Auto>,
     /// What could not be read; the raw letter is kept when this is not empty.
     pub problems: Vec<String>,
-    pub raw_sha256: String,
+    /// The raw bytes' SHA-256, where the letter needs it: without a
+    /// Message-ID (it is then the letter's key) or kept raw (`problems`).
+    pub raw_sha256: Option<String>,
     pub raw_size: u64,
 }
 
 impl Letter {
     /// Reads `raw`, storing attachments up to `max_attachment` bytes each in
-    /// `blobs` (not yet flushed: see [`Blobs::sync`]). Never fails: a letter nothing can be made of is a letter
-    /// with problems.
+    /// `blobs` (not yet flushed: see [`Blobs::sync`]). Never fails: a
+    /// letter nothing can be made of is a letter with problems.
     pub fn parse(raw: &[u8], blobs: &Blobs, max_attachment: u64) -> Self {
+        let mut letter = Self::read(raw, blobs, max_attachment);
+        if letter.message_id.is_none() || !letter.problems.is_empty() {
+            letter.raw_sha256 = Some(hex::encode(Sha256::digest(raw)));
+        }
+        letter
+    }
+
+    fn read(raw: &[u8], blobs: &Blobs, max_attachment: u64) -> Self {
         let mut letter = Letter {
-            raw_sha256: hex::encode(Sha256::digest(raw)),
             raw_size: raw.len() as u64,
             ..Letter::default()
         };
@@ -464,7 +473,17 @@ mod tests {
             let l = Letter::parse(raw, &b, 1);
             assert!(!l.problems.is_empty(), "{raw:?}");
             assert_eq!(l.raw_size, raw.len() as u64);
+            // Kept raw under its digest.
+            assert_eq!(l.raw_sha256, Some(hex::encode(Sha256::digest(raw))));
         }
+        // A sound letter is known by its Message-ID; one without is known
+        // by its digest.
+        let sound = b"From: a@b.ru\r\nMessage-ID: <1@b.ru>\r\nSubject: x\r\n\r\nbody";
+        assert_eq!(Letter::parse(sound, &b, 1).raw_sha256, None);
+        let anonymous = b"From: a@b.ru\r\nSubject: x\r\n\r\nbody";
+        let l = Letter::parse(anonymous, &b, 1);
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.raw_sha256, Some(hex::encode(Sha256::digest(anonymous))));
     }
 
     fn b64(data: &[u8]) -> Vec<u8> {

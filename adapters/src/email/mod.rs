@@ -80,6 +80,14 @@ pub(crate) struct Parsed {
     letters: Vec<Letter>,
 }
 
+/// A batch of letters, filed: its records for the feed, and what the state
+/// remembers of each.
+#[derive(Debug)]
+pub(crate) struct Filed {
+    records: Vec<NewRecord>,
+    pub known: Arc<Vec<Known>>,
+}
+
 /// Every configured mailbox, its state and its sending side.
 #[derive(Debug, Clone)]
 pub struct Email {
@@ -205,15 +213,44 @@ impl Email {
         cursor: Option<(u32, u32)>,
         ctx: &AdapterContext,
     ) -> Result<usize, MailError> {
+        let filed = self.file(mailbox, parsed, Vec::new()).await?;
+        self.record(mailbox, filed, cursor, ctx).await
+    }
+
+    /// Files parsed letters (on the blocking pool): dedupes them against the
+    /// state and `unsaved` — letters filed before whose state may not be
+    /// committed yet —, threads them and builds their records.
+    pub(crate) async fn file(
+        &self,
+        mailbox: &Mailbox,
+        parsed: Parsed,
+        unsaved: Vec<Arc<Vec<Known>>>,
+    ) -> Result<Filed, MailError> {
         let this = self.clone();
         let mb = mailbox.clone();
         let (records, known) = tokio::task::spawn_blocking(move || {
             this.inner
                 .state
-                .read(|state| this.resolve(state, &mb, parsed))
+                .read(|state| this.resolve(state, &mb, parsed, &unsaved))
         })
         .await
         .map_err(|e| MailError::Local(format!("letter filing failed: {e}")))??;
+        Ok(Filed {
+            records,
+            known: Arc::new(known),
+        })
+    }
+
+    /// Publishes filed letters in one batch, then remembers them and moves
+    /// the cursor. Returns how many were published.
+    pub(crate) async fn record(
+        &self,
+        mailbox: &Mailbox,
+        filed: Filed,
+        cursor: Option<(u32, u32)>,
+        ctx: &AdapterContext,
+    ) -> Result<usize, MailError> {
+        let Filed { records, known } = filed;
         let published = records.len();
         if !records.is_empty() {
             ctx.feed
@@ -236,23 +273,27 @@ impl Email {
         state: &Reader<'_>,
         mailbox: &Mailbox,
         parsed: Parsed,
+        unsaved: &[Arc<Vec<Known>>],
     ) -> Result<(Vec<NewRecord>, Vec<Known>), MailError> {
         let metrics = crate::metrics::Email::of(&mailbox.name);
-        let mut records = Vec::new();
-        let mut known: Vec<Known> = Vec::new();
-        let mut taken = std::collections::HashSet::new();
+        let mut records = Vec::with_capacity(parsed.letters.len());
+        let mut known: Vec<Known> = Vec::with_capacity(parsed.letters.len());
+        let mut taken: std::collections::HashSet<String> = unsaved
+            .iter()
+            .flat_map(|g| g.iter().map(|k| k.key.clone()))
+            .collect();
         for (f, letter) in parsed.batch.into_iter().zip(parsed.letters) {
             let key = match (&f.key, &letter.message_id) {
                 (Some(k), _) => k.clone(),
                 (None, Some(id)) => format!("mid:{id}"),
-                (None, None) => format!("sha256:{}", letter.raw_sha256),
+                (None, None) => format!("sha256:{}", letter.raw_sha256.as_deref().unwrap_or("")),
             };
             if taken.contains(&key) || state.is_known(&mailbox.name, &key)? {
                 metrics.letters("duplicate");
                 continue;
             }
             let contact = contact_of(&letter);
-            let thread = self.thread_of(state, &letter, &contact.key, &known)?;
+            let thread = self.thread_of(state, &letter, &contact.key, unsaved, &known)?;
             let id = letter_id(&mailbox.name, &key, f.arrived.or(letter.date));
             let mut ev = match forms::lead(&self.inner.config.forms, &letter, self.inner.country) {
                 Some(lead) if letter.auto.is_none() => {
@@ -333,18 +374,21 @@ impl Email {
     /// The conversation a letter belongs to: the thread of the letter it
     /// answers (In-Reply-To, References), the root of its References, the
     /// latest thread with the same sender under the same subject when the
-    /// subject says it is an answer, or a new thread.
+    /// subject says it is an answer, or a new thread. Letters filed before
+    /// and not yet in the state (`unsaved`, then `batch`) count as well.
     fn thread_of(
         &self,
         state: &Reader<'_>,
         letter: &Letter,
         contact: &str,
+        unsaved: &[Arc<Vec<Known>>],
         batch: &[Known],
     ) -> Result<String, MailError> {
+        let filed = || unsaved.iter().flat_map(|g| g.iter()).chain(batch);
         let mut ids: Vec<String> = letter.in_reply_to.clone();
         ids.extend(letter.references.iter().rev().cloned());
         for id in &ids {
-            if let Some(k) = batch.iter().find(|k| k.message_id.as_ref() == Some(id)) {
+            if let Some(k) = filed().find(|k| k.message_id.as_ref() == Some(id)) {
                 return Ok(k.thread.clone());
             }
         }
@@ -361,8 +405,7 @@ impl Email {
         }
         let subject = letter::thread_subject(&letter.subject);
         if letter::is_reply_subject(&letter.subject) && !subject.is_empty() {
-            if let Some(k) = batch
-                .iter()
+            if let Some(k) = filed()
                 .rev()
                 .find(|k| k.contact == contact && k.subject == subject)
             {
@@ -373,7 +416,11 @@ impl Email {
             }
         }
         Ok(thread_id(
-            letter.message_id.as_deref().unwrap_or(&letter.raw_sha256),
+            letter
+                .message_id
+                .as_deref()
+                .or(letter.raw_sha256.as_deref())
+                .unwrap_or(""),
         ))
     }
 }
@@ -525,4 +572,87 @@ pub(crate) fn report(mailbox: &str, ctx: &AdapterContext, state: Result<(), &Mai
         &Email::health_name(mailbox),
         state.map_err(ToString::to_string),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn fetched(uid: u32, raw: &str) -> Fetched {
+        Fetched {
+            raw: raw.as_bytes().to_vec(),
+            arrived: None,
+            too_large: None,
+            position: uid.to_string(),
+            key: None,
+        }
+    }
+
+    fn conversations(filed: &Filed) -> Vec<String> {
+        filed
+            .records
+            .iter()
+            .map(|r| {
+                let ev: Interaction = serde_json::from_slice(&r.value).unwrap();
+                ev.conversation.unwrap()
+            })
+            .collect()
+    }
+
+    /// While one group is still being published, the next is filed against
+    /// it as well as against the state: a letter in both is published once,
+    /// and an answer (by its subject) joins its thread.
+    #[tokio::test]
+    async fn letters_filed_but_not_yet_saved_count_for_dedupe_and_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = switchboard_config::Config::from_toml_str(
+            r#"
+[[email.mailboxes]]
+name = "sales"
+address = "sales@example.com"
+[email.mailboxes.incoming]
+host = "127.0.0.1"
+username = "sales"
+password = "secret"
+"#,
+            std::iter::empty(),
+        )
+        .unwrap();
+        let blobs = Blobs::open(dir.path().join("attachments")).unwrap();
+        let email = Email::new(
+            &config.email,
+            dir.path(),
+            blobs,
+            phonenumber::country::Id::RU,
+        )
+        .unwrap();
+        let mb = &config.email.mailboxes[0];
+        let question = "From: client@example.ru\r\nMessage-ID: <q1@example.ru>\r\n\
+                        Subject: Price\r\n\r\nHow much?";
+        // Threaded by its subject alone: no In-Reply-To to derive it from.
+        let answer = "From: client@example.ru\r\nMessage-ID: <q2@example.ru>\r\n\
+                      Subject: Re: Price\r\n\r\nAnd delivery?";
+
+        let parsed = email.parse(vec![fetched(1, question)]).await.unwrap();
+        let first = email.file(mb, parsed, Vec::new()).await.unwrap();
+        assert_eq!(first.records.len(), 1);
+        // Not recorded yet: the state knows nothing of the first group.
+        let parsed = email
+            .parse(vec![fetched(1, question), fetched(2, answer)])
+            .await
+            .unwrap();
+        let second = email
+            .file(mb, parsed, vec![Arc::clone(&first.known)])
+            .await
+            .unwrap();
+        assert_eq!(second.records.len(), 1, "the question is published once");
+        assert_eq!(conversations(&second), conversations(&first));
+
+        // Without the unsaved group the question would be published again.
+        let parsed = email.parse(vec![fetched(1, question)]).await.unwrap();
+        let again = email.file(mb, parsed, Vec::new()).await.unwrap();
+        assert_eq!(again.records.len(), 1);
+    }
 }
