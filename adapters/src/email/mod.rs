@@ -278,17 +278,22 @@ impl Email {
         let metrics = crate::metrics::Email::of(&mailbox.name);
         let mut records = Vec::with_capacity(parsed.letters.len());
         let mut known: Vec<Known> = Vec::with_capacity(parsed.letters.len());
-        let mut taken: std::collections::HashSet<String> = unsaved
+        // Keys filed before and not yet saved, then this batch's own.
+        let earlier: std::collections::HashSet<&str> = unsaved
             .iter()
-            .flat_map(|g| g.iter().map(|k| k.key.clone()))
+            .flat_map(|g| g.iter().map(|k| k.key.as_str()))
             .collect();
+        let mut taken = std::collections::HashSet::new();
         for (f, letter) in parsed.batch.into_iter().zip(parsed.letters) {
             let key = match (&f.key, &letter.message_id) {
                 (Some(k), _) => k.clone(),
                 (None, Some(id)) => format!("mid:{id}"),
                 (None, None) => format!("sha256:{}", letter.raw_sha256.as_deref().unwrap_or("")),
             };
-            if taken.contains(&key) || state.is_known(&mailbox.name, &key)? {
+            if earlier.contains(key.as_str())
+                || taken.contains(&key)
+                || state.is_known(&mailbox.name, &key)?
+            {
                 metrics.letters("duplicate");
                 continue;
             }
@@ -429,7 +434,7 @@ impl Email {
 /// thread root's digest.
 pub fn thread_id(root: &str) -> String {
     let digest = Sha256::digest(root.as_bytes());
-    format!("mail-{}", &hex::encode(digest)[..24])
+    format!("mail-{}", hex::encode(&digest[..12]))
 }
 
 /// The envelope id of a letter: the same for every time it is taken.
