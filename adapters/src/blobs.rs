@@ -643,6 +643,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_gives_up_what_was_not_synced_and_says_so_at_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("attachments");
+        let blobs = Blobs::open(&store).unwrap();
+        let kept = blobs.put(b"kept").unwrap();
+        let buffered = blobs.put_deferred(b"buffered").unwrap();
+        // The disk refuses the next write.
+        blobs.writer().active.as_mut().unwrap().file =
+            File::open(store.join("packs/00000001.pack")).unwrap();
+        assert!(blobs.put_deferred(&vec![7u8; 2 * BUFFER]).is_err());
+        // Nothing more is taken until the sync has reported the failure.
+        assert!(blobs.put_deferred(b"later").is_err());
+        let err = blobs.sync().unwrap_err();
+        assert!(
+            err.to_string().contains("storing an attachment failed"),
+            "{err}"
+        );
+        assert_eq!(blobs.read(&buffered), None, "given up, not half kept");
+        assert_eq!(blobs.read(&kept).unwrap(), b"kept");
+        // The letters are taken again; this time the disk takes them.
+        assert_eq!(blobs.put(b"buffered").unwrap(), buffered);
+        drop(blobs);
+        let blobs = Blobs::open(&store).unwrap();
+        assert_eq!(blobs.read(&buffered).unwrap(), b"buffered");
+        assert_eq!(blobs.read(&kept).unwrap(), b"kept");
+    }
+
+    #[test]
     fn bytes_that_no_longer_match_their_digest_are_not_returned() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("attachments");
