@@ -136,25 +136,11 @@ impl Blobs {
             .map_err(|(_, e)| fail(format!("in use by another process ({e})")))?;
         let index =
             open_index(&packs.join("index.sqlite")).map_err(|e| fail(format!("index: {e}")))?;
-        let mut writer = Writer {
-            index,
-            active: None,
-            next: 1,
-            pending: HashMap::new(),
-            closed: Vec::new(),
-            failed: None,
-        };
+        let mut writer = Writer::new(index);
         writer
             .recover(&packs)
             .map_err(|e| fail(format!("recovery: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(Store {
-                dir,
-                packs,
-                writer: Mutex::new(writer),
-                lock: Some(lock),
-            }),
-        })
+        Ok(Self::assemble(dir, packs, writer, Some(lock)))
     }
 
     /// Opens the store in `dir` for reading only, beside the process that
@@ -171,22 +157,23 @@ impl Blobs {
             dir: dir.clone(),
             what: format!("index: {e}"),
         })?;
-        let writer = Writer {
-            index,
-            active: None,
-            next: 0,
-            pending: HashMap::new(),
-            closed: Vec::new(),
-            failed: None,
-        };
-        Ok(Self {
+        Ok(Self::assemble(dir, packs, Writer::new(index), None))
+    }
+
+    fn assemble(
+        dir: PathBuf,
+        packs: PathBuf,
+        writer: Writer,
+        lock: Option<nix::fcntl::Flock<File>>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Store {
                 dir,
                 packs,
                 writer: Mutex::new(writer),
-                lock: None,
+                lock,
             }),
-        })
+        }
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -209,9 +196,9 @@ impl Blobs {
                 "the attachment store was opened for reading only",
             ));
         }
-        let digest: [u8; 32] = Sha256::digest(data).into();
+        let digest = sha256(data);
         let mut w = self.writer();
-        if !w.has(&digest).map_err(std::io::Error::other)? {
+        if w.locate(&digest).map_err(std::io::Error::other)?.is_none() {
             w.append(&self.inner.packs, &digest, data)?;
         }
         Ok(hex::encode(digest))
@@ -243,13 +230,20 @@ impl Blobs {
         let file = File::open(pack_path(&self.inner.packs, loc.pack)).ok()?;
         let mut bytes = vec![0; usize::try_from(loc.len).ok()?];
         file.read_exact_at(&mut bytes, loc.offset).ok()?;
-        (<[u8; 32]>::from(Sha256::digest(&bytes)) == digest).then_some(bytes)
+        (sha256(&bytes) == digest).then_some(bytes)
     }
 }
 
 impl Writer {
-    fn has(&self, digest: &[u8; 32]) -> rusqlite::Result<bool> {
-        Ok(self.pending.contains_key(digest) || self.indexed(digest)?.is_some())
+    fn new(index: Connection) -> Self {
+        Self {
+            index,
+            active: None,
+            next: 1,
+            pending: HashMap::new(),
+            closed: Vec::new(),
+            failed: None,
+        }
     }
 
     fn locate(&self, digest: &[u8; 32]) -> rusqlite::Result<Option<Loc>> {
@@ -500,7 +494,7 @@ fn scan(
         input.read_exact(&mut data)?;
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&header[4..36]);
-        if <[u8; 32]>::from(Sha256::digest(&data)) != digest {
+        if sha256(&data) != digest {
             break;
         }
         found(digest, at + HEADER, size);
@@ -520,6 +514,10 @@ fn open_index(path: &Path) -> rusqlite::Result<Connection> {
          CREATE TABLE IF NOT EXISTS packs (
              pack INTEGER PRIMARY KEY, indexed_end INTEGER NOT NULL);",
     )
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
 }
 
 fn pack_path(packs: &Path, number: u32) -> PathBuf {
@@ -546,10 +544,17 @@ mod tests {
         hex::encode(Sha256::digest(data))
     }
 
+    /// A store of its own: the directory (kept alive), its path, the store.
+    fn store() -> (tempfile::TempDir, PathBuf, Blobs) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("attachments");
+        let blobs = Blobs::open(&store).unwrap();
+        (dir, store, blobs)
+    }
+
     #[test]
     fn files_are_stored_once_by_content_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::open(dir.path().join("attachments")).unwrap();
+        let (_dir, store, blobs) = store();
         let price = blobs.put(b"price list").unwrap();
         assert_eq!(price, sha(b"price list"));
         assert_eq!(blobs.put(b"price list").unwrap(), price);
@@ -559,7 +564,7 @@ mod tests {
         blobs.sync().unwrap();
         assert_eq!(blobs.read(&price).unwrap(), b"price list");
         assert_eq!(blobs.read(&offer).unwrap(), b"offer");
-        let pack = std::fs::read(dir.path().join("attachments/packs/00000001.pack")).unwrap();
+        let pack = std::fs::read(store.join("packs/00000001.pack")).unwrap();
         assert_eq!(
             pack.len() as u64,
             2 * HEADER + "price list".len() as u64 + "offer".len() as u64,
@@ -571,16 +576,16 @@ mod tests {
 
         // Another process cannot append to the same packs, but can read
         // what is synced.
-        let err = Blobs::open(dir.path().join("attachments")).unwrap_err();
+        let err = Blobs::open(&store).unwrap_err();
         assert!(err.to_string().contains("in use"), "{err}");
-        let reader = Blobs::open_read_only(dir.path().join("attachments")).unwrap();
+        let reader = Blobs::open_read_only(&store).unwrap();
         assert_eq!(reader.read(&offer).unwrap(), b"offer");
         assert_eq!(
             reader.put(b"contract").unwrap_err().kind(),
             std::io::ErrorKind::PermissionDenied
         );
         drop(blobs);
-        let again = Blobs::open(dir.path().join("attachments")).unwrap();
+        let again = Blobs::open(&store).unwrap();
         assert_eq!(again.read(&offer).unwrap(), b"offer");
         // A new record goes on after the old ones.
         let contract = again.put(b"contract").unwrap();
@@ -590,9 +595,7 @@ mod tests {
 
     #[test]
     fn a_file_the_crm_stored_is_read_from_its_own_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("attachments");
-        let blobs = Blobs::open(&store).unwrap();
+        let (_dir, store, blobs) = store();
         let sha = sha(b"uploaded invoice");
         std::fs::create_dir_all(store.join(&sha[..2])).unwrap();
         std::fs::write(store.join(&sha[..2]).join(&sha), b"uploaded invoice").unwrap();
@@ -601,9 +604,7 @@ mod tests {
 
     #[test]
     fn records_a_crash_left_out_of_the_index_are_found_and_a_torn_tail_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("attachments");
-        let blobs = Blobs::open(&store).unwrap();
+        let (_dir, store, blobs) = store();
         let kept = blobs.put(b"kept").unwrap();
         // Written and synced, but the index never heard of it: the crash
         // came between the pack's sync and the index's commit.
@@ -644,9 +645,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_gives_up_what_was_not_synced_and_says_so_at_the_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("attachments");
-        let blobs = Blobs::open(&store).unwrap();
+        let (_dir, store, blobs) = store();
         let kept = blobs.put(b"kept").unwrap();
         let buffered = blobs.put_deferred(b"buffered").unwrap();
         // The disk refuses the next write.
@@ -672,9 +671,7 @@ mod tests {
 
     #[test]
     fn bytes_that_no_longer_match_their_digest_are_not_returned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("attachments");
-        let blobs = Blobs::open(&store).unwrap();
+        let (_dir, store, blobs) = store();
         let sha = blobs.put(b"the offer, signed").unwrap();
         let pack = store.join("packs/00000001.pack");
         let mut bytes = std::fs::read(&pack).unwrap();

@@ -77,14 +77,10 @@ pub struct NewRecord {
 impl NewRecord {
     /// An interaction for the `interactions` topic, keyed by contact.
     pub fn interaction(ev: &Interaction) -> Result<Self, FeedError> {
-        // Most envelopes are a few hundred bytes to a few KiB: start big
-        // enough to skip the first doublings.
-        let mut value = Vec::with_capacity(1024);
-        serde_json::to_writer(&mut value, ev)?;
         Ok(Self {
             topic: Topic::Interactions,
             key: ev.contact.key.clone(),
-            value,
+            value: serde_json::to_vec(ev)?,
         })
     }
 

@@ -4,15 +4,13 @@
 //! the connection and reconnects with backoff; the cursor only moves after
 //! the letters are in the feed.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_imap::{Client, Session};
 use switchboard_config::{Mailbox, Security};
-
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use tokio::sync::mpsc;
 
 use super::net::{self, Conn, IO_TIMEOUT};

@@ -201,11 +201,13 @@ impl Chat {
             )
         };
         std::fs::create_dir_all(data_dir).map_err(|e| unusable(&e))?;
-        let db = Connection::open(&path).map_err(|e| unusable(&e))?;
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS messages (
+        // A power cut may lose the history's last commits: a visitor's
+        // messages are in the inbox (and the feed) as well, managers'
+        // replies are in the feed's commands; only the corporate room's
+        // last lines exist here alone.
+        let db = crate::open_local_db(
+            &path,
+            "CREATE TABLE IF NOT EXISTS messages (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  line TEXT NOT NULL,
                  visitor TEXT NOT NULL,
