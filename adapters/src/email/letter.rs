@@ -308,23 +308,41 @@ fn lossy_prefix(raw: &[u8], max: usize) -> String {
 
 /// The subject without reply and forward prefixes, for threading by subject.
 pub fn thread_subject(subject: &str) -> String {
+    without_reply_prefixes(subject)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Whether the subject says this is an answer in an existing conversation.
+pub fn is_reply_subject(subject: &str) -> bool {
+    without_reply_prefixes(subject).len() != subject.trim().len()
+}
+
+/// The trimmed subject after its reply and forward prefixes ("Re:",
+/// "Fwd:", "Ответ:", "Re[2]:", any case, repeated).
+fn without_reply_prefixes(subject: &str) -> &str {
+    const PREFIXES: [&str; 9] = [
+        "re:",
+        "fw:",
+        "fwd:",
+        "aw:",
+        "ответ:",
+        "отв:",
+        "пересл:",
+        "re[",
+        "re (",
+    ];
     let mut s = subject.trim();
     loop {
-        let lower = s.to_lowercase();
-        let prefix = [
-            "re:",
-            "fw:",
-            "fwd:",
-            "aw:",
-            "ответ:",
-            "отв:",
-            "пересл:",
-            "re[",
-            "re (",
-        ]
-        .iter()
-        .find(|p| lower.starts_with(**p));
-        let Some(p) = prefix else { break };
+        let starts = |p: &str| {
+            let mut lower = s.chars().flat_map(char::to_lowercase);
+            p.chars().all(|c| lower.next() == Some(c))
+        };
+        let Some(p) = PREFIXES.iter().find(|p| starts(p)) else {
+            break;
+        };
         let mut rest = &s[s
             .char_indices()
             .nth(p.chars().count())
@@ -338,20 +356,7 @@ pub fn thread_subject(subject: &str) -> String {
         }
         s = rest.trim_start();
     }
-    s.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
-
-/// Whether the subject says this is an answer in an existing conversation.
-pub fn is_reply_subject(subject: &str) -> bool {
-    thread_subject(subject)
-        != subject
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase()
+    s
 }
 
 #[cfg(test)]
@@ -460,6 +465,13 @@ mod tests {
         assert!(is_reply_subject(&l.subject));
         assert!(!is_reply_subject("Order 42"));
         assert_eq!(thread_subject("Ответ: Счёт"), "счёт");
+        assert!(is_reply_subject("  re (2): Order"));
+        assert_eq!(thread_subject("  re (2):  Order "), "order");
+        // Not a prefix: "Re[" needs its colon, "Reply" is a word.
+        assert!(!is_reply_subject("Re[draft"));
+        assert!(!is_reply_subject("Reply needed"));
+        assert!(is_reply_subject("ОТВ: счёт"));
+        assert!(is_reply_subject("Re:"));
     }
 
     #[test]

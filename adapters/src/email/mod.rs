@@ -279,11 +279,19 @@ impl Email {
         let mut records = Vec::with_capacity(parsed.letters.len());
         let mut known: Vec<Known> = Vec::with_capacity(parsed.letters.len());
         // Keys filed before and not yet saved, then this batch's own.
-        let earlier: std::collections::HashSet<&str> = unsaved
-            .iter()
-            .flat_map(|g| g.iter().map(|k| k.key.as_str()))
-            .collect();
-        let mut taken = std::collections::HashSet::new();
+        let mut earlier = foldhash::HashSet::with_capacity_and_hasher(
+            unsaved.iter().map(|g| g.len()).sum(),
+            foldhash::fast::RandomState::default(),
+        );
+        earlier.extend(
+            unsaved
+                .iter()
+                .flat_map(|g| g.iter().map(|k| k.key.as_str())),
+        );
+        let mut taken = foldhash::HashSet::with_capacity_and_hasher(
+            parsed.letters.len(),
+            foldhash::fast::RandomState::default(),
+        );
         for (f, letter) in parsed.batch.into_iter().zip(parsed.letters) {
             let key = match (&f.key, &letter.message_id) {
                 (Some(k), _) => k.clone(),
@@ -298,7 +306,8 @@ impl Email {
                 continue;
             }
             let contact = contact_of(&letter);
-            let thread = self.thread_of(state, &letter, &contact.key, unsaved, &known)?;
+            let subject = letter::thread_subject(&letter.subject);
+            let thread = self.thread_of(state, &letter, &subject, &contact.key, unsaved, &known)?;
             let id = letter_id(&mailbox.name, &key, f.arrived.or(letter.date));
             let mut ev = match forms::lead(&self.inner.config.forms, &letter, self.inner.country) {
                 Some(lead) if letter.auto.is_none() => {
@@ -346,7 +355,7 @@ impl Email {
                 message_id: letter.message_id.clone(),
                 thread,
                 contact: ev.contact.key.clone(),
-                subject: letter::thread_subject(&letter.subject),
+                subject,
                 title: letter.subject.clone(),
                 interaction: ev.id.to_string(),
                 references: references.join(" "),
@@ -381,10 +390,12 @@ impl Email {
     /// latest thread with the same sender under the same subject when the
     /// subject says it is an answer, or a new thread. Letters filed before
     /// and not yet in the state (`unsaved`, then `batch`) count as well.
+    /// `subject` is the letter's thread subject.
     fn thread_of(
         &self,
         state: &Reader<'_>,
         letter: &Letter,
+        subject: &str,
         contact: &str,
         unsaved: &[Arc<Vec<Known>>],
         batch: &[Known],
@@ -408,15 +419,14 @@ impl Email {
         if let Some(root) = root {
             return Ok(thread_id(&root));
         }
-        let subject = letter::thread_subject(&letter.subject);
-        if letter::is_reply_subject(&letter.subject) && !subject.is_empty() {
+        if !subject.is_empty() && letter::is_reply_subject(&letter.subject) {
             if let Some(k) = filed()
                 .rev()
                 .find(|k| k.contact == contact && k.subject == subject)
             {
                 return Ok(k.thread.clone());
             }
-            if let Some(t) = state.thread_by_subject(contact, &subject)? {
+            if let Some(t) = state.thread_by_subject(contact, subject)? {
                 return Ok(t);
             }
         }

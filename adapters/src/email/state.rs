@@ -28,7 +28,10 @@ pub struct Known {
 
 #[derive(Debug, Clone)]
 pub struct MailState {
+    /// Writes (and the cursor).
     db: Arc<Mutex<Connection>>,
+    /// Reads that must not wait for a commit.
+    reader: Arc<Mutex<Connection>>,
 }
 
 /// The state file could not be used.
@@ -54,13 +57,27 @@ impl MailState {
              CREATE INDEX IF NOT EXISTS letters_subject ON letters (contact, subject);
              CREATE INDEX IF NOT EXISTS letters_interaction ON letters (interaction);",
         )?;
+        // Filing the next letters reads while the last ones are committed:
+        // a connection of its own, on its own snapshot (WAL).
+        let reader = crate::open_local_db(path, "")?;
+        // Every letter adds to four indexes at places its keys pick: keep
+        // them in memory rather than re-read pages the default 2 MiB
+        // cache dropped.
+        for conn in [&db, &reader] {
+            conn.pragma_update(None, "cache_size", -16 * 1024)?;
+        }
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The IMAP cursor: (UIDVALIDITY, last UID taken).
@@ -82,12 +99,13 @@ impl MailState {
 
     /// Runs `f` on one read snapshot of the state, holding the file's read
     /// lock once for all its queries (filing a batch of letters asks a few
-    /// questions per letter).
+    /// questions per letter). Reads have their own connection, so they do
+    /// not wait for a commit in progress.
     pub fn read<T, E: From<StateError>>(
         &self,
         f: impl FnOnce(&Reader<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut db = self.db();
+        let mut db = self.reader();
         let tx = db.transaction().map_err(StateError::from)?;
         let out = f(&Reader { db: &tx })?;
         tx.commit().map_err(StateError::from)?;
