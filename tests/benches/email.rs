@@ -115,9 +115,10 @@ async fn main() {
         let ceiling = letters as f64 / secs;
         best_ceiling = best_ceiling.max(ceiling);
 
-        // The daemon flushes its attachments with syncfs, which writes out
-        // everything dirty on the file system; what the bench itself just
-        // wrote (the Maildir, Dovecot's index) is not the daemon's to pay.
+        // The daemon syncs its feed and its attachment packs, and a sync
+        // commits the file system's journal: what the bench itself just
+        // wrote (the Maildir, Dovecot's index) is flushed first, as it is
+        // not the daemon's to pay.
         assert!(
             std::process::Command::new("sync")
                 .status()

@@ -211,6 +211,9 @@ impl Reader<'_> {
 
     /// The thread of the first of `ids` (Message-IDs) that is known.
     pub fn thread_of_any(&self, ids: &[String]) -> Result<Option<String>, StateError> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
         let mut q = self
             .db
             .prepare_cached("SELECT thread FROM letters WHERE message_id = ?1 LIMIT 1")?;
