@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use foldhash::{HashSet, HashSetExt};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -279,19 +280,13 @@ impl Email {
         let mut records = Vec::with_capacity(parsed.letters.len());
         let mut known: Vec<Known> = Vec::with_capacity(parsed.letters.len());
         // Keys filed before and not yet saved, then this batch's own.
-        let mut earlier = foldhash::HashSet::with_capacity_and_hasher(
-            unsaved.iter().map(|g| g.len()).sum(),
-            foldhash::fast::RandomState::default(),
-        );
+        let mut earlier = HashSet::with_capacity(unsaved.iter().map(|g| g.len()).sum());
         earlier.extend(
             unsaved
                 .iter()
                 .flat_map(|g| g.iter().map(|k| k.key.as_str())),
         );
-        let mut taken = foldhash::HashSet::with_capacity_and_hasher(
-            parsed.letters.len(),
-            foldhash::fast::RandomState::default(),
-        );
+        let mut taken = HashSet::with_capacity(parsed.letters.len());
         for (f, letter) in parsed.batch.into_iter().zip(parsed.letters) {
             let key = match (&f.key, &letter.message_id) {
                 (Some(k), _) => k.clone(),
