@@ -609,10 +609,41 @@ pub async fn feed_interactions(data_dir: &Path) -> Result<Vec<switchboard_storag
     }
 }
 
-/// A free loopback port (bound and released; the race is acceptable here).
+/// A loopback port nothing holds now over TCP or UDP, for a peer that will
+/// bind it itself; see [`free_ports`].
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    free_ports(1)
+}
+
+/// The first of `n` consecutive loopback ports that nothing holds now, over
+/// TCP or UDP (SIPp binds its media port and the port two above it; baresip
+/// listens for TLS one above its SIP port).
+///
+/// They are picked at random from 20000–32767: above the gateway's default
+/// RTP range and below the kernel's ephemeral range, so no socket bound to
+/// port 0, nor any outgoing connection, is handed one of them between this
+/// check and the peer's own bind. (A port the kernel picked for a TCP
+/// listener could be a UDP socket's port already, which once made a SIPp
+/// phone fail to start.)
+pub fn free_ports(n: u16) -> Result<u16> {
+    use std::hash::{BuildHasher, RandomState};
+    const FIRST: u16 = 20_000;
+    const END: u16 = 32_768;
+    let n = n.max(1);
+    let span = u64::from(END - FIRST - n + 1);
+    let free = |p: u16| {
+        std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+    };
+    for attempt in 0..1_000_u32 {
+        // RandomState's keys are random per process and differ per call.
+        let offset = RandomState::new().hash_one(attempt) % span;
+        let first = FIRST + u16::try_from(offset)?;
+        if (first..first + n).all(free) {
+            return Ok(first);
+        }
+    }
+    bail!("no {n} free loopback ports in a row between {FIRST} and {END}")
 }
 
 /// The Tansu broker binary: `TANSU_BIN`, or where `.ci/run` caches it.

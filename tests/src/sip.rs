@@ -435,8 +435,9 @@ impl SipReceiver for SipStream {
 }
 
 /// SIPp on loopback with its own control port, no keyboard, working and
-/// writing its files in `dir`, quiet, killed when dropped; to be completed
-/// with its target and scenario.
+/// writing its files in `dir` (its complaints in `sipp.stderr`, which
+/// [`sipp_report`] reads back), killed when dropped; to be completed with
+/// its target and scenario.
 fn sipp(dir: &std::path::Path) -> Result<tokio::process::Command> {
     let mut cmd = tokio::process::Command::new("sipp");
     cmd.arg("-nostdin")
@@ -445,9 +446,19 @@ fn sipp(dir: &std::path::Path) -> Result<tokio::process::Command> {
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sipp.stderr"))?)
         .kill_on_drop(true);
     Ok(cmd)
+}
+
+/// What a SIPp started in `dir` wrote to its standard error (why it
+/// aborted, or could not start), for a failed test's message.
+pub fn sipp_report(dir: &std::path::Path) -> String {
+    let file = dir.join("sipp.stderr");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => format!("--- {}:\n{}", file.display(), text.trim_end()),
+        Err(e) => format!("--- {}: {e}", file.display()),
+    }
 }
 
 /// A SIPp load process for the benchmarks ([`sipp`] with a 4 MiB socket
@@ -462,7 +473,8 @@ pub fn sipp_load(dir: &std::path::Path) -> Result<tokio::process::Command> {
 /// when a message is `timeout` late (e.g. "20s").
 pub fn sipp_once(dir: &std::path::Path, timeout: &str) -> Result<tokio::process::Command> {
     let mut cmd = sipp(dir)?;
-    cmd.arg("-mp").arg(crate::free_port()?.to_string()).args([
+    // SIPp binds the media port and, for video, the one two above it.
+    cmd.arg("-mp").arg(crate::free_ports(3)?.to_string()).args([
         "-m",
         "1",
         "-timeout",

@@ -8,14 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_tests::sip::{
-    SipClient, SipReceiver, SipStream, authorization, peers_dir, sipp_once,
+    SipClient, SipReceiver, SipStream, authorization, peers_dir, sipp_once, sipp_report,
 };
-use switchboard_tests::{Launch, Switchboard, free_port};
+use switchboard_tests::{Launch, Switchboard, free_port, free_ports};
 use tokio::net::UdpSocket;
 use tokio::process::Child;
 
@@ -66,9 +67,15 @@ async fn start(dir: &std::path::Path, outbound: Option<SocketAddr>) -> Switchboa
         .unwrap()
 }
 
+/// A manager's phone: SIPp playing a UAS scenario in its own directory.
+struct Phone {
+    child: Child,
+    work: PathBuf,
+}
+
 /// A SIPp UAS for extension 1001 on its own port, registered by a
 /// third-party REGISTER (the test signs it with 1001's password).
-async fn phone(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> Child {
+async fn phone(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> Phone {
     let port = free_port().unwrap();
     let work = dir.join(format!("uas-{port}"));
     std::fs::create_dir_all(&work).unwrap();
@@ -85,14 +92,18 @@ async fn phone(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> Child
     let contact = format!("Contact: <sip:1001@127.0.0.1:{port}>\r\n");
     let ok = reg.register("1001", "demo1001", &contact).await.unwrap();
     assert_eq!(ok.status(), Some(200), "{ok:?}");
-    child
+    Phone { child, work }
 }
 
-/// The trunk's side: a SIPp UAC calling the company number.
-async fn call(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> std::process::ExitStatus {
-    let work = dir.join(format!("uac-{scenario}"));
-    std::fs::create_dir_all(&work).unwrap();
-    sipp_once(&work, "20s")
+/// The trunk's side: a SIPp UAC calling the company number, which must play
+/// its scenario through.
+async fn call(sb: &Switchboard, dir: &std::path::Path, scenario: &str) {
+    let work = tempfile::Builder::new()
+        .prefix("uac-")
+        .tempdir_in(dir)
+        .unwrap()
+        .keep();
+    let status = sipp_once(&work, "20s")
         .unwrap()
         .arg(sb.sip_udp.unwrap().to_string())
         .arg("-sf")
@@ -100,14 +111,27 @@ async fn call(sb: &Switchboard, dir: &std::path::Path, scenario: &str) -> std::p
         .args(["-s", COMPANY, "-set", "caller", CALLER])
         .status()
         .await
-        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "caller ({scenario}): {status}\n{}\nswitchboard's log:\n{}",
+        sipp_report(&work),
+        sb.logs()
+    );
 }
 
-async fn finished(mut child: Child) -> std::process::ExitStatus {
-    tokio::time::timeout(Duration::from_secs(20), child.wait())
+/// Waits for the phone's scenario to end, which it must have played through.
+async fn finished(phone: Phone, what: &str) {
+    let Phone { mut child, work } = phone;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .unwrap()
-        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{what}: the phone's SIPp {status}\n{}",
+        sipp_report(&work)
+    );
 }
 
 /// Call events in the caller's timeline, oldest first, once `last` is there.
@@ -162,9 +186,8 @@ async fn answered_call_hung_up_by_the_customer() {
     let dir = tempfile::tempdir().unwrap();
     let sb = start(dir.path(), None).await;
     let uas = phone(&sb, dir.path(), "uas_answer.xml").await;
-    let status = call(&sb, dir.path(), "uac_call.xml").await;
-    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
-    assert!(finished(uas).await.success());
+    call(&sb, dir.path(), "uac_call.xml").await;
+    finished(uas, "the phone").await;
     let events = call_events(&sb, "call.ended").await;
     assert_eq!(
         kinds(&events),
@@ -185,9 +208,8 @@ async fn answered_call_hung_up_by_the_manager() {
     let dir = tempfile::tempdir().unwrap();
     let sb = start(dir.path(), None).await;
     let uas = phone(&sb, dir.path(), "uas_answer_hangup.xml").await;
-    let status = call(&sb, dir.path(), "uac_hangup_by_callee.xml").await;
-    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
-    assert!(finished(uas).await.success());
+    call(&sb, dir.path(), "uac_hangup_by_callee.xml").await;
+    finished(uas, "the phone").await;
     let events = call_events(&sb, "call.ended").await;
     assert_eq!(
         payload(events.last().unwrap())["hung_up_by"],
@@ -203,9 +225,8 @@ async fn cancel_busy_and_no_answer_are_missed_calls() {
 
     // The caller gives up while it rings.
     let uas = phone(&sb, dir.path(), "uas_ring.xml").await;
-    let status = call(&sb, dir.path(), "uac_cancel.xml").await;
-    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
-    assert!(finished(uas).await.success(), "the phone got its CANCEL");
+    call(&sb, dir.path(), "uac_cancel.xml").await;
+    finished(uas, "the phone got its CANCEL").await;
     let events = call_events(&sb, "call.missed").await;
     assert_eq!(
         payload(events.last().unwrap())["reason"],
@@ -215,22 +236,20 @@ async fn cancel_busy_and_no_answer_are_missed_calls() {
 
     // Busy: 486 back to the caller.
     let uas = phone(&sb, dir.path(), "uas_busy.xml").await;
-    let status = call(&sb, dir.path(), "uac_unanswered.xml").await;
-    assert!(status.success(), "uac: {status}");
-    assert!(finished(uas).await.success());
+    call(&sb, dir.path(), "uac_unanswered.xml").await;
+    finished(uas, "the phone").await;
     missed_with_reason(&sb, "busy").await;
 
     // Nobody answers within ring_timeout (2 s): the phone is cancelled and
     // the caller gets 480.
     let uas = phone(&sb, dir.path(), "uas_ring.xml").await;
     let t = Instant::now();
-    let status = call(&sb, dir.path(), "uac_unanswered.xml").await;
-    assert!(status.success(), "uac: {status}");
+    call(&sb, dir.path(), "uac_unanswered.xml").await;
     assert!(
         t.elapsed() >= Duration::from_millis(1900),
         "answered before the ring timeout"
     );
-    assert!(finished(uas).await.success(), "the phone got its CANCEL");
+    finished(uas, "the phone got its CANCEL").await;
     missed_with_reason(&sb, "no_answer").await;
 }
 
@@ -240,8 +259,7 @@ async fn a_call_to_a_manager_with_no_phone_registered_is_missed_as_nobody_availa
     let sb = start(dir.path(), None).await;
     // Nobody registered 1001: the caller gets 480 at once.
     let t = Instant::now();
-    let status = call(&sb, dir.path(), "uac_unanswered.xml").await;
-    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
+    call(&sb, dir.path(), "uac_unanswered.xml").await;
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "the caller waited for nobody"
@@ -256,13 +274,9 @@ async fn every_registered_phone_rings_and_the_first_to_answer_wins() {
     // 1001 has a desk phone that only rings and a softphone that answers.
     let ringing = phone(&sb, dir.path(), "uas_ring.xml").await;
     let answering = phone(&sb, dir.path(), "uas_answer.xml").await;
-    let status = call(&sb, dir.path(), "uac_call.xml").await;
-    assert!(status.success(), "uac: {status}; log:\n{}", sb.logs());
-    assert!(finished(answering).await.success());
-    assert!(
-        finished(ringing).await.success(),
-        "the other phone was cancelled"
-    );
+    call(&sb, dir.path(), "uac_call.xml").await;
+    finished(answering, "the answering phone").await;
+    finished(ringing, "the other phone was cancelled").await;
     let events = call_events(&sb, "call.ended").await;
     assert_eq!(
         kinds(&events),
@@ -430,19 +444,6 @@ fn tone_of(path: &std::path::Path) -> (usize, i16) {
     )
 }
 
-/// Two free ports in a row (baresip listens for TLS on the next one).
-fn port_pair() -> u16 {
-    loop {
-        let p = free_port().unwrap();
-        if p < 65000
-            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
-        {
-            return p;
-        }
-    }
-}
-
 /// A baresip softphone (Debian `baresip`) for `user`, configured from
 /// `tests/peers/baresip/config.in`, playing `wav` as its microphone.
 fn softphone(
@@ -455,12 +456,13 @@ fn softphone(
 ) -> std::path::PathBuf {
     let home = dir.join(format!("baresip-{user}"));
     std::fs::create_dir_all(home.join("rec")).unwrap();
-    let rtp = port_pair();
+    // baresip's RTP range is a pair; it listens for TLS one above its SIP port.
+    let rtp = free_ports(2).unwrap();
     let config = std::fs::read_to_string(peers_dir().join("baresip/config.in"))
         .unwrap()
         .replace("@WAV@", wav.to_str().unwrap())
         .replace("@DIR@", home.to_str().unwrap())
-        .replace("@SIPPORT@", &port_pair().to_string())
+        .replace("@SIPPORT@", &free_ports(2).unwrap().to_string())
         .replace("@RTPLO@", &rtp.to_string())
         .replace("@RTPHI@", &(rtp + 1).to_string());
     std::fs::write(home.join("config"), config).unwrap();

@@ -17,7 +17,7 @@ use switchboard_tests::media::{
     Recording, alaw_linear, best_alignment, crossings_per_s, pcap_rtp, rtp, sdp, sdp_audio,
     ssrc_of, tone_frame,
 };
-use switchboard_tests::sip::{SipClient, SipReceiver, peers_dir, sipp_once};
+use switchboard_tests::sip::{SipClient, SipReceiver, peers_dir, sipp_once, sipp_report};
 use switchboard_tests::{Launch, Switchboard, free_port};
 use tokio::net::UdpSocket;
 
@@ -599,9 +599,9 @@ async fn sipp_pcap_audio_and_its_echo_are_both_in_the_recording() {
 
     // The callee: SIPp answering with PCMA and echoing RTP.
     let uas_port = free_port().unwrap();
-    let work = dir.path().join("uas");
-    std::fs::create_dir_all(&work).unwrap();
-    let mut uas = sipp_once(&work, "30s")
+    let uas_work = dir.path().join("uas");
+    std::fs::create_dir_all(&uas_work).unwrap();
+    let mut uas = sipp_once(&uas_work, "30s")
         .unwrap()
         .arg("-sf")
         .arg(peers_dir().join("sipp/uas_echo.xml"))
@@ -619,9 +619,9 @@ async fn sipp_pcap_audio_and_its_echo_are_both_in_the_recording() {
     );
 
     // The caller: SIPp playing the pcap after the answer.
-    let work = dir.path().join("uac");
-    std::fs::create_dir_all(&work).unwrap();
-    let uac = sipp_once(&work, "30s")
+    let uac_work = dir.path().join("uac");
+    std::fs::create_dir_all(&uac_work).unwrap();
+    let uac = sipp_once(&uac_work, "30s")
         .unwrap()
         .arg(server.to_string())
         .arg("-sf")
@@ -630,13 +630,20 @@ async fn sipp_pcap_audio_and_its_echo_are_both_in_the_recording() {
         .status()
         .await
         .unwrap();
-    assert!(uac.success(), "uac: {uac}; log:\n{}", sb.logs());
     assert!(
-        tokio::time::timeout(Duration::from_secs(10), uas.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .success()
+        uac.success(),
+        "uac: {uac}\n{}\nlog:\n{}",
+        sipp_report(&uac_work),
+        sb.logs()
+    );
+    let uas_status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        uas_status.success(),
+        "uas: {uas_status}\n{}",
+        sipp_report(&uas_work)
     );
 
     let (_, body) = sb
