@@ -77,10 +77,23 @@ pub struct NewRecord {
 impl NewRecord {
     /// An interaction for the `interactions` topic, keyed by contact.
     pub fn interaction(ev: &Interaction) -> Result<Self, FeedError> {
+        Self::interaction_with(ev, &ev.payload, 512)
+    }
+
+    /// [`NewRecord::interaction`] with the payload given apart, written
+    /// from the caller's own type (see [`Interaction::write_json_with`]);
+    /// `capacity` is a guess at the record's size.
+    pub fn interaction_with<P: serde::Serialize + ?Sized>(
+        ev: &Interaction,
+        payload: &P,
+        capacity: usize,
+    ) -> Result<Self, FeedError> {
+        let mut value = Vec::with_capacity(capacity);
+        ev.write_json_with(payload, &mut value)?;
         Ok(Self {
             topic: Topic::Interactions,
             key: ev.contact.key.clone(),
-            value: serde_json::to_vec(ev)?,
+            value,
         })
     }
 

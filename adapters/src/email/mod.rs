@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use foldhash::{HashSet, HashSetExt};
 use futures::future::BoxFuture;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchboard_config::{EmailConfig, MailProtocol, Mailbox};
 use switchboard_storage::{Channel, Command, Contact, ContactKey, Interaction, Kind, NewRecord};
@@ -334,14 +334,15 @@ impl Email {
             if !mailbox.owner.is_empty() {
                 ev.manager = Some(mailbox.owner.clone());
             }
-            let mut payload = payload_of(&letter, mailbox, &f);
-            if let Value::Object(extra) = std::mem::take(&mut ev.payload)
-                && let Value::Object(p) = &mut payload
-            {
-                p.extend(extra);
-            }
-            ev.payload = payload;
-            records.push(NewRecord::interaction(&ev).map_err(|e| MailError::Local(e.to_string()))?);
+            let lead = match &ev.payload {
+                Value::Object(fields) => Some(fields),
+                _ => None,
+            };
+            let payload = Payload::of(&letter, mailbox, &f, lead);
+            records.push(
+                NewRecord::interaction_with(&ev, &payload, payload.size_hint())
+                    .map_err(|e| MailError::Local(e.to_string()))?,
+            );
             let mut references = letter.references.clone();
             references.extend(letter.message_id.clone());
             taken.insert(key.clone());
@@ -467,70 +468,132 @@ fn contact_of(letter: &Letter) -> Contact {
     }
 }
 
-fn payload_of(letter: &Letter, mailbox: &Mailbox, f: &Fetched) -> Value {
-    let attachments: Vec<Value> = letter
-        .parts
-        .iter()
-        .map(|p| {
-            let mut a = json!({
-                "name": p.name,
-                "content_type": p.content_type,
-                "size": p.size,
-                "inline": p.inline,
-            });
-            if let Some(sha) = &p.sha256 {
-                a["sha256"] = json!(sha);
-            }
-            if let Some(cid) = &p.content_id {
-                a["content_id"] = json!(cid);
-            }
-            if let Some(why) = p.skipped {
-                a["not_stored"] = json!(why);
-            }
-            a
-        })
-        .collect();
-    let mut p = json!({
-        "line": mailbox.name,
-        "mailbox": mailbox.address,
-        "subject": letter.subject,
-        "text": letter.text,
-        "size": f.too_large.unwrap_or(letter.raw_size),
-        "position": f.position,
-    });
-    let set = |p: &mut Value, k: &str, v: Value| {
-        if !v.is_null() && v != json!([]) && v != json!(false) && v != json!(0) {
-            p[k] = v;
+/// A received letter's payload, borrowed from the letter: written straight
+/// into its feed record (see [`Interaction::write_json_with`]). Empty lists,
+/// `false` and zero are left out; a form letter's lead fields are added.
+#[derive(serde::Serialize)]
+struct Payload<'a> {
+    line: &'a str,
+    mailbox: &'a str,
+    subject: &'a str,
+    text: &'a str,
+    size: u64,
+    position: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    in_reply_to: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    references: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    to: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    cc: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    html: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_false")]
+    truncated: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<Attachment<'a>>,
+    #[serde(skip_serializing_if = "is_zero")]
+    more_attachments: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto: Option<&'static str>,
+    /// With the raw letter's SHA-256 (kept raw), when it could not all be
+    /// read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parse_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_sha256: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "is_false")]
+    too_large: bool,
+    /// A form letter's lead: the rule, its fields and the message.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    lead: Option<&'a serde_json::Map<String, Value>>,
+}
+
+#[derive(serde::Serialize)]
+struct Attachment<'a> {
+    name: Option<&'a str>,
+    content_type: &'a str,
+    size: u64,
+    inline: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_stored: Option<&'static str>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl<'a> Payload<'a> {
+    fn of(
+        letter: &'a Letter,
+        mailbox: &'a Mailbox,
+        f: &'a Fetched,
+        lead: Option<&'a serde_json::Map<String, Value>>,
+    ) -> Self {
+        let kept_raw = !letter.problems.is_empty();
+        Payload {
+            line: &mailbox.name,
+            mailbox: &mailbox.address,
+            subject: &letter.subject,
+            text: &letter.text,
+            size: f.too_large.unwrap_or(letter.raw_size),
+            position: &f.position,
+            message_id: letter.message_id.as_deref(),
+            in_reply_to: &letter.in_reply_to,
+            references: &letter.references,
+            from: letter.sender(),
+            reply_to: letter.reply_to.as_deref(),
+            to: &letter.to,
+            cc: &letter.cc,
+            date: letter.date.and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            }),
+            html: letter.html.as_deref(),
+            truncated: letter.truncated,
+            attachments: letter
+                .parts
+                .iter()
+                .map(|p| Attachment {
+                    name: p.name.as_deref(),
+                    content_type: &p.content_type,
+                    size: p.size,
+                    inline: p.inline,
+                    sha256: p.sha256.as_deref(),
+                    content_id: p.content_id.as_deref(),
+                    not_stored: p.skipped,
+                })
+                .collect(),
+            more_attachments: letter.more_parts,
+            auto: letter.auto.map(Auto::as_str),
+            parse_error: kept_raw.then(|| letter.problems.join("; ")),
+            raw_sha256: kept_raw.then_some(letter.raw_sha256.as_deref()),
+            too_large: f.too_large.is_some(),
+            lead,
         }
-    };
-    set(&mut p, "message_id", json!(letter.message_id));
-    set(&mut p, "in_reply_to", json!(letter.in_reply_to));
-    set(&mut p, "references", json!(letter.references));
-    set(&mut p, "from", json!(letter.sender()));
-    set(&mut p, "reply_to", json!(letter.reply_to));
-    set(&mut p, "to", json!(letter.to));
-    set(&mut p, "cc", json!(letter.cc));
-    set(
-        &mut p,
-        "date",
-        json!(letter.date.and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })),
-    );
-    set(&mut p, "html", json!(letter.html));
-    set(&mut p, "truncated", json!(letter.truncated));
-    set(&mut p, "attachments", json!(attachments));
-    set(&mut p, "more_attachments", json!(letter.more_parts));
-    set(&mut p, "auto", json!(letter.auto.map(Auto::as_str)));
-    if !letter.problems.is_empty() {
-        p["parse_error"] = json!(letter.problems.join("; "));
-        p["raw_sha256"] = json!(letter.raw_sha256);
     }
-    if f.too_large.is_some() {
-        p["too_large"] = json!(true);
+
+    /// About how many bytes the record will take.
+    fn size_hint(&self) -> usize {
+        1024 + self.subject.len() * 2 + self.text.len() + self.html.map_or(0, str::len)
     }
-    p
 }
 
 impl Adapter for Email {
