@@ -674,12 +674,8 @@ mod tests {
             .collect()
     }
 
-    /// While one group is still being published, the next is filed against
-    /// it as well as against the state: a letter in both is published once,
-    /// and an answer (by its subject) joins its thread.
-    #[tokio::test]
-    async fn letters_filed_but_not_yet_saved_count_for_dedupe_and_threads() {
-        let dir = tempfile::tempdir().unwrap();
+    /// The "sales" mailbox's email channel, with its files in `dir`.
+    fn sales(dir: &Path) -> (Email, Mailbox) {
         let config = switchboard_config::Config::from_toml_str(
             r#"
 [[email.mailboxes]]
@@ -693,15 +689,90 @@ password = "secret"
             std::iter::empty(),
         )
         .unwrap();
-        let blobs = Blobs::open(dir.path().join("attachments")).unwrap();
-        let email = Email::new(
-            &config.email,
-            dir.path(),
-            blobs,
-            phonenumber::country::Id::RU,
-        )
-        .unwrap();
-        let mb = &config.email.mailboxes[0];
+        let blobs = Blobs::open(dir.join("attachments")).unwrap();
+        let email = Email::new(&config.email, dir, blobs, phonenumber::country::Id::RU).unwrap();
+        (email, config.email.mailboxes[0].clone())
+    }
+
+    /// A received letter's payload: what it says and carries, with empty
+    /// lists, `false` and zero left out.
+    #[tokio::test]
+    async fn a_letters_payload_carries_what_it_says_and_leaves_out_what_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (email, mb) = sales(dir.path());
+        let raw = "From: =?utf-8?B?0JDQvdC90LA=?= <Anna@Example.ru>\r\n\
+                   To: sales@example.com\r\nCc: boss@example.ru\r\n\
+                   Subject: Re: Invoice\r\nMessage-ID: <a2@example.ru>\r\n\
+                   In-Reply-To: <a1@example.ru>\r\nReferences: <a0@example.ru> <a1@example.ru>\r\n\
+                   Date: Wed, 02 Dec 2026 10:00:00 +0300\r\nMIME-Version: 1.0\r\n\
+                   Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+                   --b\r\nContent-Type: multipart/alternative; boundary=\"c\"\r\n\r\n\
+                   --c\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease \"send\" it.\r\n\
+                   --c\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Please send it.</p>\r\n--c--\r\n\
+                   --b\r\nContent-Type: application/pdf; name=\"order.pdf\"\r\n\
+                   Content-Disposition: attachment; filename=\"order.pdf\"\r\n\
+                   Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n";
+        let parsed = email.parse(vec![fetched(7, raw)]).await.unwrap();
+        let filed = email.file(&mb, parsed, Vec::new()).await.unwrap();
+        let ev: Interaction = serde_json::from_slice(&filed.records[0].value).unwrap();
+        let mut payload = ev.payload;
+        let sha = payload["attachments"][0]["sha256"].take();
+        assert_eq!(sha.as_str().map(str::len), Some(64), "{sha}");
+        assert_eq!(
+            payload,
+            serde_json::json!({
+                "line": "sales",
+                "mailbox": "sales@example.com",
+                "subject": "Re: Invoice",
+                "text": "Please \"send\" it.",
+                "html": "<p>Please send it.</p>",
+                "size": raw.len(),
+                "position": "7",
+                "message_id": "a2@example.ru",
+                "in_reply_to": ["a1@example.ru"],
+                "references": ["a0@example.ru", "a1@example.ru"],
+                "from": "anna@example.ru",
+                "to": ["sales@example.com"],
+                "cc": ["boss@example.ru"],
+                "date": "2026-12-02T07:00:00Z",
+                "attachments": [{
+                    "name": "order.pdf",
+                    "content_type": "application/pdf",
+                    "size": 9,
+                    "inline": false,
+                    "sha256": null,
+                }],
+            })
+        );
+
+        // Only its headers taken, for its size: the size is the server's.
+        let mut big = fetched(8, "From: a@example.ru\r\nSubject: Scan\r\n\r\n");
+        big.too_large = Some(60_000_000);
+        let parsed = email.parse(vec![big]).await.unwrap();
+        let filed = email.file(&mb, parsed, Vec::new()).await.unwrap();
+        let ev: Interaction = serde_json::from_slice(&filed.records[0].value).unwrap();
+        assert_eq!(ev.payload["size"], 60_000_000);
+        assert_eq!(ev.payload["too_large"], true);
+        for absent in [
+            "message_id",
+            "references",
+            "cc",
+            "html",
+            "attachments",
+            "truncated",
+        ] {
+            assert!(ev.payload.get(absent).is_none(), "{absent}: {}", ev.payload);
+        }
+    }
+
+    /// While one group is still being published, the next is filed against
+    /// it as well as against the state: a letter in both is published once,
+    /// and an answer (by its subject) joins its thread.
+    #[tokio::test]
+    async fn letters_filed_but_not_yet_saved_count_for_dedupe_and_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (email, mb) = sales(dir.path());
+        let mb = &mb;
         let question = "From: client@example.ru\r\nMessage-ID: <q1@example.ru>\r\n\
                         Subject: Price\r\n\r\nHow much?";
         // Threaded by its subject alone: no In-Reply-To to derive it from.
