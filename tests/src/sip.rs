@@ -436,7 +436,7 @@ impl SipReceiver for SipStream {
 
 /// SIPp on loopback with its own control port, no keyboard, working and
 /// writing its files in `dir` (its complaints in `sipp.stderr`, which
-/// [`sipp_report`] reads back), killed when dropped; to be completed with
+/// [`sipp_finished`] reads back), killed when dropped; to be completed with
 /// its target and scenario.
 fn sipp(dir: &std::path::Path) -> Result<tokio::process::Command> {
     let mut cmd = tokio::process::Command::new("sipp");
@@ -451,14 +451,28 @@ fn sipp(dir: &std::path::Path) -> Result<tokio::process::Command> {
     Ok(cmd)
 }
 
-/// What a SIPp started in `dir` wrote to its standard error (why it
-/// aborted, or could not start), for a failed test's message.
-pub fn sipp_report(dir: &std::path::Path) -> String {
-    let file = dir.join("sipp.stderr");
-    match std::fs::read_to_string(&file) {
-        Ok(text) => format!("--- {}:\n{}", file.display(), text.trim_end()),
-        Err(e) => format!("--- {}: {e}", file.display()),
+/// Waits (at most `within`) for a SIPp started in `dir` to end. When it did
+/// not play its scenario through, says how it ended and what it wrote to
+/// its standard error (why it aborted, or could not start).
+pub async fn sipp_finished(
+    child: &mut tokio::process::Child,
+    dir: &std::path::Path,
+    within: Duration,
+) -> std::result::Result<(), String> {
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .map_err(|_| format!("SIPp still running after {within:?}"))?
+        .map_err(|e| format!("SIPp: {e}"))?;
+    if status.success() {
+        return Ok(());
     }
+    let file = dir.join("sipp.stderr");
+    let stderr = std::fs::read_to_string(&file).unwrap_or_else(|e| e.to_string());
+    Err(format!(
+        "SIPp {status}\n--- {}:\n{}",
+        file.display(),
+        stderr.trim_end()
+    ))
 }
 
 /// A SIPp load process for the benchmarks ([`sipp`] with a 4 MiB socket

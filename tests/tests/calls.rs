@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_tests::sip::{
-    SipClient, SipReceiver, SipStream, authorization, peers_dir, sipp_once, sipp_report,
+    SipClient, SipReceiver, SipStream, authorization, peers_dir, sipp_finished, sipp_once,
 };
 use switchboard_tests::{Launch, Switchboard, free_port, free_ports};
 use tokio::net::UdpSocket;
@@ -103,35 +103,30 @@ async fn call(sb: &Switchboard, dir: &std::path::Path, scenario: &str) {
         .tempdir_in(dir)
         .unwrap()
         .keep();
-    let status = sipp_once(&work, "20s")
+    let mut caller = sipp_once(&work, "20s")
         .unwrap()
         .arg(sb.sip_udp.unwrap().to_string())
         .arg("-sf")
         .arg(peers_dir().join("sipp").join(scenario))
         .args(["-s", COMPANY, "-set", "caller", CALLER])
-        .status()
-        .await
+        .spawn()
         .unwrap();
-    assert!(
-        status.success(),
-        "caller ({scenario}): {status}\n{}\nswitchboard's log:\n{}",
-        sipp_report(&work),
-        sb.logs()
-    );
+    sipp_finished(&mut caller, &work, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "caller ({scenario}): {e}\nswitchboard's log:\n{}",
+                sb.logs()
+            )
+        });
 }
 
 /// Waits for the phone's scenario to end, which it must have played through.
 async fn finished(phone: Phone, what: &str) {
     let Phone { mut child, work } = phone;
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    sipp_finished(&mut child, &work, Duration::from_secs(20))
         .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        status.success(),
-        "{what}: the phone's SIPp {status}\n{}",
-        sipp_report(&work)
-    );
+        .unwrap_or_else(|e| panic!("{what}: the phone's {e}"));
 }
 
 /// Call events in the caller's timeline, oldest first, once `last` is there.

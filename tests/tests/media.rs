@@ -17,7 +17,7 @@ use switchboard_tests::media::{
     Recording, alaw_linear, best_alignment, crossings_per_s, pcap_rtp, rtp, sdp, sdp_audio,
     ssrc_of, tone_frame,
 };
-use switchboard_tests::sip::{SipClient, SipReceiver, peers_dir, sipp_once, sipp_report};
+use switchboard_tests::sip::{SipClient, SipReceiver, peers_dir, sipp_finished, sipp_once};
 use switchboard_tests::{Launch, Switchboard, free_port};
 use tokio::net::UdpSocket;
 
@@ -621,30 +621,20 @@ async fn sipp_pcap_audio_and_its_echo_are_both_in_the_recording() {
     // The caller: SIPp playing the pcap after the answer.
     let uac_work = dir.path().join("uac");
     std::fs::create_dir_all(&uac_work).unwrap();
-    let uac = sipp_once(&uac_work, "30s")
+    let mut uac = sipp_once(&uac_work, "30s")
         .unwrap()
         .arg(server.to_string())
         .arg("-sf")
         .arg(peers_dir().join("sipp/uac_pcap.xml"))
         .args(["-s", COMPANY, "-set", "caller", CALLER])
-        .status()
-        .await
+        .spawn()
         .unwrap();
-    assert!(
-        uac.success(),
-        "uac: {uac}\n{}\nlog:\n{}",
-        sipp_report(&uac_work),
-        sb.logs()
-    );
-    let uas_status = tokio::time::timeout(Duration::from_secs(10), uas.wait())
+    sipp_finished(&mut uac, &uac_work, Duration::from_secs(60))
         .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        uas_status.success(),
-        "uas: {uas_status}\n{}",
-        sipp_report(&uas_work)
-    );
+        .unwrap_or_else(|e| panic!("uac: {e}\nlog:\n{}", sb.logs()));
+    sipp_finished(&mut uas, &uas_work, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("uas: {e}"));
 
     let (_, body) = sb
         .crm_get(&format!("/v1/contacts/tel:{CALLER}/timeline"))

@@ -497,7 +497,7 @@ struct Payload<'a> {
     date: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     html: Option<&'a str>,
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     truncated: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     attachments: Vec<Attachment<'a>>,
@@ -510,8 +510,8 @@ struct Payload<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parse_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    raw_sha256: Option<Option<&'a str>>,
-    #[serde(skip_serializing_if = "is_false")]
+    raw_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     too_large: bool,
     /// A form letter's lead: the rule, its fields and the message.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -530,10 +530,6 @@ struct Attachment<'a> {
     content_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     not_stored: Option<&'static str>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -584,7 +580,8 @@ impl<'a> Payload<'a> {
             more_attachments: letter.more_parts,
             auto: letter.auto.map(Auto::as_str),
             parse_error: kept_raw.then(|| letter.problems.join("; ")),
-            raw_sha256: kept_raw.then_some(letter.raw_sha256.as_deref()),
+            // `Letter::parse` hashes every letter it keeps raw.
+            raw_sha256: letter.raw_sha256.as_deref().filter(|_| kept_raw),
             too_large: f.too_large.is_some(),
             lead,
         }

@@ -73,11 +73,11 @@ impl MailState {
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.db)
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.reader)
     }
 
     /// The IMAP cursor: (UIDVALIDITY, last UID taken).
@@ -190,6 +190,12 @@ impl MailState {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// A connection's lock; a panic elsewhere while it was held leaves SQLite's
+/// own state consistent (an open transaction rolls back when dropped).
+fn locked(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Questions asked of one read snapshot (see [`MailState::read`]).
