@@ -23,7 +23,7 @@ pub use envelope::{
     Topic,
 };
 pub use error::FeedError;
-pub use log::{FeedLog, LogConsumer, LogOptions, NewRecord};
+pub use log::{Appending, FeedLog, LogConsumer, LogOptions, NewRecord};
 pub use source::{FeedSource, Record};
 
 /// The JSON Schema of the [`Interaction`] envelope, version 1.

@@ -130,6 +130,18 @@ enum Request {
     },
 }
 
+/// A batch handed to the writer ([`FeedLog::submit_batch`]).
+#[derive(Debug)]
+#[must_use = "a batch is durable only once `committed` says so"]
+pub struct Appending(oneshot::Receiver<Result<Vec<i64>, FeedError>>);
+
+impl Appending {
+    /// Resolves once the batch is committed, with its offsets.
+    pub async fn committed(self) -> Result<Vec<i64>, FeedError> {
+        self.0.await.map_err(|_| FeedError::Closed)?
+    }
+}
+
 /// The append side of the embedded log. Cheap to clone; the writer thread
 /// stops when the last clone is dropped.
 #[derive(Debug, Clone)]
@@ -178,12 +190,22 @@ impl FeedLog {
 
     /// Appends records in order, atomically; resolves once committed.
     pub async fn append_batch(&self, records: Vec<NewRecord>) -> Result<Vec<i64>, FeedError> {
+        self.submit_batch(records).await?.committed().await
+    }
+
+    /// Hands records to the writer, to be appended atomically after
+    /// everything handed over before them, and returns without waiting for
+    /// the commit ([`Appending::committed`] does). A producer with several
+    /// batches in flight keeps its order, and the writer commits the
+    /// batches queued together in one transaction. Waits only while the
+    /// writer's queue is full.
+    pub async fn submit_batch(&self, records: Vec<NewRecord>) -> Result<Appending, FeedError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Append { records, reply })
             .await
             .map_err(|_| FeedError::Closed)?;
-        rx.await.map_err(|_| FeedError::Closed)?
+        Ok(Appending(rx))
     }
 
     /// Appends an interaction; resolves once it is durable.

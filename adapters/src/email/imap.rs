@@ -14,7 +14,7 @@ use switchboard_config::{Mailbox, Security};
 use tokio::sync::mpsc;
 
 use super::net::{self, Conn, IO_TIMEOUT};
-use super::{Email, Fetched, Filed, Known, MailError, Parsed, fetch, report};
+use super::{Email, Fetched, Known, MailError, Parsed, Published, fetch, report};
 use crate::{AdapterContext, backoff, sleep_or_shutdown};
 
 /// Letters downloaded and published at once.
@@ -244,9 +244,12 @@ fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
 /// time, their sizes are asked and they are downloaded in groups (at most
 /// `GROUP_LETTERS` letters and `BATCH_BYTES` bytes). Groups are published
 /// and their cursor committed strictly in order. Downloading (with the
-/// size questions), parsing and publishing overlap: three groups in
-/// flight, and the first download starts after one window's sizes rather
-/// than the whole folder's.
+/// size questions), parsing, filing and recording overlap, and the first
+/// download starts after one window's sizes rather than the whole
+/// folder's. A group is handed to the feed as soon as it is filed; the
+/// feed commits it after the groups before it (together with them when
+/// they queue up), and its state and cursor are committed only after
+/// that, with those of any group filed meanwhile.
 async fn catch_up(
     email: &Email,
     mb: &Mailbox,
@@ -267,14 +270,14 @@ async fn catch_up(
     let mut news = false;
     let mut letters = 0usize;
     // Four stages run at once, each on its own group, strictly in order:
-    // download, parse, file (dedupe, thread, build the records) and record
-    // (publish, then commit the state and the cursor). Each stage owns its
-    // ends of the channels, so when one fails and returns, the stage
-    // before it stops at its next hand-over and the ones after it finish
-    // what they were given.
+    // download, parse, file (dedupe, thread, build the records, hand them
+    // to the feed) and record (once the feed has committed them, commit
+    // the state and the cursor). Each stage owns its ends of the channels,
+    // so when one fails and returns, the stage before it stops at its next
+    // hand-over and the ones after it finish what they were given.
     let (downloaded, to_parse) = mpsc::channel::<(u32, Vec<Fetched>)>(1);
     let (parsed, to_file) = mpsc::channel::<(u32, Parsed)>(1);
-    let (filed, to_record) = mpsc::channel::<(u32, Filed)>(1);
+    let (published, to_record) = mpsc::channel::<(u32, Published)>(2);
     // Groups recorded so far: filing needs to look, beside the state, only
     // at the groups after these.
     let recorded = AtomicUsize::new(0);
@@ -305,7 +308,7 @@ async fn catch_up(
         Ok::<(), MailError>(())
     };
     let file = async {
-        let (mut to_file, filed) = (to_file, filed);
+        let (mut to_file, published) = (to_file, published);
         let mut unsaved: VecDeque<(usize, Arc<Vec<Known>>)> = VecDeque::new();
         let mut group = 0usize;
         while let Some((top, batch)) = to_file.recv().await {
@@ -317,7 +320,10 @@ async fn catch_up(
             let f = email.file(mb, batch, earlier).await?;
             unsaved.push_back((group, Arc::clone(&f.known)));
             group += 1;
-            if filed.send((top, f)).await.is_err() {
+            // The feed keeps the order batches are handed over in; a batch
+            // need not wait for the one before it to be committed.
+            let p = email.publish(f, ctx).await?;
+            if published.send((top, p)).await.is_err() {
                 break;
             }
         }
@@ -325,10 +331,18 @@ async fn catch_up(
     };
     let record = async {
         let mut to_record = to_record;
-        while let Some((top, f)) = to_record.recv().await {
-            email.record(mb, f, Some((validity, top)), ctx).await?;
+        while let Some((top, first)) = to_record.recv().await {
+            // Groups that are waiting too are remembered in the same state
+            // transaction.
+            let (mut top, mut batches) = (top, vec![first]);
+            while let Ok((t, more)) = to_record.try_recv() {
+                top = top.max(t);
+                batches.push(more);
+            }
+            let n = batches.len();
+            email.remember(mb, batches, Some((validity, top))).await?;
             last = last.max(top);
-            recorded.fetch_add(1, Ordering::Release);
+            recorded.fetch_add(n, Ordering::Release);
         }
         Ok::<(), MailError>(())
     };

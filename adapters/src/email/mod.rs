@@ -28,7 +28,9 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchboard_config::{EmailConfig, MailProtocol, Mailbox};
-use switchboard_storage::{Channel, Command, Contact, ContactKey, Interaction, Kind, NewRecord};
+use switchboard_storage::{
+    Appending, Channel, Command, Contact, ContactKey, Interaction, Kind, NewRecord,
+};
 use time::OffsetDateTime;
 
 pub use crate::blobs::Blobs;
@@ -87,6 +89,18 @@ pub(crate) struct Parsed {
 pub(crate) struct Filed {
     records: Vec<NewRecord>,
     pub known: Arc<Vec<Known>>,
+}
+
+/// Letters handed to the feed and not yet known to be committed.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub known: Arc<Vec<Known>>,
+    appending: Option<Appending>,
+    count: usize,
+}
+
+fn feed_error(e: switchboard_storage::FeedError) -> MailError {
+    MailError::Local(format!("feed: {e}"))
 }
 
 /// Every configured mailbox, its state and its sending side.
@@ -251,20 +265,57 @@ impl Email {
         cursor: Option<(u32, u32)>,
         ctx: &AdapterContext,
     ) -> Result<usize, MailError> {
+        let published = self.publish(filed, ctx).await?;
+        self.remember(mailbox, vec![published], cursor).await
+    }
+
+    /// Hands filed letters to the feed in one batch, without waiting for
+    /// the commit: the next batch can follow before this one is durable.
+    pub(crate) async fn publish(
+        &self,
+        filed: Filed,
+        ctx: &AdapterContext,
+    ) -> Result<Published, MailError> {
         let Filed { records, known } = filed;
-        let published = records.len();
-        if !records.is_empty() {
-            ctx.feed
-                .append_batch(records)
-                .await
-                .map_err(|e| MailError::Local(format!("feed: {e}")))?;
+        let count = records.len();
+        let appending = if records.is_empty() {
+            None
+        } else {
+            Some(ctx.feed.submit_batch(records).await.map_err(feed_error)?)
+        };
+        Ok(Published {
+            known,
+            appending,
+            count,
+        })
+    }
+
+    /// Waits for published batches to be committed to the feed, in order,
+    /// then remembers their letters and moves the cursor, in one state
+    /// transaction. Returns how many letters were published.
+    pub(crate) async fn remember(
+        &self,
+        mailbox: &Mailbox,
+        batches: Vec<Published>,
+        cursor: Option<(u32, u32)>,
+    ) -> Result<usize, MailError> {
+        let mut count = 0;
+        let mut groups = Vec::with_capacity(batches.len());
+        for b in batches {
+            if let Some(appending) = b.appending {
+                appending.committed().await.map_err(feed_error)?;
+            }
+            count += b.count;
+            groups.push(b.known);
         }
         let state = self.inner.state.clone();
         let name = mailbox.name.clone();
-        tokio::task::spawn_blocking(move || state.commit(&name, &known, cursor))
-            .await
-            .map_err(|e| MailError::Local(e.to_string()))??;
-        Ok(published)
+        tokio::task::spawn_blocking(move || {
+            state.commit(&name, groups.iter().flat_map(|g| g.iter()), cursor)
+        })
+        .await
+        .map_err(|e| MailError::Local(e.to_string()))??;
+        Ok(count)
     }
 
     /// Dedupes, threads and builds the records of parsed letters (blocking:

@@ -152,10 +152,10 @@ impl MailState {
 
     /// Records letters taken (ignoring ones already known) and moves the
     /// cursor, in one transaction.
-    pub fn commit(
+    pub fn commit<'a>(
         &self,
         mailbox: &str,
-        letters: &[Known],
+        letters: impl IntoIterator<Item = &'a Known>,
         cursor: Option<(u32, u32)>,
     ) -> Result<(), StateError> {
         let mut db = self.db();
