@@ -156,6 +156,36 @@ async fn records_and_offsets_survive_reopen() {
 }
 
 #[tokio::test]
+async fn batches_handed_over_before_any_commit_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    // Ten batches of three are handed over before the first is awaited.
+    let mut pending = Vec::new();
+    for b in 0..10 {
+        let batch = (0..3)
+            .map(|i| rec(Topic::Interactions, "k", &format!("b{b}r{i}")))
+            .collect();
+        pending.push(log.submit_batch(batch).await.unwrap());
+    }
+    let mut offsets = Vec::new();
+    for p in pending {
+        offsets.extend(p.committed().await.unwrap());
+    }
+    assert_eq!(offsets.len(), 30);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+    let mut c = log.consumer("crm", &[Topic::Interactions]).unwrap();
+    let read: Vec<String> = drain(&mut c, 30)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect();
+    let handed: Vec<String> = (0..10)
+        .flat_map(|b| (0..3).map(move |i| format!("b{b}r{i}")))
+        .collect();
+    assert_eq!(read, handed, "the feed holds the batches as handed over");
+}
+
+#[tokio::test]
 async fn a_waiting_consumer_is_woken_by_an_append() {
     let dir = tempfile::tempdir().unwrap();
     let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
