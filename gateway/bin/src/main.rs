@@ -7,25 +7,6 @@ mod app;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process, unless the operator
-/// set `MIMALLOC_ALLOW_THP` (mimalloc's own switch) to decide otherwise.
-///
-/// mimalloc asks for huge pages on its arenas, so every first touch of one
-/// has the kernel zero 2 MiB, and handing memory back splits them again.
-/// The daemon's heap is small and churns (a letter, a SIP message, a feed
-/// record live for milliseconds): on the email bench that zeroing and
-/// splitting was a fifth of the daemon's samples and about 18 % of its CPU
-/// time (see docs/benchmarks.md). The flag is read at every page fault, so
-/// it also covers what was mapped before `main`.
-fn without_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // Failure only leaves the kernel's default; nothing to report yet
-        // (logging starts after the configuration is read).
-        let _ = nix::sys::prctl::set_thp_disable(true);
-    }
-}
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -94,6 +75,25 @@ enum CrmAdmin {
         #[arg(long)]
         department: Option<String>,
     },
+}
+
+/// Turns transparent huge pages off for this process, unless the operator
+/// set `MIMALLOC_ALLOW_THP` (mimalloc's own switch) to decide otherwise.
+///
+/// mimalloc asks for huge pages on its arenas, so every first touch of one
+/// has the kernel zero 2 MiB, and handing memory back splits them again.
+/// The daemon's heap is small and churns (a letter, a SIP message, a feed
+/// record live for milliseconds): on the email bench that zeroing and
+/// splitting was a fifth of the daemon's samples and about 12 % of its CPU
+/// time (see docs/benchmarks.md). The flag is read at every page fault, so
+/// it also covers what was mapped before `main`.
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // Failure only leaves the kernel's default; nothing to report yet
+        // (logging starts after the configuration is read).
+        let _ = nix::sys::prctl::set_thp_disable(true);
+    }
 }
 
 fn main() -> ExitCode {
