@@ -94,9 +94,9 @@ pub(crate) struct Filed {
 /// Letters handed to the feed and not yet known to be committed.
 #[derive(Debug)]
 pub(crate) struct Published {
+    /// One per letter published.
     pub known: Arc<Vec<Known>>,
     appending: Option<Appending>,
-    count: usize,
 }
 
 fn feed_error(e: switchboard_storage::FeedError) -> MailError {
@@ -277,17 +277,12 @@ impl Email {
         ctx: &AdapterContext,
     ) -> Result<Published, MailError> {
         let Filed { records, known } = filed;
-        let count = records.len();
         let appending = if records.is_empty() {
             None
         } else {
             Some(ctx.feed.submit_batch(records).await.map_err(feed_error)?)
         };
-        Ok(Published {
-            known,
-            appending,
-            count,
-        })
+        Ok(Published { known, appending })
     }
 
     /// Waits for published batches to be committed to the feed, in order,
@@ -305,7 +300,7 @@ impl Email {
             if let Some(appending) = b.appending {
                 appending.committed().await.map_err(feed_error)?;
             }
-            count += b.count;
+            count += b.known.len();
             groups.push(b.known);
         }
         let state = self.inner.state.clone();
