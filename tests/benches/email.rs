@@ -8,7 +8,12 @@
 //! times `imaplib` fetching them all (`UID FETCH 1:* BODY.PEEK[]`) and a
 //! fresh `switchboard gateway` taking them from connect to the last one in
 //! the feed (parsed, attachments stored, published, cursor committed).
-//! `EMAIL_ROUNDS` (3) rounds; the best of each side is reported.
+//! `EMAIL_ROUNDS` (3) rounds; the best of each side is reported, and the
+//! means. Each round also shows the CPU each side used: the client
+//! (`switchboard` for its whole run, start and stop included; `imaplib`
+//! for its fetch) and Dovecot serving it (all its processes). On a small
+//! machine the two sides' CPU together, shared by its cores, bounds the
+//! round.
 //!
 //! Needs `dovecot` and the release binary: `cargo build --release -p
 //! switchboard && cargo bench -p switchboard-tests --bench email`.
@@ -17,6 +22,7 @@
 
 use std::time::{Duration, Instant};
 
+use switchboard_tests::budget::{cpu_seconds, cpu_seconds_with_children};
 use switchboard_tests::mail::Dovecot;
 use switchboard_tests::{bench_gateway, env_usize, feed_interactions};
 
@@ -58,18 +64,27 @@ fn letter(i: usize) -> Vec<u8> {
     raw.into_bytes()
 }
 
-/// Seconds `imaplib` takes to fetch every letter of the INBOX, and how many.
-fn imaplib_fetch(port: u16) -> (f64, usize) {
+/// What one `imaplib` fetch of the INBOX took.
+struct Fetch {
+    /// From SELECT to the last letter.
+    secs: f64,
+    letters: usize,
+    /// The client's CPU over the same span.
+    cpu: f64,
+}
+
+/// `imaplib` fetching every letter of the INBOX.
+fn imaplib_fetch(port: u16) -> Fetch {
     let script = format!(
         r#"
 import imaplib, time
 m = imaplib.IMAP4("127.0.0.1", {port})
 m.login("{USER}", "{PASS}")
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 m.select("INBOX")
 typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
 n = sum(1 for d in data if isinstance(d, tuple))
-print(time.perf_counter() - t, n)
+print(time.perf_counter() - t, n, time.process_time() - c)
 m.logout()
 "#
     );
@@ -85,10 +100,23 @@ m.logout()
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut parts = text.split_whitespace();
-    (
-        parts.next().unwrap().parse().unwrap(),
-        parts.next().unwrap().parse().unwrap(),
-    )
+    Fetch {
+        secs: parts.next().unwrap().parse().unwrap(),
+        letters: parts.next().unwrap().parse().unwrap(),
+        cpu: parts.next().unwrap().parse().unwrap(),
+    }
+}
+
+/// Dovecot's CPU seconds so far, every process of it (a connection's
+/// process that ended included). Read after a pause, so that a process
+/// that just ended has been reaped.
+fn dovecot_cpu(dovecot: &Dovecot) -> f64 {
+    std::thread::sleep(Duration::from_millis(100));
+    cpu_seconds_with_children(dovecot.pid().expect("dovecot runs"))
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
 }
 
 #[tokio::main]
@@ -105,13 +133,20 @@ async fn main() {
         bytes as f64 / 1e6
     );
     // Dovecot indexes the new Maildir once, before anything is timed.
-    let (_, n) = imaplib_fetch(dovecot.imap_port);
-    assert_eq!(n, letters, "dovecot serves every letter");
+    let warm = imaplib_fetch(dovecot.imap_port);
+    assert_eq!(warm.letters, letters, "dovecot serves every letter");
 
     let (mut best_ours, mut best_ceiling) = (0f64, 0f64);
+    // Per round: (our seconds, imaplib's seconds) and CPU seconds (ours,
+    // Dovecot serving us, imaplib, Dovecot serving imaplib).
+    let mut times: Vec<(f64, f64)> = Vec::new();
+    let mut cpus: Vec<[f64; 4]> = Vec::new();
     for round in 1..=rounds {
-        let (secs, n) = imaplib_fetch(dovecot.imap_port);
-        assert_eq!(n, letters);
+        let before = dovecot_cpu(&dovecot);
+        let fetch = imaplib_fetch(dovecot.imap_port);
+        let dovecot_for_imaplib = dovecot_cpu(&dovecot) - before;
+        assert_eq!(fetch.letters, letters);
+        let secs = fetch.secs;
         let ceiling = letters as f64 / secs;
         best_ceiling = best_ceiling.max(ceiling);
 
@@ -144,6 +179,7 @@ password = "{PASS}"
 "#,
             dovecot.imap_port
         );
+        let before = dovecot_cpu(&dovecot);
         let started = Instant::now();
         let sb = bench_gateway(work.path(), &config).await.unwrap();
         let deadline = Duration::from_secs(600);
@@ -186,14 +222,37 @@ password = "{PASS}"
         let secs_ours = taken_ms / 1000.0;
         let ours = letters as f64 / secs_ours;
         best_ours = best_ours.max(ours);
+        // Its connection is still open: Dovecot's process for it counts.
+        let cpu_ours = cpu_seconds(sb.pid().expect("switchboard runs"));
+        let dovecot_for_us = dovecot_cpu(&dovecot) - before;
         sb.terminate(Duration::from_secs(30)).await.unwrap();
         let events = feed_interactions(&work.path().join("data")).await.unwrap();
         assert_eq!(events.len(), letters, "every letter once in the feed");
         println!(
             "round {round}: switchboard {ours:.0} letters/s ({secs_ours:.2} s from the first fetch to the last letter \
-             committed; {wall:.2} s with the daemon's start), imaplib {ceiling:.0} letters/s ({secs:.2} s)"
+             committed; {wall:.2} s with the daemon's start), imaplib {ceiling:.0} letters/s ({secs:.2} s); \
+             CPU: switchboard {cpu_ours:.2} s + Dovecot {dovecot_for_us:.2} s, imaplib {:.2} s + Dovecot {dovecot_for_imaplib:.2} s",
+            fetch.cpu
         );
+        times.push((secs_ours, secs));
+        cpus.push([cpu_ours, dovecot_for_us, fetch.cpu, dovecot_for_imaplib]);
     }
+    let column = |i: usize| mean(&cpus.iter().map(|c| c[i]).collect::<Vec<_>>());
+    let (ours, theirs) = (
+        mean(&times.iter().map(|t| t.0).collect::<Vec<_>>()),
+        mean(&times.iter().map(|t| t.1).collect::<Vec<_>>()),
+    );
+    println!(
+        "mean of {rounds} rounds: switchboard {:.0} letters/s, imaplib {:.0} letters/s (ratio {:.2}); \
+         CPU a round: switchboard {:.2} s + Dovecot {:.2} s, imaplib {:.2} s + Dovecot {:.2} s",
+        letters as f64 / ours,
+        letters as f64 / theirs,
+        theirs / ours,
+        column(0),
+        column(1),
+        column(2),
+        column(3),
+    );
     println!(
         "BENCH email_ingest_per_s={best_ours:.0} imap_fetch_ceiling_per_s={best_ceiling:.0} email_ratio={:.2}",
         best_ours / best_ceiling

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use switchboard_tests::budget::cpu_seconds;
 use switchboard_tests::media::{rtp, sdp, sdp_audio, tone_frame};
 use switchboard_tests::sip::{SipClient, SipReceiver};
 use switchboard_tests::{Switchboard, bench_gateway, env_usize, free_port};
@@ -199,12 +200,12 @@ impl Generator {
         tokio::time::sleep(Duration::from_millis(400)).await;
         self.sent.store(0, Ordering::Relaxed);
         self.received.store(0, Ordering::Relaxed);
-        let cpu0 = cpu_ticks(pid);
+        let cpu0 = cpu_seconds(pid);
         let t0 = Instant::now();
         self.sending.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         self.sending.store(false, Ordering::Relaxed);
-        let cpu = (cpu_ticks(pid) - cpu0) as f64 / t0.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds(pid) - cpu0) * 100.0 / t0.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let sent = self.sent.load(Ordering::Relaxed);
         let received = self.received.load(Ordering::Relaxed);
@@ -270,21 +271,6 @@ fn pin(pid: u32, cpu: usize) {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "taskset (util-linux) could not pin {pid} to CPU {cpu}");
-}
-
-/// utime + stime of a process in clock ticks (100 a second).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // Fields 14 and 15 of stat; 12 and 13 counted after "(comm) ".
-    get(11) + get(12)
 }
 
 /// A relay under test: sets up one more call.

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::bench_gateway;
-use switchboard_tests::budget::{CpuBudget, Periods, children};
+use switchboard_tests::budget::{self, CpuBudget, Periods, children};
 use switchboard_tests::env_usize;
 use switchboard_tests::sip::{Kamailio, peers_dir, sipp_load, sipp_totals};
 
@@ -47,21 +47,10 @@ impl Round {
 /// CPU seconds (user + system) used so far by `pid` and its children
 /// processes (Kamailio's workers are processes).
 fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
-    for p in std::iter::once(pid).chain(children(pid)) {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        total += utime + stime;
-    }
-    total as f64 / ticks
+    std::iter::once(pid)
+        .chain(children(pid))
+        .map(budget::cpu_seconds)
+        .sum()
 }
 
 /// How SIPp offers its load: each process keeps at most `in_flight`

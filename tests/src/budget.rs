@@ -142,6 +142,40 @@ fn write(file: &Path, value: &str) -> Result<()> {
         .with_context(|| format!("cannot write {value} to {}", file.display()))
 }
 
+/// Clock ticks a second in `/proc/<pid>/stat` (USER_HZ on Linux).
+const TICKS: f64 = 100.0;
+
+/// The numeric fields of `/proc/<pid>/stat` after `(comm)`, from the
+/// third (state is index 0); empty when the process is gone.
+fn stat_fields(pid: u32) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect()
+}
+
+/// CPU seconds (user + system) `pid` has used so far, all its threads
+/// together (0 when it is gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let f = stat_fields(pid);
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    // utime and stime are the stat file's 14th and 15th fields.
+    (get(11) + get(12)) as f64 / TICKS
+}
+
+/// CPU seconds used so far by `pid`, its live child processes and the
+/// children it has reaped: a forking server's whole work (a client's
+/// connection process that ended still counts).
+pub fn cpu_seconds_with_children(pid: u32) -> f64 {
+    let f = stat_fields(pid);
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    // cutime and cstime (16th and 17th): children waited for.
+    let reaped = (get(13) + get(14)) as f64 / TICKS;
+    cpu_seconds(pid) + reaped + children(pid).into_iter().map(cpu_seconds).sum::<f64>()
+}
+
 /// The processes whose parent is `pid`.
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

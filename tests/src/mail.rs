@@ -137,6 +137,11 @@ impl Dovecot {
         Self::launch(users, Some(ca)).await
     }
 
+    /// The master process's id (its workers are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     async fn launch(users: &[(&str, &str)], tls: Option<&TestCa>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("dovecot").tempdir()?;
         let root = dir.path();
