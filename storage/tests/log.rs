@@ -16,6 +16,13 @@ fn rec(topic: Topic, key: &str, value: &str) -> NewRecord {
     }
 }
 
+/// A log in a new directory (kept while the directory lives).
+fn fresh_log() -> (tempfile::TempDir, FeedLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    (dir, log)
+}
+
 async fn drain(c: &mut LogConsumer, want: usize) -> Vec<Record> {
     let mut out = Vec::new();
     while out.len() < want {
@@ -32,8 +39,7 @@ async fn drain(c: &mut LogConsumer, want: usize) -> Vec<Record> {
 
 #[tokio::test]
 async fn appends_are_ordered_and_groups_resume_after_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let (_dir, log) = fresh_log();
     let mut offsets = Vec::new();
     for i in 0..10 {
         offsets.push(
@@ -82,8 +88,7 @@ async fn appends_are_ordered_and_groups_resume_after_commit() {
 
 #[tokio::test]
 async fn concurrent_producers_share_commits_and_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let (_dir, log) = fresh_log();
     let mut tasks = Vec::new();
     for t in 0..50 {
         let log = log.clone();
@@ -157,8 +162,7 @@ async fn records_and_offsets_survive_reopen() {
 
 #[tokio::test]
 async fn batches_handed_over_before_any_commit_keep_their_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let (_dir, log) = fresh_log();
     // Ten batches of three are handed over before the first is awaited.
     let mut pending = Vec::new();
     for b in 0..10 {
@@ -187,8 +191,7 @@ async fn batches_handed_over_before_any_commit_keep_their_order() {
 
 #[tokio::test]
 async fn a_waiting_consumer_is_woken_by_an_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let (_dir, log) = fresh_log();
     let mut c = log.consumer("crm", &[Topic::Interactions]).unwrap();
     let started = std::time::Instant::now();
     let waiter = tokio::spawn(async move { c.poll(10, Duration::from_secs(30)).await.unwrap() });
@@ -206,8 +209,7 @@ async fn a_waiting_consumer_is_woken_by_an_append() {
 
 #[tokio::test]
 async fn rewind_returns_uncommitted_records_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let (_dir, log) = fresh_log();
     log.append_batch(
         (0..5)
             .map(|i| rec(Topic::Interactions, "k", &i.to_string()))
@@ -227,8 +229,7 @@ async fn rewind_returns_uncommitted_records_again() {
 
 #[tokio::test]
 async fn pruning_never_reuses_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = FeedLog::open(&dir.path().join("feed.sqlite"), LogOptions::default()).unwrap();
+    let (_dir, log) = fresh_log();
     let offsets = log
         .append_batch(
             (0..30)

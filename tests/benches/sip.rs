@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::bench_gateway;
-use switchboard_tests::budget::{self, CpuBudget, Periods, children};
+use switchboard_tests::budget::{CpuBudget, Periods, cpu_seconds_with_children};
 use switchboard_tests::env_usize;
 use switchboard_tests::sip::{Kamailio, peers_dir, sipp_load, sipp_totals};
 
@@ -42,15 +42,6 @@ impl Round {
     fn cpu_us_each(&self) -> f64 {
         self.cpu_s / self.ok.max(1) as f64 * 1e6
     }
-}
-
-/// CPU seconds (user + system) used so far by `pid` and its children
-/// processes (Kamailio's workers are processes).
-fn cpu_seconds(pid: u32) -> f64 {
-    std::iter::once(pid)
-        .chain(children(pid))
-        .map(budget::cpu_seconds)
-        .sum()
 }
 
 /// How SIPp offers its load: each process keeps at most `in_flight`
@@ -71,7 +62,8 @@ async fn load(
     total: usize,
     pace: Pace,
 ) -> Round {
-    let cpu_before = cpu_seconds(server_pid);
+    // Kamailio's workers are processes: theirs counts too.
+    let cpu_before = cpu_seconds_with_children(server_pid);
     let started = Instant::now();
     let mut children = Vec::new();
     for i in 0..procs {
@@ -125,7 +117,7 @@ async fn load(
     }
     let elapsed = started.elapsed().as_secs_f64();
     round.per_s = round.ok as f64 / elapsed;
-    round.cpu_s = cpu_seconds(server_pid) - cpu_before;
+    round.cpu_s = cpu_seconds_with_children(server_pid) - cpu_before;
     rtts.sort_by(f64::total_cmp);
     round.p99_ms = rtts
         .get(rtts.len().saturating_sub(1) * 99 / 100)

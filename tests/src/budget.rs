@@ -156,24 +156,26 @@ fn stat_fields(pid: u32) -> Vec<u64> {
         .collect()
 }
 
+/// The sum of `/proc/<pid>/stat` fields from index `from` to `to` (see
+/// [`stat_fields`]) in seconds.
+fn ticks(pid: u32, from: usize, to: usize) -> f64 {
+    let f = stat_fields(pid);
+    f.get(from..=to).map_or(0, |t| t.iter().sum::<u64>()) as f64 / TICKS
+}
+
 /// CPU seconds (user + system) `pid` has used so far, all its threads
 /// together (0 when it is gone).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let f = stat_fields(pid);
-    let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    // utime and stime are the stat file's 14th and 15th fields.
-    (get(11) + get(12)) as f64 / TICKS
+    // utime and stime, the stat file's 14th and 15th fields.
+    ticks(pid, 11, 12)
 }
 
 /// CPU seconds used so far by `pid`, its live child processes and the
 /// children it has reaped: a forking server's whole work (a client's
 /// connection process that ended still counts).
 pub fn cpu_seconds_with_children(pid: u32) -> f64 {
-    let f = stat_fields(pid);
-    let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    // cutime and cstime (16th and 17th): children waited for.
-    let reaped = (get(13) + get(14)) as f64 / TICKS;
-    cpu_seconds(pid) + reaped + children(pid).into_iter().map(cpu_seconds).sum::<f64>()
+    // utime, stime, then cutime and cstime (children waited for).
+    ticks(pid, 11, 14) + children(pid).into_iter().map(cpu_seconds).sum::<f64>()
 }
 
 /// The processes whose parent is `pid`.
