@@ -115,8 +115,23 @@ fn dovecot_cpu(dovecot: &Dovecot) -> f64 {
     cpu_seconds_with_children(dovecot.pid().expect("dovecot runs"))
 }
 
-fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+/// One round's figures, in seconds.
+struct Round {
+    /// Ours, from the first fetch to the last letter committed.
+    ours: f64,
+    /// imaplib's fetch.
+    theirs: f64,
+    /// CPU: ours, Dovecot serving us, imaplib, Dovecot serving imaplib.
+    cpu: [f64; 4],
+}
+
+fn mean(xs: impl ExactSizeIterator<Item = f64>) -> f64 {
+    let n = xs.len().max(1);
+    xs.sum::<f64>() / n as f64
+}
+
+fn fastest(xs: impl Iterator<Item = f64>) -> f64 {
+    xs.fold(f64::INFINITY, f64::min)
 }
 
 #[tokio::main]
@@ -136,11 +151,7 @@ async fn main() {
     let warm = imaplib_fetch(dovecot.imap_port);
     assert_eq!(warm.letters, letters, "dovecot serves every letter");
 
-    let (mut best_ours, mut best_ceiling) = (0f64, 0f64);
-    // Per round: (our seconds, imaplib's seconds) and CPU seconds (ours,
-    // Dovecot serving us, imaplib, Dovecot serving imaplib).
-    let mut times: Vec<(f64, f64)> = Vec::new();
-    let mut cpus: Vec<[f64; 4]> = Vec::new();
+    let mut done: Vec<Round> = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         let before = dovecot_cpu(&dovecot);
         let fetch = imaplib_fetch(dovecot.imap_port);
@@ -148,7 +159,6 @@ async fn main() {
         assert_eq!(fetch.letters, letters);
         let secs = fetch.secs;
         let ceiling = letters as f64 / secs;
-        best_ceiling = best_ceiling.max(ceiling);
 
         // The daemon syncs its feed and its attachment packs, and a sync
         // commits the file system's journal: what the bench itself just
@@ -221,7 +231,6 @@ password = "{PASS}"
         assert!(taken_ms > 0.0, "no 'letters taken' in the log:\n{logs}");
         let secs_ours = taken_ms / 1000.0;
         let ours = letters as f64 / secs_ours;
-        best_ours = best_ours.max(ours);
         // Its connection is still open: Dovecot's process for it counts.
         let cpu_ours = cpu_seconds(sb.pid().expect("switchboard runs"));
         let dovecot_for_us = dovecot_cpu(&dovecot) - before;
@@ -234,14 +243,19 @@ password = "{PASS}"
              CPU: switchboard {cpu_ours:.2} s + Dovecot {dovecot_for_us:.2} s, imaplib {:.2} s + Dovecot {dovecot_for_imaplib:.2} s",
             fetch.cpu
         );
-        times.push((secs_ours, secs));
-        cpus.push([cpu_ours, dovecot_for_us, fetch.cpu, dovecot_for_imaplib]);
+        done.push(Round {
+            ours: secs_ours,
+            theirs: secs,
+            cpu: [cpu_ours, dovecot_for_us, fetch.cpu, dovecot_for_imaplib],
+        });
     }
-    let column = |i: usize| mean(&cpus.iter().map(|c| c[i]).collect::<Vec<_>>());
+    let column = |i: usize| mean(done.iter().map(|r| r.cpu[i]));
     let (ours, theirs) = (
-        mean(&times.iter().map(|t| t.0).collect::<Vec<_>>()),
-        mean(&times.iter().map(|t| t.1).collect::<Vec<_>>()),
+        mean(done.iter().map(|r| r.ours)),
+        mean(done.iter().map(|r| r.theirs)),
     );
+    let best_ours = letters as f64 / fastest(done.iter().map(|r| r.ours));
+    let best_ceiling = letters as f64 / fastest(done.iter().map(|r| r.theirs));
     println!(
         "mean of {rounds} rounds: switchboard {:.0} letters/s, imaplib {:.0} letters/s (ratio {:.2}); \
          CPU a round: switchboard {:.2} s + Dovecot {:.2} s, imaplib {:.2} s + Dovecot {:.2} s",
